@@ -1,0 +1,13 @@
+"""VAR: Visual AutoRegressive modeling, image generation by next-scale prediction (arXiv 2404.02905)."""
+from .pipeline import VAROutput, VARPipeline, bundled_models
+from .quantizer import MultiScaleQuantizer
+from .sampling import generate
+from .transformer import PRESETS, VAR, VARConfig, patch_nums_from_max_scale
+from .vqvae import VQVAE, VQVAEConfig
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "VAR", "VARConfig", "VQVAE", "VQVAEConfig", "MultiScaleQuantizer", "VARPipeline", "VAROutput",
+    "PRESETS", "generate", "bundled_models", "patch_nums_from_max_scale", "__version__",
+]

@@ -1,0 +1,43 @@
+"""Options shared by the subcommands that load a model."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+import torch
+
+from ..pipeline import VARPipeline, bundled_models
+
+log = logging.getLogger("var")
+DEFAULT_MODEL = "fashion-mnist"
+
+
+def add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="bundled model name or a folder written by save_pretrained (default: %(default)s)")
+    p.add_argument("--official", nargs=2, metavar=("VAE", "VAR"),
+                   help="the released checkpoints instead, e.g. vae_ch160v4096z32.pth var_d16.pth")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+
+
+def random_placeholder() -> VARPipeline:
+    """A small randomly initialised model with the bundled model's geometry (used until one is trained)."""
+    from ..recipes import fashion_mnist_configs
+    from ..transformer import VAR
+    from ..vqvae import VQVAE
+
+    vae_cfg, var_cfg, class_names = fashion_mnist_configs()
+    torch.manual_seed(0)
+    return VARPipeline(VQVAE(vae_cfg), VAR(var_cfg), class_names=class_names, info={"source": "random"})
+
+
+def load_pipeline(args: argparse.Namespace) -> VARPipeline:
+    if args.official:
+        pipe = VARPipeline.from_official(*args.official)
+    elif args.model == DEFAULT_MODEL and DEFAULT_MODEL not in bundled_models():
+        log.warning("the bundled %s model is not in this installation: using a RANDOMLY INITIALISED model of the "
+                    "same shape, so the images are noise, not samples of a trained model", DEFAULT_MODEL)
+        pipe = random_placeholder()
+    else:
+        pipe = VARPipeline.from_pretrained(args.model)
+    return pipe.to(args.device)

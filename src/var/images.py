@@ -1,0 +1,79 @@
+"""Image I/O and figures with Pillow and numpy: tensors <-> files, labelled sample grids."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) floats in [0, 1] to (B, H, W, C) uint8."""
+    return (images.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy())
+
+
+def to_rgb_uint8(images: torch.Tensor) -> np.ndarray:
+    """Like :func:`to_uint8`, with single-channel images repeated to three channels."""
+    arr = to_uint8(images)
+    return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
+
+
+def load_image(path: str | Path, channels: int, size: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file as (1, channels, size, size) in [0, 1] (resized when ``size`` differs) and its
+    original (width, height). Raises ValueError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("L" if channels == 1 else "RGB")
+            original = im.size
+            if size is not None and im.size != (size, size):
+                im = im.resize((size, size), Image.BICUBIC)
+            arr = np.asarray(im, dtype=np.float32) / 255.0
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    t = torch.from_numpy(arr)
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    return t.contiguous(), original
+
+
+def save_image(images: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
+    """Save one image (C, H, W) or the first of a batch, enlarged ``scale`` times (nearest)."""
+    if images.ndim == 4:
+        images = images[:1]
+    else:
+        images = images[None]
+    im = Image.fromarray(to_rgb_uint8(images)[0])
+    if scale != 1:
+        im = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    im.save(path)
+    return path
+
+
+def grid(images: torch.Tensor, nrow: int, pad: int = 2, scale: int = 1, row_labels: Sequence[str] | None = None,
+         col_labels: Sequence[str] | None = None, background: int = 255) -> Image.Image:
+    """A grid image of ``images`` (N, C, H, W) with ``nrow`` images per row, optional text labels on
+    the left of each row and above each column."""
+    arr = to_rgb_uint8(images)
+    n, h, w = arr.shape[0], arr.shape[1] * scale, arr.shape[2] * scale
+    ncol = nrow
+    rows = (n + ncol - 1) // ncol
+    font = ImageFont.load_default()
+    left = 0 if not row_labels else 8 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font))
+                                           for t in row_labels)
+    top = 0 if not col_labels else 16
+    canvas = Image.new("RGB", (left + ncol * (w + pad) + pad, top + rows * (h + pad) + pad), (background,) * 3)
+    draw = ImageDraw.Draw(canvas)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        tile = Image.fromarray(arr[i])
+        if scale != 1:
+            tile = tile.resize((w, h), Image.NEAREST)
+        canvas.paste(tile, (left + pad + c * (w + pad), top + pad + r * (h + pad)))
+    for r, text in enumerate(row_labels or []):
+        draw.text((4, top + pad + r * (h + pad) + h // 2 - 5), text, fill=(0, 0, 0), font=font)
+    for c, text in enumerate(col_labels or []):
+        draw.text((left + pad + c * (w + pad) + 2, 2), text, fill=(0, 0, 0), font=font)
+    return canvas

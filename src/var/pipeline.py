@@ -1,0 +1,237 @@
+"""``VARPipeline``: the tokenizer and the transformer behind one user-facing object.
+
+Images cross this boundary in [0, 1] as (B, channels, H, W); tokens as a list of K LongTensors
+(B, p_k * p_k), row-major. A pipeline saved with ``save_pretrained`` is a folder holding ``config.json``
+and one safetensors file per model; ``from_pretrained`` also takes the name of a bundled model.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from . import official
+from .sampling import generate
+from .transformer import VAR, VARConfig
+from .vqvae import VQVAE, VQVAEConfig
+
+log = logging.getLogger(__name__)
+
+BUNDLED_DIR = Path(__file__).parent / "weights"
+CONFIG_NAME, VQVAE_WEIGHTS, VAR_WEIGHTS = "config.json", "vqvae.safetensors", "var.safetensors"
+FORMAT_VERSION = 1
+
+
+@dataclass
+class VAROutput:
+    """What generation and editing return."""
+
+    images: torch.Tensor               # (B, channels, H, W) in [0, 1]
+    tokens: list[torch.Tensor]         # K maps, (B, p_k * p_k)
+    labels: torch.Tensor               # (B,) the class of each image (num_classes = the null class)
+
+
+def bundled_models() -> list[str]:
+    """Names of the models shipped inside the package."""
+    if not BUNDLED_DIR.is_dir():
+        return []
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+
+
+class VARPipeline:
+    """Generate, encode, decode and score images with a VQ-VAE tokenizer and a VAR transformer.
+
+    ``pad`` is the border the model adds around the data set's images (28x28 Fashion-MNIST is padded to
+    32x32): ``encode`` adds it, and every image this pipeline returns has it cropped off again.
+    """
+
+    def __init__(self, vqvae: VQVAE, var: VAR, class_names: Sequence[str] | None = None, pad: int = 0,
+                 info: dict | None = None):
+        if tuple(vqvae.patch_nums) != tuple(var.patch_nums):
+            raise ValueError(f"tokenizer scales {vqvae.patch_nums} and transformer scales {var.patch_nums} differ")
+        if (vqvae.config.vocab_size, vqvae.config.z_channels) != (var.config.vocab_size, var.config.latent_channels):
+            raise ValueError("tokenizer and transformer disagree on the vocabulary size or latent channels")
+        if class_names is not None and len(class_names) != var.num_classes:
+            raise ValueError(f"{len(class_names)} class names for a model of {var.num_classes} classes")
+        self.vqvae, self.var = vqvae.eval(), var.eval()
+        self.class_names = list(class_names) if class_names is not None else None
+        self.pad = int(pad)
+        self.info = dict(info or {})
+
+    # -------------------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        return self.var.head.weight.device
+
+    @property
+    def patch_nums(self) -> tuple[int, ...]:
+        return tuple(self.var.patch_nums)
+
+    @property
+    def num_classes(self) -> int:
+        return self.var.num_classes
+
+    @property
+    def channels(self) -> int:
+        return self.vqvae.config.in_channels
+
+    @property
+    def image_size(self) -> int:
+        """Side of the images this pipeline takes and returns (the model's, minus the padding)."""
+        return self.vqvae.config.image_size - 2 * self.pad
+
+    def to(self, device: str | torch.device) -> "VARPipeline":
+        self.vqvae.to(device)
+        self.var.to(device)
+        return self
+
+    # ------------------------------------------------------------------------- construction
+    @classmethod
+    def from_official(cls, vae: official.PathOrStateDict, var: official.PathOrStateDict,
+                      device: str | torch.device | None = None, num_heads: int | None = None) -> "VARPipeline":
+        """The released checkpoints (paths or state dicts); the configuration is read from the tensors."""
+        vqvae, model = official.load_official(vae, var, num_heads=num_heads)
+        pipe = cls(vqvae, model, info={"source": "official"})
+        return pipe.to(device) if device is not None else pipe
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> "VARPipeline":
+        """A folder written by :meth:`save_pretrained`, or the name of a bundled model."""
+        from safetensors.torch import load_file
+
+        path = Path(name_or_path)
+        if not (path / CONFIG_NAME).is_file():
+            bundled = BUNDLED_DIR / str(name_or_path)
+            if (bundled / CONFIG_NAME).is_file():
+                path = bundled
+            else:
+                raise FileNotFoundError(f"{name_or_path!s} is neither a saved pipeline folder (no {CONFIG_NAME}) "
+                                        f"nor a bundled model (bundled: {bundled_models() or 'none'})")
+        cfg = json.loads((path / CONFIG_NAME).read_text())
+        if cfg.get("format") != "var-pipeline":
+            raise ValueError(f"{path / CONFIG_NAME} is not a VAR pipeline config")
+        with torch.device("meta"):
+            vqvae, model = VQVAE(VQVAEConfig(**cfg["vqvae"])), VAR(VARConfig(**cfg["var"]))
+        vqvae.load_state_dict(load_file(path / VQVAE_WEIGHTS), strict=True, assign=True)
+        model.load_state_dict(load_file(path / VAR_WEIGHTS), strict=True, assign=True)
+        pipe = cls(vqvae, model, class_names=cfg.get("class_names"), pad=cfg.get("pad", 0), info=cfg.get("info"))
+        return pipe.to(device) if device is not None else pipe
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` and safetensors weights to the folder ``path`` (created if needed)."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        cfg = {"format": "var-pipeline", "version": FORMAT_VERSION, "vqvae": self.vqvae.config.to_dict(),
+               "var": self.var.config.to_dict(), "class_names": self.class_names, "pad": self.pad, "info": self.info}
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.vqvae.state_dict().items()}, path / VQVAE_WEIGHTS)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.var.state_dict().items()}, path / VAR_WEIGHTS)
+        (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+        return path
+
+    # ------------------------------------------------------------------------------ checks
+    def _labels(self, class_labels, num_samples: int | None, generator: torch.Generator | None) -> torch.Tensor:
+        if class_labels is None:
+            n = 1 if num_samples is None else int(num_samples)
+            return torch.randint(0, self.num_classes, (n,), generator=generator, device=self.device)
+        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(self.device)
+        if num_samples is not None and num_samples != labels.numel():
+            raise ValueError(f"num_samples={num_samples} but {labels.numel()} class labels were given")
+        self.var.check_labels(labels)
+        return labels
+
+    def _to_model_images(self, images: torch.Tensor) -> torch.Tensor:
+        """[0, 1] user images (B, channels, H, W) to padded [-1, 1] model input, with clear errors."""
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != self.channels:
+            shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
+            raise ValueError(f"expected images of shape (B, {self.channels}, {self.image_size}, {self.image_size}) "
+                             f"in [0, 1], got {shape}")
+        if images.shape[-2:] != (self.image_size, self.image_size):
+            raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]}, this model takes "
+                             f"{self.image_size}x{self.image_size}")
+        lo, hi = float(images.min()), float(images.max())
+        if lo < -1e-3 or hi > 1 + 1e-3:
+            raise ValueError(f"image values must be in [0, 1], got [{lo:.3g}, {hi:.3g}]")
+        x = images.to(self.device, torch.float32)
+        if self.pad:
+            x = F.pad(x, (self.pad,) * 4, value=0.0)
+        return x * 2 - 1
+
+    def _to_user_images(self, img_m11: torch.Tensor) -> torch.Tensor:
+        img = (img_m11.float() + 1) / 2
+        if self.pad:
+            img = img[..., self.pad:-self.pad, self.pad:-self.pad]
+        return img.clamp(0, 1)
+
+    # --------------------------------------------------------------------------- the calls
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Images (B, channels, H, W) in [0, 1] to K token maps (B, p_k * p_k)."""
+        return self.vqvae.img_to_indices(self._to_model_images(images))
+
+    @torch.no_grad()
+    def decode(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
+        """K token maps to images (B, channels, H, W) in [0, 1]."""
+        return self._to_user_images(self.vqvae.indices_to_img([t.to(self.device) for t in tokens]))
+
+    @torch.no_grad()
+    def decode_per_scale(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """The image after 1, 2, ..., K scales (the coarse-to-fine progression), each in [0, 1]."""
+        return [self._to_user_images(x) for x in self.vqvae.indices_to_img_per_scale([t.to(self.device) for t in tokens])]
+
+    @torch.no_grad()
+    def logits(self, tokens: Sequence[torch.Tensor], class_labels) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V) of the transformer for these tokens; no label is dropped."""
+        tokens = [t.to(self.device) for t in tokens]
+        labels = self._labels(class_labels, None, None)
+        if labels.numel() != tokens[0].shape[0]:
+            raise ValueError(f"{labels.numel()} class labels for {tokens[0].shape[0]} token maps")
+        x = self.vqvae.quantize.teacher_forcing_input(tokens)
+        self.var.eval()
+        return self.var(labels, x)
+
+    def __call__(self, class_labels=None, num_samples: int | None = None, cfg: float = 1.5, top_k: int = 900,
+                 top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False, seed: int | None = None,
+                 batch_size: int | None = None, progress: bool = False) -> VAROutput:
+        """Generate images of ``class_labels`` (or ``num_samples`` of uniformly drawn classes).
+
+        ``seed`` makes the call reproducible (for a given batch size); ``batch_size`` bounds memory by
+        generating in chunks. Returns images in [0, 1] with the token maps of every scale.
+        """
+        generator = torch.Generator(device=self.device)
+        if seed is not None:
+            generator.manual_seed(int(seed))
+        else:
+            generator.seed()
+        labels = self._labels(class_labels, num_samples, generator)
+        return self._generate_batched(labels, batch_size, progress, generator=generator, cfg=cfg, top_k=top_k,
+                                      top_p=top_p, temperature=temperature, smooth=smooth)
+
+    def _generate_batched(self, labels: torch.Tensor, batch_size: int | None, progress: bool,
+                          keep_tokens: Sequence[torch.Tensor] | None = None,
+                          keep_masks: Sequence[torch.Tensor] | None = None, **sampling) -> VAROutput:
+        """Run :func:`generate` over chunks of the batch and decode; editing passes per-scale keeps."""
+        from tqdm.auto import tqdm
+
+        n = labels.numel()
+        bs = n if not batch_size else int(batch_size)
+        images, tokens = [], []
+        with tqdm(total=n, desc="generating", unit="img", disable=not progress) as bar:
+            for s in range(0, n, bs):
+                part = slice(s, min(n, s + bs))
+                keeps = {}
+                if keep_masks is not None:
+                    keeps = dict(keep_tokens=[t[part] for t in keep_tokens], keep_masks=[m[part] for m in keep_masks])
+                f_hat, toks = generate(self.var, self.vqvae, labels[part], **sampling, **keeps)
+                with torch.no_grad():
+                    images.append(self._to_user_images(self.vqvae.decode_latent(f_hat)))
+                tokens.append(toks)
+                bar.update(part.stop - part.start)
+        return VAROutput(images=torch.cat(images), tokens=[torch.cat(t) for t in zip(*tokens)], labels=labels)

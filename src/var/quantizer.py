@@ -1,0 +1,220 @@
+"""Multi-scale residual vector quantizer (VAR paper, Algorithm 1).
+
+One codebook serves every scale. Scale k quantizes an area-downsampled view of what the coarser scales
+have not explained yet; its codes are upsampled (bicubic) back to the full latent size and refined by a
+3x3 "phi" conv before being added to the running reconstruction ``f_hat``.
+
+Shape letters: B batch, C latent channels (Cvae), H W full latent size, h w one scale's size,
+V codebook size, K number of scales, N flattened positions.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+class Phi(nn.Conv2d):
+    """3x3 conv mixed with its input: ``(1 - r) * h + r * conv(h)``, r = ``resi_ratio``."""
+
+    def __init__(self, channels: int, resi_ratio: float = 0.5):
+        super().__init__(channels, channels, kernel_size=3, stride=1, padding=1)
+        self.resi_ratio = abs(resi_ratio)
+
+    def forward(self, h_BChw: torch.Tensor) -> torch.Tensor:
+        return h_BChw * (1 - self.resi_ratio) + super().forward(h_BChw) * self.resi_ratio
+
+
+def phi_ticks(n: int) -> np.ndarray:
+    """Positions in [0, 1] that the n phi convs stand for (released rule; n == 4 is spaced tighter)."""
+    if n == 4:
+        return np.linspace(1 / (3 * n), 1 - 1 / (3 * n), n)
+    return np.linspace(1 / (2 * n), 1 - 1 / (2 * n), n)
+
+
+class PhiBank(nn.Module):
+    """The phi convs and the rule choosing one per scale.
+
+    ``share = 1``: one conv for all scales (key ``qresi``); ``share >= 2``: ``share`` convs (keys
+    ``qresi_ls.{i}``); ``share = 0``: one conv per scale (keys ``{k}``). A scale at relative position
+    ``k / (K - 1)`` uses the conv whose tick is nearest.
+    """
+
+    def __init__(self, channels: int, num_scales: int, share: int, resi_ratio: float = 0.5):
+        super().__init__()
+        if share < 0:
+            raise ValueError(f"share_quant_resi must be >= 0, got {share}")
+        self.share = share
+        n = num_scales if share == 0 else share
+        self.ticks = phi_ticks(n)
+        self.num_scales = num_scales
+        if share == 1:
+            self.qresi = Phi(channels, resi_ratio)
+        elif share == 0:
+            # Keys are "quant_resi.{k}": register the convs directly on this module.
+            for k in range(n):
+                self.add_module(str(k), Phi(channels, resi_ratio))
+        else:
+            self.qresi_ls = nn.ModuleList(Phi(channels, resi_ratio) for _ in range(n))
+
+    def forward_scale(self, k: int, h_BChw: torch.Tensor) -> torch.Tensor:
+        """Apply the phi conv of scale ``k`` (0-based)."""
+        return self.for_scale(k)(h_BChw)
+
+    def for_scale(self, k: int) -> Phi:
+        if self.share == 1:
+            return self.qresi
+        at = k / (self.num_scales - 1) if self.num_scales > 1 else 0.0
+        i = int(np.argmin(np.abs(self.ticks - at)))
+        return getattr(self, str(i)) if self.share == 0 else self.qresi_ls[i]
+
+
+class MultiScaleQuantizer(nn.Module):
+    """Residual quantization over the scales ``patch_nums`` with one shared codebook."""
+
+    def __init__(self, vocab_size: int, channels: int, patch_nums: Sequence[int], share_quant_resi: int = 4,
+                 beta: float = 0.25, resi_ratio: float = 0.5):
+        super().__init__()
+        self.vocab_size = vocab_size
+        self.channels = channels
+        self.patch_nums = tuple(int(p) for p in patch_nums)
+        self.beta = beta
+        self.embedding = nn.Embedding(vocab_size, channels)
+        self.quant_resi = PhiBank(channels, len(self.patch_nums), share_quant_resi, resi_ratio)
+        # Per-scale codebook hit rate (exponential moving average), updated in training.
+        self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size))
+
+    @property
+    def num_scales(self) -> int:
+        return len(self.patch_nums)
+
+    def nearest_code(self, z_NC: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest codebook entry (squared L2) for each row."""
+        w_VC = self.embedding.weight
+        d_NV = (z_NC.square().sum(dim=1, keepdim=True) + w_VC.square().sum(dim=1)).addmm_(z_NC, w_VC.T, alpha=-2)
+        return d_NV.argmin(dim=1)
+
+    def _upsampled_code(self, k: int, idx_Bl: torch.Tensor, H: int) -> torch.Tensor:
+        """phi_k(bicubic(embedding(idx))) at the full latent size: what scale k adds to f_hat."""
+        p = self.patch_nums[k]
+        h_BChw = self.embedding(idx_Bl).transpose(1, 2).reshape(idx_Bl.shape[0], self.channels, p, p)
+        return self.code_map_to_residual(k, h_BChw, H)
+
+    def code_map_to_residual(self, k: int, h_BChw: torch.Tensor, H: int) -> torch.Tensor:
+        """Upsample one scale's code map (B, C, p, p) to H and apply that scale's phi conv."""
+        if k != self.num_scales - 1:
+            h_BChw = F.interpolate(h_BChw, size=(H, H), mode="bicubic")
+        return self.quant_resi.forward_scale(k, h_BChw)
+
+    def _check_latent(self, f_BChw: torch.Tensor) -> None:
+        if f_BChw.ndim != 4 or f_BChw.shape[1] != self.channels:
+            raise ValueError(f"expected a latent of shape (B, {self.channels}, H, W), got {tuple(f_BChw.shape)}")
+        H, W = f_BChw.shape[-2:]
+        if H != W or H != self.patch_nums[-1]:
+            raise ValueError(f"latent is {H}x{W} but the last scale of patch_nums {self.patch_nums} is "
+                             f"{self.patch_nums[-1]}: the image size does not fit this tokenizer")
+
+    @torch.no_grad()
+    def latent_to_indices(self, f_BChw: torch.Tensor) -> list[torch.Tensor]:
+        """Quantize a latent into K index maps, each (B, p_k * p_k), row-major."""
+        self._check_latent(f_BChw)
+        B, C, H, _ = f_BChw.shape
+        f_rest = f_BChw.float().clone()
+        indices = []
+        for k, p in enumerate(self.patch_nums):
+            z_BChw = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
+            idx_Bl = self.nearest_code(z_BChw.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
+            f_rest -= self._upsampled_code(k, idx_Bl, H)
+            indices.append(idx_Bl)
+        return indices
+
+    def indices_to_latent(self, indices: Sequence[torch.Tensor], upto: int | None = None) -> torch.Tensor:
+        """Sum of the first ``upto`` scales' contributions (all by default): f_hat, (B, C, H, H)."""
+        self._check_indices(indices, allow_prefix=upto is not None)
+        H = self.patch_nums[-1]
+        n = len(indices) if upto is None else upto
+        f_hat = None
+        for k in range(n):
+            h = self._upsampled_code(k, indices[k], H)
+            f_hat = h if f_hat is None else f_hat + h
+        return f_hat
+
+    def _check_indices(self, indices: Sequence[torch.Tensor], allow_prefix: bool = False) -> None:
+        if not allow_prefix and len(indices) != self.num_scales:
+            raise ValueError(f"expected {self.num_scales} token maps (one per scale of {self.patch_nums}), "
+                             f"got {len(indices)}")
+        B = indices[0].shape[0] if len(indices) else 0
+        for k, idx in enumerate(indices):
+            p = self.patch_nums[k]
+            if idx.ndim != 2 or idx.shape != (B, p * p):
+                raise ValueError(f"token map of scale {k} must have shape ({B}, {p * p}), got {tuple(idx.shape)}")
+            if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
+                raise ValueError(f"token map of scale {k} has ids outside [0, {self.vocab_size})")
+
+    def teacher_forcing_input(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The transformer's input for scales 2..K from ground-truth indices: (B, L - p_1^2, C).
+
+        Entry k is ``area(f_hat after scales 1..k, p_{k+1})``, flattened row-major.
+        """
+        self._check_indices(indices)
+        B = indices[0].shape[0]
+        H = self.patch_nums[-1]
+        f_hat = torch.zeros(B, self.channels, H, H, device=self.embedding.weight.device)
+        inputs = []
+        for k in range(self.num_scales - 1):
+            f_hat = f_hat + self._upsampled_code(k, indices[k], H)
+            p = self.patch_nums[k + 1]
+            inputs.append(F.interpolate(f_hat, size=(p, p), mode="area").flatten(2).transpose(1, 2))
+        return torch.cat(inputs, dim=1)
+
+    def next_input(self, k: int, f_hat: torch.Tensor, h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add scale k's code map (B, C, p_k, p_k) to f_hat; return f_hat and the next scale's input map."""
+        H = self.patch_nums[-1]
+        f_hat = f_hat + self.code_map_to_residual(k, h_BChw, H)
+        if k == self.num_scales - 1:
+            return f_hat, f_hat
+        p = self.patch_nums[k + 1]
+        return f_hat, F.interpolate(f_hat, size=(p, p), mode="area")
+
+    def forward(self, f_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        """Training pass: straight-through f_hat, the multi-scale VQ loss, and the indices per scale.
+
+        The loss averages over scales ``beta * ||sg(f_hat) - f||^2 + ||f_hat - sg(f)||^2`` (commitment
+        and codebook terms), measured on the running reconstruction after each scale.
+        """
+        self._check_latent(f_BChw)
+        B, C, H, _ = f_BChw.shape
+        f = f_BChw.float()
+        f_detached = f.detach()
+        f_rest = f_detached.clone()
+        f_hat = torch.zeros_like(f)
+        vq_loss = f.new_zeros(())
+        indices = []
+        for k, p in enumerate(self.patch_nums):
+            z_BChw = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
+            with torch.no_grad():
+                idx_Bl = self.nearest_code(z_BChw.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
+            h = self._upsampled_code(k, idx_Bl, H)
+            f_hat = f_hat + h
+            f_rest = f_rest - h.detach()
+            vq_loss = vq_loss + self.beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, f_detached)
+            indices.append(idx_Bl)
+        if self.training:
+            self._update_usage(indices)
+        f_hat_st = (f_hat.detach() - f_detached) + f  # straight-through: value of f_hat, gradient to f
+        # Codebook and phi receive gradients through the loss term above; the decoder's gradient reaches
+        # the encoder through the straight-through estimator.
+        return f_hat_st, vq_loss / self.num_scales, indices
+
+    @torch.no_grad()
+    def _update_usage(self, indices: Sequence[torch.Tensor], momentum: float = 0.99) -> None:
+        for k, idx in enumerate(indices):
+            hits_V = torch.bincount(idx.flatten(), minlength=self.vocab_size).float()
+            hits_V /= hits_V.sum().clamp_min(1)
+            if self.ema_vocab_hit_SV[k].sum() == 0:
+                self.ema_vocab_hit_SV[k].copy_(hits_V)
+            else:
+                self.ema_vocab_hit_SV[k].mul_(momentum).add_(hits_V, alpha=1 - momentum)

@@ -1,0 +1,147 @@
+"""Next-scale generation: classifier-free guidance, top-k / top-p sampling, optional Gumbel smoothing.
+
+One transformer pass per scale. Keys and values of earlier scales sit in a pre-allocated cache, so each
+pass runs only the new scale's tokens. ``keep_tokens`` / ``keep_masks`` teacher-force chosen tokens at
+every scale, which is all that zero-shot editing (inpainting, outpainting, variations) needs.
+
+Shape letters: B batch, l one scale's tokens, V vocabulary, C width, Cv latent channels.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .transformer import VAR
+from .vqvae import VQVAE
+
+
+def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Candidates left by top-k then top-p: (logits, vocabulary ids), both (B, l, k), best first.
+
+    Top-p drops a candidate when the candidates more likely than it already hold at least ``top_p`` of
+    the probability (the reference's rule, stated on the k sorted candidates rather than on a sort of
+    the whole vocabulary); the most likely token is never dropped. Dropped entries get -inf.
+    """
+    V = logits_BlV.shape[-1]
+    if 0 < top_k < V:
+        vals, ids = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=True)
+    else:
+        vals, ids = logits_BlV.sort(dim=-1, descending=True)
+    if 0 < top_p < 1:
+        probs = vals.softmax(dim=-1)
+        mass_before = probs.cumsum(dim=-1) - probs
+        drop = mass_before >= top_p
+        drop[..., 0] = False
+        vals = vals.masked_fill(drop, -torch.inf)
+    return vals, ids
+
+
+def draw(vals: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per position among the candidates of :func:`filter_logits`: vocabulary ids (B, l)."""
+    if vals.shape[-1] == 1:  # greedy: no random number is consumed
+        return ids[..., 0]
+    B, l, k = vals.shape
+    choice = torch.multinomial(vals.softmax(dim=-1).view(B * l, k), 1, generator=generator).view(B, l, 1)
+    return ids.gather(-1, choice)[..., 0]
+
+
+def sample_tokens(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
+                  generator: torch.Generator | None = None) -> torch.Tensor:
+    """Top-k / top-p filtering then one draw per position: ids (B, l)."""
+    return draw(*filter_logits(logits_BlV, top_k, top_p), generator=generator)
+
+
+def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Soft Gumbel-softmax sample drawn with ``generator`` (torch's own version takes no generator)."""
+    gumbels = -torch.empty_like(logits).exponential_(generator=generator).log()
+    return ((logits + gumbels) / tau).softmax(dim=-1)
+
+
+def _scatter_filtered(logits_BlV: torch.Tensor, vals: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Full-vocabulary logits with everything but the kept candidates at -inf."""
+    return torch.full_like(logits_BlV, -torch.inf).scatter_(-1, ids, vals)
+
+
+def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5, top_k: int = 900,
+             top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False,
+             generator: torch.Generator | None = None,
+             keep_tokens: Sequence[torch.Tensor] | None = None, keep_masks: Sequence[torch.Tensor] | None = None,
+             on_scale: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Generate the token maps of every scale for ``label_B`` (null class allowed).
+
+    At scale k of K the guided logits are ``(1 + t) * cond - t * null`` with ``t = cfg * k / (K - 1)``
+    (the paper's linear ramp). Where ``keep_masks[k]`` (B, p_k^2) is True the token is taken from
+    ``keep_tokens[k]`` instead of being sampled. Returns the final latent f_hat and the K token maps.
+    """
+    with torch.inference_mode():
+        f_hat, tokens = _generate(var, vqvae, label_B, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+                                  smooth=smooth, generator=generator, keep_tokens=keep_tokens,
+                                  keep_masks=keep_masks, on_scale=on_scale)
+    # Clones made outside inference mode are ordinary tensors, usable anywhere (autograd included).
+    return f_hat.clone(), [t.clone() for t in tokens]
+
+
+def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_k: int, top_p: float,
+              temperature: float, smooth: bool, generator: torch.Generator | None,
+              keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
+              on_scale: Callable[[int], None] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    var.check_labels(label_B, allow_null=True)
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    patch_nums, quant = var.patch_nums, vqvae.quantize
+    if tuple(patch_nums) != tuple(quant.patch_nums):
+        raise ValueError(f"transformer scales {patch_nums} differ from the tokenizer's {quant.patch_nums}")
+    K, B, C = len(patch_nums), label_B.shape[0], var.config.embed_dim
+    guided = cfg != 0  # with cfg == 0 the null-class half would get weight 0: skip it
+    labels = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
+    n = labels.shape[0]
+
+    cond_nC = var.class_emb(labels)
+    mods = var.modulations(cond_nC)                           # once per call: the condition is fixed
+    lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
+    x_nlC = cond_nC.unsqueeze(1) + var.pos_start + lvl_pos_1LC[:, :var.first_l]
+    f_hat = cond_nC.new_zeros(B, quant.channels, patch_nums[-1], patch_nums[-1])
+    codebook_VC = quant.embedding.weight
+    for block in var.blocks:
+        block.attn.start_cache(n, var.config.seq_len, cond_nC)
+    tokens: list[torch.Tensor] = []
+    try:
+        cur = 0
+        for k, p in enumerate(patch_nums):
+            ratio = k / (K - 1) if K > 1 else 1.0
+            for block, mod in zip(var.blocks, mods):
+                x_nlC = block(x_nlC, mod, None)
+            logits_BlV = var.logits_from_hidden(x_nlC, cond_nC)
+            if guided:
+                t = cfg * ratio
+                logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
+            if temperature != 1.0:
+                logits_BlV = logits_BlV / temperature
+            vals, ids = filter_logits(logits_BlV, top_k, top_p)
+            idx_Bl = draw(vals, ids, generator)
+            if smooth:
+                tau = max(0.27 * (1 - 0.95 * ratio), 0.005)
+                soft_BlV = gumbel_softmax(_scatter_filtered(logits_BlV, vals, ids) * (1 + ratio), tau, generator)
+                h_BlC = soft_BlV @ codebook_VC
+            else:
+                h_BlC = F.embedding(idx_Bl, codebook_VC)
+            if keep_masks is not None:
+                keep_Bl = keep_masks[k].to(torch.bool)
+                idx_Bl = torch.where(keep_Bl, keep_tokens[k], idx_Bl)
+                h_BlC = torch.where(keep_Bl.unsqueeze(-1), F.embedding(idx_Bl, codebook_VC), h_BlC)
+            tokens.append(idx_Bl)
+            f_hat, next_map = quant.next_input(k, f_hat, h_BlC.transpose(1, 2).reshape(B, -1, p, p))
+            cur += p * p
+            if on_scale is not None:
+                on_scale(k)
+            if k == K - 1:
+                break
+            q = patch_nums[k + 1]
+            x_BlC = var.word_embed(next_map.flatten(2).transpose(1, 2)) + lvl_pos_1LC[:, cur:cur + q * q]
+            x_nlC = torch.cat((x_BlC, x_BlC)) if guided else x_BlC
+    finally:
+        for block in var.blocks:
+            block.attn.stop_cache()
+    return f_hat, tokens

@@ -1,0 +1,272 @@
+"""The VAR transformer: next-scale prediction with AdaLN-conditioned blocks.
+
+The sequence holds every scale's token map, coarse to fine: L = sum(p_k^2) tokens. A token attends to
+all tokens of its own and earlier scales (block-causal). The first p_1^2 positions carry the class
+condition (start token); position i of the rest carries the tokenizer's f_hat after the earlier scales,
+area-resized to the scale being predicted. Module and parameter names follow the released checkpoints.
+
+Shape letters: B batch, L all tokens, l one scale's tokens, C width, H heads, c head size,
+V vocabulary, Cv tokenizer latent channels, K scales.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+PRESETS = {
+    # name: (vocab, width, depth, heads, d_ff, max_scale), the sizes of the original request
+    "small": dict(vocab_size=512, embed_dim=256, depth=6, num_heads=8, mlp_ratio=4.0, max_scale=8),
+    "medium": dict(vocab_size=4096, embed_dim=512, depth=12, num_heads=8, mlp_ratio=4.0, max_scale=16),
+    "large": dict(vocab_size=4096, embed_dim=768, depth=24, num_heads=12, mlp_ratio=4.0, max_scale=16),
+}
+
+
+@dataclass
+class VARConfig:
+    """Sizes of the transformer. Defaults are the released d16 model."""
+
+    vocab_size: int = 4096
+    latent_channels: int = 32          # Cvae: the tokenizer's codebook width
+    num_classes: int = 1000
+    depth: int = 16
+    embed_dim: int = 1024
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    shared_aln: bool = False
+    attn_l2_norm: bool = True
+    cond_drop_rate: float = 0.1
+    norm_eps: float = 1e-6
+
+    def __post_init__(self):
+        self.patch_nums = tuple(int(p) for p in self.patch_nums)
+        if self.embed_dim % self.num_heads:
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
+        if list(self.patch_nums) != sorted(set(self.patch_nums)) or self.patch_nums[0] < 1:
+            raise ValueError(f"patch_nums must be strictly increasing positive sizes, got {self.patch_nums}")
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "VARConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+        kw = dict(PRESETS[name])
+        kw.update(overrides)
+        max_scale = kw.pop("max_scale")
+        kw.setdefault("patch_nums", tuple(range(1, max_scale + 1)))
+        return cls(**kw)
+
+    @property
+    def seq_len(self) -> int:
+        return sum(p * p for p in self.patch_nums)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def patch_nums_from_max_scale(max_scale: int) -> tuple[int, ...]:
+    """The schedule (1, 2, ..., N)."""
+    if max_scale < 1:
+        raise ValueError(f"max_scale must be >= 1, got {max_scale}")
+    return tuple(range(1, max_scale + 1))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head attention with fused q/k/v, optional L2-normalized q/k and a pre-allocated KV cache."""
+
+    def __init__(self, dim: int, num_heads: int, attn_l2_norm: bool):
+        super().__init__()
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.attn_l2_norm = attn_l2_norm
+        if attn_l2_norm:
+            self.scale = 1.0
+            self.scale_mul_1H11 = nn.Parameter(torch.full((1, num_heads, 1, 1), 4.0).log())
+            self.max_scale_mul = math.log(100)
+        else:
+            self.scale = 0.25 / math.sqrt(self.head_dim)
+        self.mat_qkv = nn.Linear(dim, 3 * dim, bias=False)
+        self.q_bias = nn.Parameter(torch.zeros(dim))
+        self.v_bias = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("zero_k_bias", torch.zeros(dim))
+        self.proj = nn.Linear(dim, dim)
+        self.cache_k: torch.Tensor | None = None  # (B, H, L, c) while generating
+        self.cache_v: torch.Tensor | None = None
+        self.cache_len = 0
+
+    def start_cache(self, batch: int, max_len: int, like: torch.Tensor) -> None:
+        shape = (batch, self.num_heads, max_len, self.head_dim)
+        self.cache_k = like.new_empty(shape)
+        self.cache_v = like.new_empty(shape)
+        self.cache_len = 0
+
+    def stop_cache(self) -> None:
+        self.cache_k = self.cache_v = None
+        self.cache_len = 0
+
+    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        B, L, C = x_BLC.shape
+        bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
+        qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, c)
+        if self.attn_l2_norm:
+            scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
+            q = F.normalize(q, dim=-1) * scale_mul
+            k = F.normalize(k, dim=-1)
+        if self.cache_k is not None:
+            # Generation: the new scale's tokens see every cached token and each other; no mask needed.
+            end = self.cache_len + L
+            self.cache_k[:, :, self.cache_len:end] = k
+            self.cache_v[:, :, self.cache_len:end] = v
+            self.cache_len = end
+            k, v = self.cache_k[:, :, :end], self.cache_v[:, :, :end]
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
+        return self.proj(out.transpose(1, 2).reshape(B, L, C))
+
+
+class FFN(nn.Module):
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x), approximate="tanh"))
+
+
+class AdaLNBlock(nn.Module):
+    """Attention and FFN, each after a LayerNorm modulated by the condition (scale, shift, gate)."""
+
+    def __init__(self, cfg: VARConfig):
+        super().__init__()
+        C = cfg.embed_dim
+        self.shared_aln = cfg.shared_aln
+        self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
+        self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_l2_norm)
+        self.ffn = FFN(C, round(C * cfg.mlp_ratio))
+        if cfg.shared_aln:
+            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
+        else:
+            self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+
+    def modulation(self, cond: torch.Tensor) -> torch.Tensor:
+        """(B, 1, 6, C) modulation: from the class embedding (B, C), or, with shared AdaLN, from the
+        shared projection (B, 1, 6, C) plus this block's own offset."""
+        if self.shared_aln:
+            return cond + self.ada_gss
+        return self.ada_lin(cond).view(-1, 1, 6, cond.shape[-1])
+
+    def forward(self, x_BLC: torch.Tensor, mod_B16C: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+        gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)
+        x_BLC = x_BLC + self.attn(self.ln(x_BLC) * (1 + scale1) + shift1, attn_bias) * gamma1
+        x_BLC = x_BLC + self.ffn(self.ln(x_BLC) * (1 + scale2) + shift2) * gamma2
+        return x_BLC
+
+
+class AdaLNBeforeHead(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.ln = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
+        self.ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.ada_lin(cond_BC).view(-1, 1, 2, x_BLC.shape[-1]).unbind(2)
+        return self.ln(x_BLC) * (1 + scale) + shift
+
+
+class VAR(nn.Module):
+    """Class-conditional next-scale prediction transformer."""
+
+    def __init__(self, cfg: VARConfig | None = None, **overrides):
+        super().__init__()
+        cfg = cfg or VARConfig(**overrides)
+        self.config = cfg
+        C, K = cfg.embed_dim, len(cfg.patch_nums)
+        self.patch_nums = cfg.patch_nums
+        self.first_l = cfg.patch_nums[0] ** 2
+        self.num_classes = cfg.num_classes
+        L = cfg.seq_len
+        self.word_embed = nn.Linear(cfg.latent_channels, C)
+        self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # last index: the null class
+        self.pos_start = nn.Parameter(torch.zeros(1, self.first_l, C))
+        self.pos_1LC = nn.Parameter(torch.zeros(1, L, C))
+        self.lvl_embed = nn.Embedding(K, C)
+        if cfg.shared_aln:
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), nn.Linear(C, 6 * C))
+        self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
+        self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
+        self.head = nn.Linear(C, cfg.vocab_size)
+        lvl_1L = torch.cat([torch.full((p * p,), k) for k, p in enumerate(cfg.patch_nums)]).view(1, L)
+        self.register_buffer("lvl_1L", lvl_1L)
+        # Block-causal mask as an additive bias: 0 where a token may look, -inf elsewhere.
+        allowed = lvl_1L.view(L, 1) >= lvl_1L.view(1, L)
+        self.register_buffer("attn_bias_for_masking", torch.zeros(1, 1, L, L).masked_fill(~allowed, -torch.inf))
+        self.init_weights()
+
+    # ----------------------------------------------------------------------------------- init
+    @torch.no_grad()
+    def init_weights(self, init_std: float | None = None, init_head: float = 0.02, init_adaln: float = 0.5,
+                     init_adaln_gamma: float = 1e-5) -> None:
+        """Initialisation for training from scratch, all in one place: truncated normals, a small head,
+        near-zero AdaLN gates (blocks start close to the identity) and depth-scaled output projections."""
+        C, depth = self.config.embed_dim, self.config.depth
+        std = init_std if init_std is not None else math.sqrt(1 / C / 3)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Embedding):
+                nn.init.trunc_normal_(m.weight, std=std)
+        for p in (self.pos_start, self.pos_1LC):
+            nn.init.trunc_normal_(p, std=std)
+        self.head.weight.mul_(init_head)
+        self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
+        ada_lins = [self.shared_ada_lin[-1]] if self.config.shared_aln else [b.ada_lin[-1] for b in self.blocks]
+        for lin in ada_lins:
+            lin.weight[2 * C:].mul_(init_adaln)         # scales and shifts
+            lin.weight[:2 * C].mul_(init_adaln_gamma)   # gates
+        for b in self.blocks:
+            b.attn.proj.weight.div_(math.sqrt(2 * depth))
+            b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
+
+    # ------------------------------------------------------------------------------- helpers
+    def check_labels(self, labels: torch.Tensor, allow_null: bool = False) -> None:
+        hi = self.num_classes + (1 if allow_null else 0)
+        if labels.ndim != 1:
+            raise ValueError(f"class labels must be a 1-D tensor, got shape {tuple(labels.shape)}")
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= hi):
+            raise ValueError(f"class labels must be in [0, {hi}), got {labels.tolist()}")
+
+    def modulations(self, cond_BC: torch.Tensor) -> list[torch.Tensor]:
+        """Every block's (B, 1, 6, C) AdaLN modulation for the class embeddings cond_BC."""
+        shared = self.shared_ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1]) if self.config.shared_aln else cond_BC
+        return [b.modulation(shared) for b in self.blocks]
+
+    def logits_from_hidden(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
+        return self.head(self.head_nm(x_BLC, cond_BC)).float()
+
+    # ------------------------------------------------------------------------------- forward
+    def forward(self, label_B: torch.Tensor, x_BLCv_wo_first_l: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced logits (B, L, V). In training mode labels are dropped to the null class with
+        probability ``cond_drop_rate`` (for classifier-free guidance)."""
+        self.check_labels(label_B, allow_null=True)
+        B = label_B.shape[0]
+        L = self.config.seq_len
+        if x_BLCv_wo_first_l.shape != (B, L - self.first_l, self.config.latent_channels):
+            raise ValueError(f"teacher-forcing input must be ({B}, {L - self.first_l}, {self.config.latent_channels}), "
+                             f"got {tuple(x_BLCv_wo_first_l.shape)}")
+        if self.training and self.config.cond_drop_rate > 0:
+            drop = torch.rand(B, device=label_B.device) < self.config.cond_drop_rate
+            label_B = torch.where(drop, torch.full_like(label_B, self.num_classes), label_B)
+        cond_BC = self.class_emb(label_B)
+        sos = cond_BC.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
+        x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
+        x_BLC = x_BLC + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
+        attn_bias = self.attn_bias_for_masking.to(x_BLC.dtype)
+        for block, mod in zip(self.blocks, self.modulations(cond_BC)):
+            x_BLC = block(x_BLC, mod, attn_bias)
+        return self.logits_from_hidden(x_BLC, cond_BC)

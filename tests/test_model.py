@@ -1,0 +1,153 @@
+"""Behaviour of the modules beyond the fixture: cache vs full pass, seeds, variants, saving, errors."""
+import pytest
+import torch
+
+from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig, patch_nums_from_max_scale
+from var.sampling import filter_logits, sample_tokens
+
+
+def small_pipe(shared_aln=False, attn_l2_norm=True, share_quant_resi=4, patch_nums=(1, 2, 3, 4), channels=3, seed=0):
+    torch.manual_seed(seed)
+    vae = VQVAE(VQVAEConfig(in_channels=channels, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8,
+                            vocab_size=48, patch_nums=patch_nums, share_quant_resi=share_quant_resi))
+    var = VAR(VARConfig(vocab_size=48, latent_channels=8, num_classes=5, depth=2, embed_dim=64, num_heads=2,
+                        patch_nums=patch_nums, shared_aln=shared_aln, attn_l2_norm=attn_l2_norm))
+    # Random (not near-zero) AdaLN gates so every block really contributes.
+    for name, p in var.named_parameters():
+        if "ada_lin" in name or "ada_gss" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    return VARPipeline(vae, var)
+
+
+def guided_argmax(pipe, tokens, labels, cfg):
+    K = len(pipe.patch_nums)
+    cond = pipe.logits(tokens, labels)
+    x = pipe.vqvae.quantize.teacher_forcing_input(tokens)
+    with torch.no_grad():
+        null = pipe.var(torch.full_like(labels, pipe.num_classes), x)
+    out, start = [], 0
+    for k, p in enumerate(pipe.patch_nums):
+        t = cfg * k / (K - 1)
+        sl = slice(start, start + p * p)
+        out.append(((1 + t) * cond[:, sl] - t * null[:, sl]).argmax(-1))
+        start += p * p
+    return out
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(shared_aln=True), dict(attn_l2_norm=False),
+                                     dict(share_quant_resi=0), dict(share_quant_resi=1),
+                                     dict(patch_nums=(1, 2, 4, 6, 8))])
+@pytest.mark.parametrize("cfg", [0.0, 3.0])
+def test_kv_cached_generation_equals_teacher_forced_pass(variant, cfg):
+    pipe = small_pipe(**variant)
+    labels = torch.tensor([0, 3, 4])
+    out = pipe(class_labels=labels, cfg=cfg, top_k=1, seed=0)
+    expected = guided_argmax(pipe, out.tokens, labels, cfg)
+    for k, (got, want) in enumerate(zip(out.tokens, expected)):
+        assert torch.equal(got, want), f"scale {k}"
+    torch.testing.assert_close(out.images, pipe.decode(out.tokens), atol=1e-5, rtol=0)
+
+
+def test_seed_reproducible_and_different_seeds_differ():
+    pipe = small_pipe()
+    a = pipe(class_labels=[1, 2], seed=7, top_k=0, top_p=0.0)
+    b = pipe(class_labels=[1, 2], seed=7, top_k=0, top_p=0.0)
+    c = pipe(class_labels=[1, 2], seed=8, top_k=0, top_p=0.0)
+    assert torch.equal(a.images, b.images) and all(torch.equal(x, y) for x, y in zip(a.tokens, b.tokens))
+    assert not torch.equal(a.tokens[-1], c.tokens[-1])
+    d = pipe(num_samples=6, seed=3)
+    e = pipe(num_samples=6, seed=3)
+    assert torch.equal(d.labels, e.labels) and d.labels.shape == (6,)
+    assert d.labels.min() >= 0 and d.labels.max() < pipe.num_classes
+
+
+def test_batched_generation_matches_unbatched_when_greedy():
+    pipe = small_pipe()
+    full = pipe(class_labels=[0, 1, 2, 3, 4], cfg=1.5, top_k=1, seed=0)
+    chunked = pipe(class_labels=[0, 1, 2, 3, 4], cfg=1.5, top_k=1, seed=0, batch_size=2)
+    assert all(torch.equal(x, y) for x, y in zip(full.tokens, chunked.tokens))
+    assert full.images.shape == (5, 3, 8, 8) and 0 <= full.images.min() and full.images.max() <= 1
+
+
+def test_output_shapes_and_token_layout():
+    pipe = small_pipe(patch_nums=patch_nums_from_max_scale(4), channels=1)
+    out = pipe(class_labels=[0, 1], seed=0, smooth=True, temperature=0.8)
+    assert [t.shape for t in out.tokens] == [(2, p * p) for p in (1, 2, 3, 4)]
+    assert out.images.shape == (2, 1, 8, 8)
+    assert all(t.dtype == torch.long for t in out.tokens)
+
+
+def test_top_k_top_p_filtering_keeps_the_right_candidates():
+    logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
+    vals, ids = filter_logits(logits, top_k=3, top_p=0.0)
+    assert ids.tolist() == [[[0, 1, 2]]]
+    vals, ids = filter_logits(logits, top_k=0, top_p=0.7)  # 0.5 + 0.3 reaches 0.7: the rest is dropped
+    assert torch.isfinite(vals).sum() == 2 and set(ids[torch.isfinite(vals)].tolist()) == {0, 1}
+    vals, ids = filter_logits(logits, top_k=0, top_p=0.1)  # the best token is never dropped
+    assert torch.isfinite(vals).sum() == 1 and ids[0, 0, 0] == 0
+    g = torch.Generator().manual_seed(0)
+    draws = sample_tokens(logits.expand(1, 4000, 4), top_k=2, generator=g)
+    share0 = (draws == 0).float().mean().item()
+    assert set(draws.unique().tolist()) == {0, 1} and abs(share0 - 0.5 / 0.8) < 0.03
+
+
+def test_save_and_load_pretrained_roundtrip(tmp_path):
+    pipe = small_pipe()
+    pipe.class_names = [f"c{i}" for i in range(5)]
+    pipe.save_pretrained(tmp_path / "m")
+    again = VARPipeline.from_pretrained(tmp_path / "m")
+    assert again.class_names == pipe.class_names and again.var.config == pipe.var.config
+    a = pipe(class_labels=[1, 2], seed=1)
+    b = again(class_labels=[1, 2], seed=1)
+    assert torch.equal(a.images, b.images)
+    with pytest.raises(FileNotFoundError, match="bundled"):
+        VARPipeline.from_pretrained(tmp_path / "missing")
+
+
+def test_clear_errors():
+    pipe = small_pipe()
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 5\)"):
+        pipe(class_labels=[5])
+    with pytest.raises(ValueError, match="takes 8x8"):
+        pipe.encode(torch.rand(1, 3, 20, 20))
+    with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\)"):
+        pipe.encode(torch.rand(3, 8, 8))
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        pipe.encode(torch.rand(1, 3, 8, 8) * 255)
+    tokens = pipe.encode(torch.rand(2, 3, 8, 8))
+    with pytest.raises(ValueError, match="expected 4 token maps"):
+        pipe.decode(tokens[:3])
+    with pytest.raises(ValueError, match="scale 1 must have shape"):
+        pipe.decode([tokens[0], tokens[1][:, :3], tokens[2], tokens[3]])
+    with pytest.raises(ValueError, match="outside"):
+        pipe.decode([tokens[0], tokens[1], tokens[2], tokens[3] + 100])
+    with pytest.raises(ValueError, match="2 token maps"):
+        pipe.logits(tokens, [0, 1, 2])
+    with pytest.raises(ValueError, match="unknown preset"):
+        VARConfig.from_preset("huge")
+
+
+def test_presets_have_the_requested_sizes():
+    small = VARConfig.from_preset("small")
+    assert (small.vocab_size, small.embed_dim, small.depth, small.num_heads, small.patch_nums) == (
+        512, 256, 6, 8, (1, 2, 3, 4, 5, 6, 7, 8))
+    with torch.device("meta"):
+        model = VAR(VARConfig.from_preset("large"))
+    assert model.blocks[0].ffn.fc1.out_features == 3072 and len(model.blocks) == 24
+
+
+def test_training_forward_drops_labels_and_has_gradients():
+    pipe = small_pipe()
+    var, vae = pipe.var.train(), pipe.vqvae
+    tokens = pipe.encode(torch.rand(4, 3, 8, 8))
+    x = vae.quantize.teacher_forcing_input(tokens)
+    torch.manual_seed(0)
+    logits = var(torch.tensor([0, 1, 2, 3]), x)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), torch.cat(tokens, 1).flatten())
+    loss.backward()
+    assert all(p.grad is not None for p in var.parameters() if p.requires_grad)
+    var.config.cond_drop_rate = 1.0  # every label dropped: output equals the null class's
+    a = var(torch.tensor([0, 1, 2, 3]), x)
+    var.eval()
+    b = var(torch.full((4,), 5), x)
+    torch.testing.assert_close(a, b)
