@@ -1,0 +1,195 @@
+"""Training data: Fashion-MNIST from its IDX files, or any folder of images.
+
+Both give a :class:`ImageArrayDataset`: uint8 images held in memory at the model's resolution, with
+labels, returned as float tensors in [0, 1], (channels, H, W). Nothing is downloaded: Fashion-MNIST
+comes from Debian's ``dataset-fashion-mnist`` package or a folder holding its four IDX files.
+"""
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+log = logging.getLogger(__name__)
+
+FASHION_MNIST_DIRS = ["/usr/share/datasets/fashion-mnist"]
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+                       "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Parse an IDX file (optionally gzipped): magic 0x0000TTNN (type TT, NN dimensions), sizes, data."""
+    path = Path(path)
+    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
+    ndim = raw[3]
+    dims = np.frombuffer(raw, dtype=">u4", count=ndim, offset=4).astype(int)
+    data = np.frombuffer(raw, dtype=_IDX_DTYPES[raw[2]], offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {tuple(dims)} but holds {data.size} values")
+    return data.reshape(tuple(dims))
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (stem + ".gz", stem):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def find_fashion_mnist(root: str | os.PathLike | None = None) -> Path:
+    """The folder holding the Fashion-MNIST IDX files: ``root``, $VAR_FASHION_MNIST, or Debian's."""
+    candidates = [Path(root)] if root else [Path(p) for p in ([os.environ.get("VAR_FASHION_MNIST")] if
+                                                              os.environ.get("VAR_FASHION_MNIST") else [])
+                                            + FASHION_MNIST_DIRS]
+    for c in candidates:
+        if all(_find_idx(c, s) for pair in FASHION_MNIST_FILES.values() for s in pair):
+            return c
+    raise FileNotFoundError(
+        f"Fashion-MNIST IDX files not found in {[str(c) for c in candidates]}: install them with "
+        f"`apt-get install -y dataset-fashion-mnist` or pass --data FOLDER holding "
+        f"{', '.join(s + '.gz' for pair in FASHION_MNIST_FILES.values() for s in pair)}")
+
+
+def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "train") -> tuple[np.ndarray, np.ndarray]:
+    """Images (N, 28, 28) uint8 and labels (N,) int64 of the ``train`` (60,000) or ``test`` (10,000) split."""
+    if split not in FASHION_MNIST_FILES:
+        raise ValueError(f"split must be one of {sorted(FASHION_MNIST_FILES)}, got {split!r}")
+    folder = find_fashion_mnist(root)
+    img_stem, lbl_stem = FASHION_MNIST_FILES[split]
+    images, labels = read_idx(_find_idx(folder, img_stem)), read_idx(_find_idx(folder, lbl_stem))
+    if images.ndim != 3 or labels.shape != (images.shape[0],):
+        raise ValueError(f"unexpected Fashion-MNIST shapes in {folder}: {images.shape}, {labels.shape}")
+    return images, labels.astype(np.int64)
+
+
+@dataclass
+class ImageArrayDataset(torch.utils.data.Dataset):
+    """In-memory uint8 images (N, H, W, C) with labels; items are ([0, 1] float (C, H, W), label)."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    class_names: list[str] | None = None
+    name: str = "images"
+    flip: bool = False
+    skipped: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.images.ndim == 3:
+            self.images = self.images[..., None]
+        if len(self.images) == 0:
+            raise ValueError(f"data set {self.name!r} holds no images")
+        if len(self.labels) != len(self.images):
+            raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    @property
+    def channels(self) -> int:
+        return self.images.shape[-1]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names) if self.class_names else 1
+
+    def batch(self, indices: torch.Tensor | np.ndarray, flips: torch.Tensor | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """A batch as ([0, 1] images (B, C, H, W), labels (B,)); ``flips`` (B,) bool mirrors chosen items."""
+        idx = np.asarray(indices)
+        x = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).float().div_(255)
+        if flips is not None:
+            x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x, torch.from_numpy(self.labels[idx])
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        x, y = self.batch(np.array([i]))
+        return x[0], int(y[0])
+
+
+def fashion_mnist_dataset(root: str | os.PathLike | None = None, split: str = "train") -> ImageArrayDataset:
+    from .recipes import FASHION_MNIST_CLASSES
+    images, labels = load_fashion_mnist(root, split)
+    return ImageArrayDataset(images, labels, list(FASHION_MNIST_CLASSES), name=f"fashion-mnist-{split}")
+
+
+def _load_resized(path: Path, size: int, channels: int) -> np.ndarray:
+    """Decode, resize the short side to ``size`` and centre-crop to size x size: (size, size, C) uint8."""
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        w, h = im.size
+        s = size / min(w, h)
+        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        w, h = im.size
+        left, top = (w - size) // 2, (h - size) // 2
+        arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return arr[..., None] if arr.ndim == 2 else arr
+
+
+def image_folder_dataset(root: str | os.PathLike, size: int, channels: int = 3) -> ImageArrayDataset:
+    """A folder with one sub-folder per class (class-conditional) or a flat folder of images
+    (unconditional: one class). Files that cannot be decoded are skipped with one warning naming them."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data folder not found: {root}")
+    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if subdirs:
+        class_names = [d.name for d in subdirs]
+        files = [(f, c) for c, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+    else:
+        class_names = [root.name or "images"]
+        files = [(f, 0) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+    if not files:
+        raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
+    images, labels, skipped = [], [], []
+    for path, c in files:
+        try:
+            images.append(_load_resized(path, size, channels))
+            labels.append(c)
+        except (OSError, ValueError, Image.DecompressionBombError):
+            skipped.append(str(path))
+    if skipped:
+        log.warning("skipped %d file(s) that could not be decoded: %s", len(skipped), ", ".join(skipped[:10])
+                    + (" ..." if len(skipped) > 10 else ""))
+    if not images:
+        raise ValueError(f"none of the {len(files)} image files in {root} could be decoded")
+    return ImageArrayDataset(np.stack(images), np.array(labels, dtype=np.int64), class_names, name=str(root),
+                             skipped=skipped)
+
+
+def build_dataset(data: str, size: int | None = None, channels: int | None = None, split: str = "train",
+                  ) -> ImageArrayDataset:
+    """``data`` is ``fashion-mnist`` (Debian's files or $VAR_FASHION_MNIST), a folder holding the four
+    Fashion-MNIST IDX files, or an image folder (``size`` and ``channels`` then required)."""
+    if data == "fashion-mnist":
+        return fashion_mnist_dataset(None, split)
+    path = Path(data)
+    if path.is_dir() and all(_find_idx(path, s) for s in FASHION_MNIST_FILES["train"]):
+        return fashion_mnist_dataset(path, split)
+    if size is None:
+        raise ValueError("an image folder needs the model's image size (--image-size)")
+    return image_folder_dataset(path, size, channels or 3)
+
+
+def split_holdout(ds: ImageArrayDataset, fraction: float = 0.05, seed: int = 0, max_items: int = 1000
+                  ) -> tuple[ImageArrayDataset, ImageArrayDataset]:
+    """A deterministic (train, held-out) split for data sets without a test split."""
+    n = len(ds)
+    n_hold = min(max_items, max(1, int(n * fraction))) if n > 1 else 0
+    perm = np.random.default_rng(seed).permutation(n)
+    hold, train = perm[:n_hold], perm[n_hold:]
+    if n_hold == 0:
+        return ds, ds
+
+    def sub(ix):
+        return ImageArrayDataset(ds.images[ix], ds.labels[ix], ds.class_names, ds.name, ds.flip)
+    return sub(train), sub(hold)
