@@ -210,6 +210,21 @@ class MultiScaleQuantizer(nn.Module):
         return f_hat_st, vq_loss / self.num_scales, indices
 
     @torch.no_grad()
+    def reinit_dead_codes(self, candidates_NC: torch.Tensor, dead_fraction: float = 0.03) -> torch.Tensor:
+        """Move codes used less than ``dead_fraction / V`` of the time at every scale onto randomly
+        chosen candidate vectors (e.g. encoder latents), so a collapsed codebook recovers. Their usage
+        statistic is reset to the uniform rate. Returns the ids of the codes moved."""
+        usage_V = self.ema_vocab_hit_SV.max(dim=0).values
+        dead = (usage_V < dead_fraction / self.vocab_size).nonzero().flatten()
+        if len(dead) == 0 or len(candidates_NC) == 0:
+            return dead[:0]
+        pick = torch.randint(len(candidates_NC), (len(dead),), device=candidates_NC.device)
+        noise = torch.randn(len(dead), self.channels, device=candidates_NC.device) * candidates_NC.std() * 0.01
+        self.embedding.weight.data[dead] = (candidates_NC[pick] + noise).to(self.embedding.weight.dtype)
+        self.ema_vocab_hit_SV[:, dead] = 1.0 / self.vocab_size
+        return dead
+
+    @torch.no_grad()
     def _update_usage(self, indices: Sequence[torch.Tensor], momentum: float = 0.99) -> None:
         for k, idx in enumerate(indices):
             hits_V = torch.bincount(idx.flatten(), minlength=self.vocab_size).float()

@@ -1,0 +1,237 @@
+"""What both trainers share: the step loop with exact resume, checkpoints, schedules, distribution.
+
+Resuming is exact because nothing depends on hidden iterator state: the batch of step s is a pure
+function of (seed, s) (a per-epoch permutation), and every random generator's state is checkpointed.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf: the run stops, keeping the last good checkpoint."""
+
+
+@dataclass
+class Schedule:
+    steps: int = 1000
+    batch_size: int = 64            # global: the sum of every process's local batch
+    lr: float = 3e-4
+    warmup: int = 100
+    min_lr_ratio: float = 0.1       # cosine decay from lr to lr * min_lr_ratio
+    weight_decay: float = 0.05
+    grad_clip: float = 2.0
+    seed: int = 0
+    save_every: int = 500
+    sample_every: int = 500
+    log_every: int = 10
+
+    def lr_at(self, step: int) -> float:
+        """Linear warm-up, then cosine decay."""
+        if step < self.warmup:
+            return self.lr * (step + 1) / self.warmup
+        t = (step - self.warmup) / max(1, self.steps - self.warmup)
+        return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    world: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed(device: str | None = None) -> DistInfo:
+    """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if world == 1:
+        return DistInfo(0, 1, torch.device(want))
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if want.startswith("cuda"):
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+    return DistInfo(rank, world, dev)
+
+
+def local_batch_size(global_batch: int, world: int) -> int:
+    if global_batch % world:
+        raise ValueError(f"--batch-size {global_batch} is not divisible by the {world} processes")
+    return global_batch // world
+
+
+def batch_indices(step: int, n: int, global_batch: int, seed: int, rank: int = 0, world: int = 1) -> np.ndarray:
+    """The data indices of ``step`` for process ``rank``: epoch e uses permutation(seed, e), sliced
+    into consecutive global batches (the last partial one dropped); each process takes every
+    ``world``-th item of the global batch."""
+    if global_batch > n:
+        raise ValueError(f"batch size {global_batch} is larger than the data set ({n} images)")
+    per_epoch = n // global_batch
+    epoch, i = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    return perm[i * global_batch:(i + 1) * global_batch][rank::world]
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def load_checkpoint_file(path: Path) -> dict:
+    # Our own checkpoints hold numpy/python RNG states as well as tensors: only files this program wrote
+    # are read this way (a user-supplied model goes through safetensors or weights_only loading).
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+class StopRequest:
+    """Turns SIGINT/SIGTERM into a flag the loop checks between steps (then it saves and exits)."""
+
+    def __init__(self):
+        self.requested = False
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> "StopRequest":
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self._old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: signals stay as they are
+                pass
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("stop requested (signal %d): saving a checkpoint after this step", signum)
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+def append_metrics(out: Path, record: dict) -> None:
+    with open(out / METRICS, "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def any_rank(flag: bool, info: DistInfo) -> bool:
+    """True on every process if it is True on any (a stop request on one rank stops them all)."""
+    if info.world == 1:
+        return flag
+    t = torch.tensor([float(flag)], device=info.device)
+    dist.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def gather_rng_states(info: DistInfo) -> list[dict]:
+    """Every process's RNG states, in rank order (each rank draws its own label dropout)."""
+    if info.world == 1:
+        return [rng_state()]
+    states: list = [None] * info.world
+    dist.all_gather_object(states, rng_state())
+    return states
+
+
+def check_replicas_in_sync(modules: dict, info: DistInfo) -> None:
+    """Under DDP every process must hold the same weights; a mismatch is a bug worth stopping for."""
+    if info.world == 1:
+        return
+    total = torch.zeros(1, dtype=torch.float64, device=info.device)
+    for m in modules.values():
+        for p in m.parameters():
+            total += p.detach().double().abs().sum()
+    gathered = [torch.zeros_like(total) for _ in range(info.world)]
+    dist.all_gather(gathered, total)
+    if any(not torch.equal(g, gathered[0]) for g in gathered):
+        raise RuntimeError(f"processes hold different weights: checksums {[g.item() for g in gathered]}")
+
+
+def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Callable[[int], Any],
+        on_snapshot: Callable[[int], None] | None = None, images_per_step: int | None = None) -> dict:
+    """Run ``trainer.train_step`` from the checkpointed step (or 0) to ``schedule.steps``.
+
+    Saves a checkpoint every ``save_every`` steps, at the end and on SIGINT/SIGTERM; a non-finite
+    loss raises :class:`NonFiniteLoss` before any weight is changed by it.
+    """
+    from tqdm.auto import tqdm
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / CHECKPOINT
+    if ckpt.exists():
+        trainer.load_checkpoint(ckpt, info.rank)
+        if info.is_main:
+            log.info("resuming %s from step %d", ckpt, trainer.step)
+    images_per_step = images_per_step or schedule.batch_size
+    last: dict = {}
+    with StopRequest() as stop, tqdm(total=schedule.steps, initial=trainer.step, disable=not info.is_main,
+                                      desc=out.name, unit="step", dynamic_ncols=True) as bar:
+        t0, s0 = time.perf_counter(), trainer.step
+        while trainer.step < schedule.steps:
+            step = trainer.step
+            trainer.set_lr(schedule.lr_at(step))
+            last = trainer.train_step(get_batch(step))  # raises NonFiniteLoss; step advances only on success
+            bar.update(1)
+            done = trainer.step
+            if done % schedule.log_every == 0 or done == schedule.steps:
+                rate = (done - s0) * images_per_step / max(1e-9, time.perf_counter() - t0)
+                last.update(step=done, lr=schedule.lr_at(step), images_per_s=rate)
+                bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", img_s=f"{rate:.0f}")
+                if info.is_main:
+                    append_metrics(out, last)
+            if on_snapshot is not None and (done % schedule.sample_every == 0 or done == schedule.steps):
+                on_snapshot(done)
+            stopping = any_rank(stop.requested, info)
+            if done % schedule.save_every == 0 or done == schedule.steps or stopping:
+                check_replicas_in_sync(trainer.modules, info)
+                states = gather_rng_states(info)
+                if info.is_main:
+                    trainer.save_checkpoint(ckpt, states)
+                if stopping:
+                    if info.is_main:
+                        log.warning("stopped at step %d; re-run the same command to resume", done)
+                    break
+    return last
+

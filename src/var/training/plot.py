@@ -1,0 +1,47 @@
+"""Loss curves of a run (``var plot RUN``), from its metrics.jsonl."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .common import METRICS
+
+
+def read_metrics(run_dir: Path) -> list[dict]:
+    path = Path(run_dir) / METRICS
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} not found: is {run_dir} a training run folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_run(run_dir: Path, out: Path | None = None) -> Path:
+    """One panel per metric family: total loss, per-scale losses, accuracy or PSNR, learning rate."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise ValueError("var plot needs matplotlib: pip install 'var[plot]'") from e
+    rows = read_metrics(run_dir)
+    keys = sorted({k for r in rows for k in r if k != "step"})
+    panels = [("loss", [k for k in keys if k in ("loss", "rec_loss", "vq_loss", "g_loss", "d_loss")]),
+              ("loss per scale", [k for k in keys if k.startswith("loss_s")]),
+              ("accuracy / PSNR", [k for k in keys if k == "acc" or k.startswith("acc_s") or "psnr" in k]),
+              ("learning rate", [k for k in keys if k == "lr"])]
+    panels = [(t, ks) for t, ks in panels if ks]
+    if not panels:
+        raise ValueError(f"{run_dir}/{METRICS} holds no metric to plot")
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    for ax, (title, ks) in zip(axes[0], panels):
+        for k in ks:
+            pts = [(r["step"], r[k]) for r in rows if k in r]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, lw=1)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        if len(ks) > 1:
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    out = Path(out) if out else Path(run_dir) / "loss.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

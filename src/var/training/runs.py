@@ -1,0 +1,252 @@
+"""Whole training runs as the ``var train-vae`` and ``var train`` commands perform them.
+
+A run folder holds ``run.json`` (the model configuration and data set, fixed at the first start),
+``checkpoint.pt`` (written atomically; re-running the same command resumes from it),
+``metrics.jsonl``, PNG snapshots under ``samples/`` and the exported weights:
+``vqvae.json`` + ``vqvae.safetensors`` for a tokenizer run, a ``VARPipeline`` folder for a VAR run.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from ..data import ImageArrayDataset, build_dataset, split_holdout
+from ..images import grid
+from ..transformer import VAR, VARConfig
+from ..vqvae import VQVAE, VQVAEConfig
+from .common import DistInfo, Schedule, batch_indices, fit, local_batch_size, setup_distributed
+from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
+
+log = logging.getLogger(__name__)
+VQVAE_JSON, VQVAE_WEIGHTS = "vqvae.json", "vqvae.safetensors"
+
+
+# ------------------------------------------------------------------------------- artifacts
+def export_vqvae(vqvae: VQVAE, out: Path, class_names: list[str] | None, data: str) -> None:
+    from safetensors.torch import save_file
+    save_file({k: v.detach().contiguous().cpu() for k, v in vqvae.state_dict().items()}, out / VQVAE_WEIGHTS)
+    meta = {"format": "var-vqvae", "vqvae": vqvae.config.to_dict(), "class_names": class_names, "data": data}
+    (out / VQVAE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
+    """A tokenizer from a ``train-vae`` run folder (or a saved pipeline folder) and its metadata."""
+    from safetensors.torch import load_file
+    folder = Path(folder)
+    if (folder / VQVAE_JSON).is_file():
+        meta = json.loads((folder / VQVAE_JSON).read_text())
+        cfg = VQVAEConfig(**meta["vqvae"])
+    elif (folder / "config.json").is_file():
+        meta = json.loads((folder / "config.json").read_text())
+        cfg = VQVAEConfig(**meta["vqvae"])
+    else:
+        raise FileNotFoundError(f"{folder} holds no trained tokenizer ({VQVAE_JSON} from `var train-vae`)")
+    vqvae = VQVAE(cfg)
+    vqvae.load_state_dict(load_file(folder / VQVAE_WEIGHTS))
+    return vqvae, meta
+
+
+def _fixed_run_config(out: Path, config: dict, info: DistInfo) -> dict:
+    """The run's configuration: written at the first start, read back (and kept) when resuming."""
+    path = out / "run.json"
+    if path.is_file():
+        saved = json.loads(path.read_text())
+        if saved != config and info.is_main:
+            log.warning("%s exists: resuming with its configuration (command-line model options ignored)", path)
+        return saved
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(config, indent=2) + "\n")
+    return config
+
+
+def _batch_getter(ds_batch, n: int, schedule: Schedule, info: DistInfo, flip: bool):
+    """get_batch(step) for :func:`fit`: deterministic indices, and flips drawn from (seed, step)."""
+    def get(step: int):
+        idx = batch_indices(step, n, schedule.batch_size, schedule.seed, info.rank, info.world)
+        flips = None
+        if flip:
+            g = torch.Generator().manual_seed(schedule.seed * 1_000_003 + step)
+            flips = (torch.rand(schedule.batch_size, generator=g) < 0.5)[info.rank::info.world]
+        return ds_batch(idx, flips)
+    return get
+
+
+def _optimizer(params, schedule: Schedule) -> torch.optim.AdamW:
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": schedule.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=schedule.lr, betas=(0.9, 0.95))
+
+
+def _wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module | None:
+    if info.world == 1:
+        return None
+    return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+# ------------------------------------------------------------------------------- tokenizer
+def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule, *, l1: float = 1.0,
+                l2: float = 1.0, adv_weight: float = 0.0, disc_start: int = 0, reinit_every: int = 200,
+                flip: bool = False, amp: bool = False, device: str | None = None) -> dict:
+    info = setup_distributed(device)
+    torch.manual_seed(schedule.seed)
+    ds = build_dataset(data, vqvae_cfg.image_size, vqvae_cfg.in_channels, "train")
+    try:
+        heldout = build_dataset(data, vqvae_cfg.image_size, vqvae_cfg.in_channels, "test")
+    except (ValueError, FileNotFoundError):
+        ds, heldout = split_holdout(ds)
+    _check_geometry(ds, vqvae_cfg.image_size, vqvae_cfg.in_channels)
+    cfg = _fixed_run_config(out, {"kind": "vqvae", "data": data, "vqvae": vqvae_cfg.to_dict(),
+                                  "class_names": ds.class_names}, info)
+    vqvae = VQVAE(VQVAEConfig(**cfg["vqvae"])).to(info.device)
+    disc = disc_opt = None
+    if adv_weight > 0:
+        disc = PatchDiscriminator(vqvae_cfg.in_channels).to(info.device)
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=schedule.lr, betas=(0.5, 0.9))
+    trainer = VQVAETrainer(vqvae, _optimizer(list(vqvae.parameters()), schedule), info.device, l1=l1, l2=l2,
+                           disc=disc, disc_optimizer=disc_opt, adv_weight=adv_weight, disc_start=disc_start,
+                           reinit_every=reinit_every, grad_clip=schedule.grad_clip, amp=amp,
+                           ddp_model=_wrap(vqvae, info))
+    held_x, _ = heldout.batch(np.arange(min(1000, len(heldout))))
+    if info.is_main:
+        log.info("tokenizer: %.2fM parameters, %d training images, held-out %d, %d process(es)",
+                 sum(p.numel() for p in vqvae.parameters()) / 1e6, len(ds), len(held_x), info.world)
+
+    def snapshot(step: int) -> None:
+        if not info.is_main:
+            return
+        ev = trainer.evaluate(held_x)
+        with torch.no_grad():
+            x = held_x[:8].to(info.device)
+            vqvae.eval()
+            rec = (vqvae.indices_to_img(vqvae.img_to_indices(x * 2 - 1)) + 1) / 2
+            vqvae.train()
+        (out / "samples").mkdir(exist_ok=True)
+        grid(torch.cat([x, rec]).cpu(), nrow=8, scale=max(1, 64 // x.shape[-1]),
+             row_labels=["input", "recon"]).save(out / "samples" / f"recon_{step:07d}.png")
+        from .common import append_metrics
+        append_metrics(out, {"step": step, **ev})
+        log.info("step %d: held-out PSNR %.2f dB", step, ev["heldout_psnr"])
+        export_vqvae(vqvae, out, ds.class_names, data)
+
+    get = _batch_getter(ds.batch, len(ds), schedule, info, flip)
+    last = fit(trainer, schedule, out, info, lambda s: get(s)[0], on_snapshot=snapshot)
+    result = dict(last)
+    if info.is_main:
+        result.update(trainer.evaluate(held_x))
+    _finish(info)
+    return result
+
+
+# ---------------------------------------------------------------------------- transformer
+def token_cache_key(vqvae: VQVAE, ds: ImageArrayDataset, flip: bool) -> str:
+    """Hash of the tokenizer's weights and the data's pixels and labels: a cache entry is reused only
+    for exactly the same tokenizer and images."""
+    h = hashlib.sha1()
+    for k, v in sorted(vqvae.state_dict().items()):
+        if k != "quantize.ema_vocab_hit_SV":
+            h.update(k.encode())
+            h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    h.update(np.ascontiguousarray(ds.images).tobytes())
+    h.update(np.ascontiguousarray(ds.labels).tobytes())
+    h.update(b"flip" if flip else b"")
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def tokenize_dataset(vqvae: VQVAE, ds: ImageArrayDataset, cache_dir: Path, info: DistInfo, flip: bool = False,
+                     batch_size: int = 256) -> np.ndarray:
+    """Token ids (N, L) of every image (and (2, N, L) with mirrored copies when ``flip``), cached on disk."""
+    path = cache_dir / f"tokens_{token_cache_key(vqvae, ds, flip)}.npy"
+    if info.is_main and not path.is_file():
+        from tqdm.auto import tqdm
+        vqvae.eval()
+        variants = [False, True] if flip else [False]
+        out = []
+        for mirrored in variants:
+            rows = []
+            for s in tqdm(range(0, len(ds), batch_size), desc="tokenizing" + (" (mirrored)" if mirrored else "")):
+                idx = np.arange(s, min(len(ds), s + batch_size))
+                x, _ = ds.batch(idx, torch.full((len(idx),), mirrored))
+                rows.append(torch.cat(vqvae.img_to_indices(x.to(info.device) * 2 - 1), 1).cpu().numpy())
+            out.append(np.concatenate(rows))
+        arr = np.stack(out) if flip else out[0]
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, arr.astype(np.int16 if vqvae.config.vocab_size <= 32767 else np.int32))
+        os.replace(tmp, path)
+        log.info("cached tokens of %d images in %s", len(ds), path)
+    if info.world > 1:
+        dist.barrier()
+    return np.load(path)
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "var" / "tokens"
+
+
+def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule: Schedule, *,
+              label_smoothing: float = 0.1, ema: float | None = None, flip: bool = False, amp: bool = False,
+              cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4) -> dict:
+    info = setup_distributed(device)
+    torch.manual_seed(schedule.seed)
+    vqvae, vae_meta = load_vqvae(vae_dir)
+    vqvae = vqvae.to(info.device)
+    ds = build_dataset(data, vqvae.config.image_size, vqvae.config.in_channels, "train")
+    _check_geometry(ds, vqvae.config.image_size, vqvae.config.in_channels)
+    var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
+    var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
+    cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
+                                  "class_names": ds.class_names}, info)
+    var = VAR(VARConfig(**cfg["var"])).to(info.device)
+    torch.manual_seed(schedule.seed + info.rank)  # same initial weights, independent label dropout per process
+    tokens = torch.from_numpy(tokenize_dataset(vqvae, ds, cache_dir or default_cache_dir(), info, flip))
+    labels = torch.from_numpy(ds.labels)
+    trainer = VARTrainer(var, vqvae, _optimizer(list(var.parameters()), schedule), info.device,
+                         label_smoothing=label_smoothing, grad_clip=schedule.grad_clip, amp=amp, ema_decay=ema,
+                         ddp_model=_wrap(var, info))
+    if info.is_main:
+        log.info("transformer: %.2fM parameters, %d images x %d tokens, %d process(es)",
+                 sum(p.numel() for p in var.parameters()) / 1e6, len(ds), tokens.shape[-1], info.world)
+
+    def get_batch(idx, flips):
+        idx_t = torch.as_tensor(idx)
+        toks = tokens[flips.long(), idx_t] if flips is not None else tokens[idx_t]
+        return toks, labels[idx_t]
+
+    def snapshot(step: int) -> None:
+        if not info.is_main:
+            return
+        out_s = trainer.generate_samples(samples_per_class * ds.num_classes,
+                                         class_labels=np.repeat(np.arange(ds.num_classes), samples_per_class).tolist())
+        (out / "samples").mkdir(exist_ok=True)
+        grid(out_s.images.cpu(), nrow=samples_per_class, scale=max(1, 64 // out_s.images.shape[-1]),
+             row_labels=ds.class_names).save(out / "samples" / f"samples_{step:07d}.png")
+        trainer.pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}).save_pretrained(out)
+        trainer.var.train()
+
+    last = fit(trainer, schedule, out, info, _batch_getter(get_batch, len(ds), schedule, info, flip),
+               on_snapshot=snapshot)
+    _finish(info)
+    return dict(last)
+
+
+def _check_geometry(ds: ImageArrayDataset, size: int, channels: int) -> None:
+    h, w, c = ds.images.shape[1:]
+    if (h, w) != (size, size) or c != channels:
+        raise ValueError(f"data set images are {h}x{w}x{c}, the tokenizer takes {size}x{size}x{channels}")
+
+
+def _finish(info: DistInfo) -> None:
+    if info.world > 1 and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

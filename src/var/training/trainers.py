@@ -1,0 +1,277 @@
+"""The two trainers: the multi-scale VQ-VAE tokenizer and the VAR transformer.
+
+Each exposes ``train_step(batch) -> metrics``, ``set_lr``, ``save_checkpoint`` / ``load_checkpoint``
+(model, optimizer, EMA, step and every RNG state) so that :func:`common.fit` can run and resume them.
+Under torchrun the model given as ``ddp_model`` is the DistributedDataParallel wrapper; the plain module
+is kept for saving and sampling.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..pipeline import VAROutput, VARPipeline
+from ..transformer import VAR
+from ..vqvae import VQVAE
+from .common import NonFiniteLoss, atomic_save, load_checkpoint_file, rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean PSNR (dB) of images in [0, 1]."""
+    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((10 * torch.log10(1 / mse)).mean())
+
+
+class _Trainer:
+    """Step counter, optimizers, clipping, non-finite check and checkpoints shared by both trainers."""
+
+    def __init__(self, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
+                 device: str | torch.device, grad_clip: float, amp: bool):
+        self.modules, self.optimizers = modules, optimizers
+        self.device = torch.device(device)
+        self.grad_clip = grad_clip
+        self.amp_dtype = torch.bfloat16 if amp else None
+        self.step = 0
+
+    def set_lr(self, lr: float) -> None:
+        for opt in self.optimizers.values():
+            for group in opt.param_groups:
+                group["lr"] = lr
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+
+    def _check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
+        if not torch.isfinite(loss).all():
+            raise NonFiniteLoss(f"{what} is {loss.item()} at step {self.step}: stopping; the last checkpoint "
+                                f"(before this step) is kept. Try a lower --lr or a larger --warmup.")
+
+    def _update(self, loss: torch.Tensor, opt_name: str, params: Iterable[nn.Parameter]) -> float:
+        """Backward, clip, step, clear. Returns the gradient norm before clipping."""
+        opt = self.optimizers[opt_name]
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip if self.grad_clip > 0 else float("inf"))
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return float(norm)
+
+    def state(self, rng_per_rank: list[dict] | None = None) -> dict:
+        return {"step": self.step, "models": {k: m.state_dict() for k, m in self.modules.items()},
+                "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
+                "rng_per_rank": rng_per_rank or [rng_state()]}
+
+    def save_checkpoint(self, path: str | Path, rng_per_rank: list[dict] | None = None) -> None:
+        """Everything needed to continue bit for bit; under DDP, every process's RNG state."""
+        atomic_save(self.state(rng_per_rank), Path(path))
+
+    def load_checkpoint(self, path: str | Path, rank: int = 0) -> None:
+        ckpt = load_checkpoint_file(Path(path))
+        for k, m in self.modules.items():
+            m.load_state_dict(ckpt["models"][k])
+        for k, o in self.optimizers.items():
+            o.load_state_dict(ckpt["optimizers"][k])
+        self.step = ckpt["step"]
+        states = ckpt["rng_per_rank"]
+        set_rng_state(states[rank] if rank < len(states) else states[0])
+
+
+# ----------------------------------------------------------------------------------- tokenizer
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN: strided convs to a map of real/fake logits (GroupNorm keeps it DDP-friendly)."""
+
+    def __init__(self, in_channels: int, width: int = 64, layers: int = 3):
+        super().__init__()
+        mods: list[nn.Module] = [nn.Conv2d(in_channels, width, 4, 2, 1), nn.LeakyReLU(0.2)]
+        c = width
+        for i in range(1, layers):
+            mods += [nn.Conv2d(c, c * 2, 4, 2 if i < layers - 1 else 1, 1), nn.GroupNorm(8, c * 2), nn.LeakyReLU(0.2)]
+            c *= 2
+        mods.append(nn.Conv2d(c, 1, 3, 1, 1))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class VQVAETrainer(_Trainer):
+    """Reconstruction (L1 and/or L2) + multi-scale VQ loss, optional hinge-GAN loss with the adaptive
+    weight of VQGAN, and re-initialisation of dead codes every ``reinit_every`` steps."""
+
+    def __init__(self, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu", *,
+                 l1: float = 1.0, l2: float = 1.0, disc: PatchDiscriminator | None = None,
+                 disc_optimizer: torch.optim.Optimizer | None = None, adv_weight: float = 0.0,
+                 disc_start: int = 0, reinit_every: int = 200, dead_fraction: float = 0.03,
+                 grad_clip: float = 2.0, amp: bool = False, ddp_model: nn.Module | None = None):
+        modules, optimizers = {"vqvae": vqvae}, {"vqvae": optimizer}
+        if adv_weight > 0:
+            if disc is None or disc_optimizer is None:
+                raise ValueError("adv_weight > 0 needs a discriminator and its optimizer")
+            modules["disc"], optimizers["disc"] = disc, disc_optimizer
+        super().__init__(modules, optimizers, device, grad_clip, amp)
+        self.vqvae, self.model, self.disc = vqvae, ddp_model or vqvae, disc
+        self.l1, self.l2, self.adv_weight, self.disc_start = l1, l2, adv_weight, disc_start
+        self.reinit_every, self.dead_fraction = reinit_every, dead_fraction
+
+    def _adaptive_weight(self, rec_loss: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
+        """||grad rec|| / ||grad gan|| at the decoder's last layer: balances the two losses."""
+        last = self.vqvae.decoder.conv_out.weight
+        g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+        g_gan = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+        return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e4).detach()
+
+    def train_step(self, batch) -> dict:
+        images01 = batch[0] if isinstance(batch, (tuple, list)) else batch
+        x = images01.to(self.device) * 2 - 1
+        self.vqvae.train()
+        with self.autocast():
+            rec, vq_loss, _ = self.model(x)
+        rec = rec.float()
+        rec_loss = self.l1 * (rec - x).abs().mean() + self.l2 * (rec - x).pow(2).mean()
+        loss = rec_loss + vq_loss
+        metrics = {"rec_loss": rec_loss.item(), "vq_loss": vq_loss.item()}
+        use_gan = self.adv_weight > 0 and self.step >= self.disc_start
+        if use_gan:
+            g_loss = -self.disc(rec).mean()
+            w = self._adaptive_weight(rec_loss, g_loss)
+            loss = loss + self.adv_weight * w * g_loss
+            metrics.update(g_loss=g_loss.item(), adv_w=float(w))
+        self._check_finite(loss)
+        metrics["grad_norm"] = self._update(loss, "vqvae", self.vqvae.parameters())
+        if use_gan:
+            d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(rec.detach())).mean()
+            self._check_finite(d_loss, "discriminator loss")
+            self._update(d_loss, "disc", self.disc.parameters())
+            metrics["d_loss"] = d_loss.item()
+        self.step += 1
+        if self.reinit_every and self.step % self.reinit_every == 0:
+            metrics["codes_reset"] = self.reinit_dead_codes(x)
+        usage = (self.vqvae.quantize.ema_vocab_hit_SV > 1e-4).float().mean(1)
+        metrics.update({f"usage_s{k}": float(u) for k, u in enumerate(usage)})
+        metrics["loss"] = loss.item()
+        metrics["psnr"] = psnr((rec.detach().clamp(-1, 1) + 1) / 2, images01.to(self.device))
+        return metrics
+
+    @torch.no_grad()
+    def reinit_dead_codes(self, x: torch.Tensor) -> int:
+        """Codes hit less than ``dead_fraction / V`` of the time at every scale are moved onto latent
+        vectors of the current batch; their optimizer moments are cleared. Returns how many moved."""
+        q = self.vqvae.quantize
+        f = self.vqvae.encode_latent(x).float()
+        reset = q.reinit_dead_codes(f.permute(0, 2, 3, 1).reshape(-1, q.channels), self.dead_fraction)
+        if len(reset):
+            state = self.optimizers["vqvae"].state.get(q.embedding.weight, {})
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in state:
+                    state[key][reset] = 0
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.broadcast(q.embedding.weight.data, 0)
+            torch.distributed.broadcast(q.ema_vocab_hit_SV, 0)
+        return len(reset)
+
+    @torch.no_grad()
+    def evaluate(self, images01: torch.Tensor, batch_size: int = 256) -> dict:
+        """Reconstruction PSNR through the tokens (what the transformer will see), on held-out images."""
+        self.vqvae.eval()
+        scores = []
+        for s in range(0, len(images01), batch_size):
+            x = images01[s:s + batch_size].to(self.device)
+            rec = self.vqvae.indices_to_img(self.vqvae.img_to_indices(x * 2 - 1))
+            scores.append(psnr((rec + 1) / 2, x) * len(x))
+        self.vqvae.train()
+        return {"heldout_psnr": sum(scores) / len(images01)}
+
+
+# --------------------------------------------------------------------------------- transformer
+class VARTrainer(_Trainer):
+    """Teacher-forced next-scale prediction with label-smoothed cross-entropy and optional EMA weights."""
+
+    def __init__(self, var: VAR, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu",
+                 *, label_smoothing: float = 0.1, grad_clip: float = 2.0, amp: bool = False,
+                 ema_decay: float | None = None, ddp_model: nn.Module | None = None):
+        self.ema = copy.deepcopy(var).eval().requires_grad_(False) if ema_decay else None
+        modules = {"var": var} | ({"ema": self.ema} if self.ema is not None else {})
+        super().__init__(modules, {"var": optimizer}, device, grad_clip, amp)
+        self.var, self.model = var, ddp_model or var
+        self.vqvae = vqvae.eval().requires_grad_(False)
+        self.label_smoothing, self.ema_decay = label_smoothing, ema_decay
+
+    def _split(self, tokens) -> list[torch.Tensor]:
+        """Tokens as K maps from (B, L) or a list of maps."""
+        if isinstance(tokens, torch.Tensor):
+            sizes = [p * p for p in self.var.patch_nums]
+            return list(tokens.long().to(self.device).split(sizes, dim=1))
+        return [t.long().to(self.device) for t in tokens]
+
+    def train_step(self, batch) -> dict:
+        """``batch`` is (tokens, labels) or (images in [0, 1], labels); images are tokenized on the fly."""
+        x, labels = batch
+        labels = labels.to(self.device)
+        if isinstance(x, torch.Tensor) and x.ndim == 4:
+            with torch.no_grad():
+                tokens = self.vqvae.img_to_indices(x.to(self.device) * 2 - 1)
+        else:
+            tokens = self._split(x)
+        with torch.no_grad():
+            x_in = self.vqvae.quantize.teacher_forcing_input(tokens)
+        target_BL = torch.cat(tokens, dim=1)
+        self.var.train()
+        with self.autocast():
+            logits_BLV = self.model(labels, x_in)
+        B, L, V = logits_BLV.shape
+        loss_BL = F.cross_entropy(logits_BLV.float().view(-1, V), target_BL.view(-1),
+                                  label_smoothing=self.label_smoothing, reduction="none").view(B, L)
+        loss = loss_BL.mean()
+        self._check_finite(loss)
+        grad_norm = self._update(loss, "var", self.var.parameters())
+        self._update_ema()
+        self.step += 1
+        with torch.no_grad():
+            correct_BL = (logits_BLV.argmax(-1) == target_BL).float()
+            metrics = {"loss": loss.item(), "acc": float(correct_BL.mean()), "grad_norm": grad_norm}
+            for k, (l_part, c_part) in enumerate(zip(loss_BL.split([p * p for p in self.var.patch_nums], 1),
+                                                      correct_BL.split([p * p for p in self.var.patch_nums], 1))):
+                metrics[f"loss_s{k}"], metrics[f"acc_s{k}"] = float(l_part.mean()), float(c_part.mean())
+        return metrics
+
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        if self.ema is None:
+            return
+        for e, p in zip(self.ema.parameters(), self.var.parameters()):
+            e.lerp_(p.detach(), 1 - self.ema_decay)
+
+    def train_epoch(self, loader: Iterable) -> dict:
+        """One pass over ``loader`` (batches of (tokens or images, labels)); returns mean metrics."""
+        sums: dict[str, float] = {}
+        n = 0
+        for batch in loader:
+            for k, v in self.train_step(batch).items():
+                sums[k] = sums.get(k, 0.0) + v
+            n += 1
+        if n == 0:
+            raise ValueError("the loader yielded no batch")
+        return {k: v / n for k, v in sums.items()} | {"steps": n}
+
+    def sampling_model(self) -> VAR:
+        return self.ema if self.ema is not None else self.var
+
+    def pipeline(self, class_names: Sequence[str] | None = None, pad: int = 0, info: dict | None = None) -> VARPipeline:
+        """A pipeline of the current (EMA, if kept) weights; shares tensors with the trainer."""
+        pipe = VARPipeline(self.vqvae, self.sampling_model(), class_names=class_names, pad=pad, info=info)
+        return pipe
+
+    def generate_samples(self, num_samples: int, class_labels: Sequence[int] | None = None, seed: int = 0,
+                         **sampling) -> VAROutput:
+        """Samples from the current weights (EMA if kept); classes cycle through all if not given."""
+        labels = list(class_labels) if class_labels is not None else [i % self.var.num_classes for i in range(num_samples)]
+        out = self.pipeline()(class_labels=labels, seed=seed, **sampling)
+        self.var.train()
+        return out

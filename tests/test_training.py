@@ -1,0 +1,199 @@
+"""Training: exact resume, two processes training one model, dead-code recovery, bad data, NaN stop."""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from var import VARPipeline, VQVAE, VQVAEConfig
+from var.cli import main as cli
+from var.data import image_folder_dataset
+from var.training.common import NonFiniteLoss, Schedule, fit, DistInfo
+from var.training.runs import train_var, train_vqvae
+
+TINY_VAE = VQVAEConfig(in_channels=3, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=32,
+                       patch_nums=(1, 2, 4, 8), using_sa=False, using_mid_sa=False)
+VAE_ARGS = ["--preset", "custom", "--image-size", "16", "--channels", "3", "--ch", "32", "--ch-mult", "1,2",
+            "--z-channels", "8", "--vocab-size", "32", "--patch-nums", "1,2,4,8", "--no-attn"]
+VAR_ARGS = ["--preset", "small", "--depth", "1", "--embed-dim", "32", "--num-heads", "2"]
+
+
+def make_folder(root: Path, n_per_class: int = 12, corrupt: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["circles", "squares"]):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            arr = (rng.random((20, 24, 3)) * 80 + 100 * c).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"{i}.png")
+    if corrupt:
+        (root / "circles" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def vae_run(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    assert cli(["train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", "4",
+                "--batch-size", "8", "--warmup", "2", "--log-every", "2", "--sample-every", "4"]) == 0
+    return out
+
+
+def small_schedule(steps=6, **kw):
+    return Schedule(steps=steps, batch_size=8, lr=1e-3, warmup=2, save_every=100, sample_every=10_000, log_every=1, **kw)
+
+
+def test_image_folder_end_to_end_gives_a_loadable_pipeline(folder, vae_run, tmp_path):
+    rows = [json.loads(l) for l in (vae_run / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["heldout_psnr"] > 0 and "usage_s0" in rows[0] and (vae_run / "samples").is_dir()
+    out = tmp_path / "var"
+    assert cli(["train", "--data", str(folder), "--vae", str(vae_run), "--out", str(out), *VAR_ARGS,
+                "--steps", "4", "--batch-size", "8", "--warmup", "2", "--log-every", "2", "--sample-every", "4",
+                "--cache-dir", str(tmp_path / "cache"), "--ema", "0.9", "--flip"]) == 0
+    assert len(list((tmp_path / "cache").glob("tokens_*.npy"))) == 1
+    pipe = VARPipeline.from_pretrained(out)
+    assert pipe.class_names == ["circles", "squares"]
+    images = pipe(class_labels=[0, 1], seed=0).images
+    assert images.shape == (2, 3, 16, 16)
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "acc", "loss_s0", "acc_s3", "lr", "images_per_s"} <= set(rows[-1])
+    assert cli(["plot", str(out)]) == 0 and (out / "loss.png").stat().st_size > 1000
+
+
+def _interrupt_at(step_to_stop: int, get_batch):
+    def get(step):
+        if step == step_to_stop:
+            os.kill(os.getpid(), signal.SIGINT)  # handled as a stop request: finish the step, save, return
+        return get_batch(step)
+    return get
+
+
+@pytest.mark.parametrize("kind", ["vqvae", "var"])
+def test_interrupted_and_resumed_run_ends_with_identical_weights(folder, vae_run, tmp_path, kind):
+    from var.training.runs import load_vqvae, _optimizer
+    from var.training.trainers import VARTrainer, VQVAETrainer
+    from var import VAR, VARConfig
+
+    ds = image_folder_dataset(folder, 16)
+    vqvae, _ = load_vqvae(vae_run)
+
+    def make_trainer():
+        torch.manual_seed(0)
+        if kind == "vqvae":
+            m = VQVAE(TINY_VAE)
+            return VQVAETrainer(m, _optimizer(list(m.parameters()), small_schedule()), reinit_every=2)
+        m = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=2, depth=1, embed_dim=32, num_heads=2,
+                          patch_nums=(1, 2, 4, 8)))
+        return VARTrainer(m, vqvae, _optimizer(list(m.parameters()), small_schedule()), ema_decay=0.9)
+
+    def get_batch(step):
+        from var.training.common import batch_indices
+        x, y = ds.batch(batch_indices(step, len(ds), 8, 0))
+        return x if kind == "vqvae" else (x, y)
+
+    t_full = make_trainer()
+    fit(t_full, small_schedule(), tmp_path / "full", DistInfo(), get_batch)
+    t_a = make_trainer()
+    fit(t_a, small_schedule(), tmp_path / "resumed", DistInfo(), _interrupt_at(2, get_batch))
+    assert t_a.step == 3  # stopped after finishing step index 2
+    t_b = make_trainer()  # a fresh process: same command again
+    fit(t_b, small_schedule(), tmp_path / "resumed", DistInfo(), get_batch)
+    assert t_b.step == 6
+    for name in t_full.modules:
+        full, resumed = t_full.modules[name].state_dict(), t_b.modules[name].state_dict()
+        for k in full:
+            assert torch.equal(full[k], resumed[k]), f"{name}.{k} differs after resume"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_one_model(folder, vae_run, tmp_path):
+    """torchrun with 2 CPU processes (gloo): the run checks that the ranks hold the same weights, and the
+    result equals one process on the same global batch."""
+    # No label dropout: it is drawn per process, so only then is one process on the global batch the same.
+    common = ["--data", str(folder), "--vae", str(vae_run), *VAR_ARGS, "--steps", "3", "--batch-size", "8", "--cond-drop", "0",
+              "--warmup", "1", "--sample-every", "1000", "--cache-dir", str(tmp_path / "cache")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+           "-m", "var", "train", "--out", str(tmp_path / "ddp"), *common]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stderr
+    assert cli(["train", "--out", str(tmp_path / "single"), *common]) == 0
+    two = VARPipeline.from_pretrained(tmp_path / "ddp").var.state_dict()
+    one = VARPipeline.from_pretrained(tmp_path / "single").var.state_dict()
+    for k in one:
+        torch.testing.assert_close(two[k], one[k], atol=1e-5, rtol=1e-4, msg=k)
+
+
+def test_dead_codes_are_recovered():
+    torch.manual_seed(0)
+    vqvae = VQVAE(TINY_VAE)
+    q = vqvae.quantize
+    with torch.no_grad():
+        q.embedding.weight[16:] += 1000.0  # half the codebook far away: never the nearest code
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    vqvae.train()
+    for _ in range(3):
+        vqvae(x)
+    used_before = torch.cat(vqvae.img_to_indices(x), 1).unique()
+    assert used_before.max() < 16
+    unused = (q.ema_vocab_hit_SV.max(0).values < 1e-6).nonzero().flatten().tolist()
+    assert set(range(16, 32)) <= set(unused)
+    f = vqvae.encode_latent(x).detach()
+    reset = q.reinit_dead_codes(f.permute(0, 2, 3, 1).reshape(-1, 8))
+    assert set(range(16, 32)) <= set(reset.tolist())
+    used_after = torch.cat(vqvae.img_to_indices(x), 1).unique()
+    assert (used_after >= 16).any(), "re-initialised codes are used again"
+
+
+def test_bad_data_is_reported(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", n_per_class=2, corrupt=True)
+    with caplog.at_level("WARNING"):
+        ds = image_folder_dataset(root, 16)
+    assert len(ds) == 4 and ds.skipped == [str(root / "circles" / "broken.png")]
+    assert "broken.png" in caplog.text and "skipped 1 file" in caplog.text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        image_folder_dataset(tmp_path / "empty", 16)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"xx")
+    with pytest.raises(ValueError, match="could be decoded"):
+        image_folder_dataset(tmp_path / "junk", 16)
+    assert cli(["train-vae", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), *VAE_ARGS]) == 2
+
+
+def test_nan_loss_stops_and_keeps_the_last_checkpoint(folder, tmp_path):
+    from var.training.runs import _optimizer
+    from var.training.trainers import VQVAETrainer
+    ds = image_folder_dataset(folder, 16)
+    torch.manual_seed(0)
+    m = VQVAE(TINY_VAE)
+    trainer = VQVAETrainer(m, _optimizer(list(m.parameters()), small_schedule()))
+    sched = Schedule(steps=6, batch_size=8, lr=1e-3, warmup=1, save_every=2, sample_every=100, log_every=1)
+
+    def get_batch(step):
+        x, _ = ds.batch(np.arange(8))
+        return x * float("nan") if step == 3 else x
+
+    with pytest.raises(NonFiniteLoss, match="step 3"):
+        fit(trainer, sched, tmp_path, DistInfo(), get_batch)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert saved["step"] == 2
+    assert all(torch.isfinite(v).all() for v in saved["models"]["vqvae"].values() if v.is_floating_point())
