@@ -137,6 +137,15 @@ class VARPipeline:
         return path
 
     # ------------------------------------------------------------------------------ checks
+    def _generator(self, seed: int | None) -> torch.Generator:
+        """The one random stream of a call: seeded when ``seed`` is given, so that calls can be repeated."""
+        generator = torch.Generator(device=self.device)
+        if seed is not None:
+            generator.manual_seed(int(seed))
+        else:
+            generator.seed()
+        return generator
+
     def _labels(self, class_labels, num_samples: int | None, generator: torch.Generator | None) -> torch.Tensor:
         if class_labels is None:
             n = 1 if num_samples is None else int(num_samples)
@@ -205,11 +214,7 @@ class VARPipeline:
         ``seed`` makes the call reproducible (for a given batch size); ``batch_size`` bounds memory by
         generating in chunks. Returns images in [0, 1] with the token maps of every scale.
         """
-        generator = torch.Generator(device=self.device)
-        if seed is not None:
-            generator.manual_seed(int(seed))
-        else:
-            generator.seed()
+        generator = self._generator(seed)
         labels = self._labels(class_labels, num_samples, generator)
         return self._generate_batched(labels, batch_size, progress, generator=generator, cfg=cfg, top_k=top_k,
                                       top_p=top_p, temperature=temperature, smooth=smooth)
