@@ -9,6 +9,7 @@ from PIL import Image
 from var import VARPipeline, box_mask, generate, load_mask
 from var.cli import main
 from var.editing import check_mask, keep_masks_from_mask
+from var.images import load_image
 
 from test_model import small_pipe
 
@@ -190,3 +191,81 @@ def test_bad_masks_are_clear_errors():
     with pytest.raises(ValueError, match="3 class labels for 2 images"):
         pipe.inpaint(images, torch.ones(6, 6), class_labels=[0, 1, 2])
     assert check_mask(torch.ones(6, 6, dtype=torch.bool), 2, 6).shape == (2, 1, 6, 6)
+
+
+# ------------------------------------------------------------------------------- the command line
+@pytest.fixture
+def saved(tmp_path):
+    """A tiny one-channel model saved to disk and a 12x12 input image (the model takes 8x8)."""
+    pipe = padded_pipe(0, channels=1)
+    pipe.save_pretrained(tmp_path / "model")
+    gray = (np.random.default_rng(0).random((12, 12)) * 255).astype(np.uint8)
+    Image.fromarray(gray).save(tmp_path / "in.png")
+    return pipe, tmp_path
+
+
+def run_cli(tmp_path, *argv) -> int:
+    return main([*argv, "--model", str(tmp_path / "model"), "--device", "cpu"])
+
+
+def png(path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("L"), dtype=np.int16)
+
+
+def as_png(images: torch.Tensor) -> np.ndarray:
+    return images[0, 0].mul(255).round().to(torch.int16).numpy()
+
+
+def test_cli_edit_matches_the_python_call_and_notes_the_resize(saved, caplog):
+    pipe, tmp = saved
+    hole = np.zeros((12, 12), np.uint8)
+    hole[2:7, 3:9] = 255
+    Image.fromarray(hole).save(tmp / "mask.png")
+    caplog.set_level(logging.INFO)
+    assert run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--mask", str(tmp / "mask.png"), "--class", "3",
+                   "--seed", "4", "--top-k", "0", "--out", str(tmp / "out.png")) == 0
+    assert "resized" in caplog.text and "12x12 to 8x8" in caplog.text
+    image, _ = load_image(tmp / "in.png", 1, 8)
+    expected = pipe.inpaint(image, load_mask(tmp / "mask.png", size=8), class_labels=3, seed=4, top_k=0)
+    assert np.abs(png(tmp / "out.png") - as_png(expected.images)).max() <= 1
+
+
+def test_cli_outpaint_around_the_whole_image_and_vary_all_scales_reconstruct(saved):
+    pipe, tmp = saved
+    image, _ = load_image(tmp / "in.png", 1, 8)
+    reconstruction = as_png(pipe.decode(pipe.encode(image)))
+    assert run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--box", "0,0,1,1", "--outpaint",
+                   "--out", str(tmp / "outpaint.png")) == 0
+    assert np.abs(png(tmp / "outpaint.png") - reconstruction).max() <= 1
+    assert run_cli(tmp, "vary", "--image", str(tmp / "in.png"), "--keep-scales", "4",
+                   "--out", str(tmp / "vary.png")) == 0
+    assert np.abs(png(tmp / "vary.png") - reconstruction).max() <= 1
+
+
+def test_cli_panel_puts_input_mask_and_result_side_by_side(saved):
+    _, tmp = saved
+    assert run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--box", "0.25,0.25,0.75,0.75", "--panel",
+                   "--out", str(tmp / "panel.png")) == 0
+    panel = png(tmp / "panel.png")
+    assert 3 * 64 < panel.shape[1] < 4 * 64 and 64 < panel.shape[0] < 2 * 64  # three 64x64 tiles in a row
+    assert run_cli(tmp, "vary", "--image", str(tmp / "in.png"), "--keep-scales", "2", "--panel",
+                   "--out", str(tmp / "vpanel.png")) == 0
+    assert 2 * 64 < png(tmp / "vpanel.png").shape[1] < 3 * 64
+
+
+def test_cli_errors_are_clear(saved, caplog):
+    _, tmp = saved
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp / "small.png")
+    (tmp / "junk.png").write_text("not an image")
+    args = ["--out", str(tmp / "never.png")]
+    assert run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--mask", str(tmp / "small.png"), *args) == 2
+    assert "small.png is 5x5" in caplog.text and "its image is 12x12" in caplog.text
+    assert run_cli(tmp, "edit", "--image", str(tmp / "junk.png"), "--box", "0,0,1,1", *args) == 2
+    assert "cannot read image" in caplog.text and "junk.png" in caplog.text
+    assert run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--mask", str(tmp / "junk.png"), *args) == 2
+    assert "cannot read mask" in caplog.text
+    assert run_cli(tmp, "vary", "--image", str(tmp / "in.png"), "--keep-scales", "9", *args) == 2
+    assert "keep_scales must be in [0, 4]" in caplog.text
+    assert not (tmp / "never.png").exists()
+    with pytest.raises(SystemExit):
+        run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--box", "0,0,1", *args)
