@@ -1,4 +1,5 @@
 """VAR: Visual AutoRegressive modeling, image generation by next-scale prediction (arXiv 2404.02905)."""
+from .editing import box_mask, load_mask
 from .pipeline import VAROutput, VARPipeline, bundled_models
 from .quantizer import MultiScaleQuantizer
 from .sampling import generate
@@ -9,5 +10,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAR", "VARConfig", "VQVAE", "VQVAEConfig", "MultiScaleQuantizer", "VARPipeline", "VAROutput",
-    "PRESETS", "generate", "bundled_models", "patch_nums_from_max_scale", "__version__",
+    "PRESETS", "generate", "box_mask", "load_mask", "bundled_models", "patch_nums_from_max_scale", "__version__",
 ]

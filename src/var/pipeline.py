@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from . import official
+from . import editing, official
 from .sampling import generate
 from .transformer import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
@@ -137,6 +137,15 @@ class VARPipeline:
         return path
 
     # ------------------------------------------------------------------------------ checks
+    def _generator(self, seed: int | None) -> torch.Generator:
+        """The one random stream of a call: seeded when ``seed`` is given, so that calls can be repeated."""
+        generator = torch.Generator(device=self.device)
+        if seed is not None:
+            generator.manual_seed(int(seed))
+        else:
+            generator.seed()
+        return generator
+
     def _labels(self, class_labels, num_samples: int | None, generator: torch.Generator | None) -> torch.Tensor:
         if class_labels is None:
             n = 1 if num_samples is None else int(num_samples)
@@ -144,6 +153,18 @@ class VARPipeline:
         labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(self.device)
         if num_samples is not None and num_samples != labels.numel():
             raise ValueError(f"num_samples={num_samples} but {labels.numel()} class labels were given")
+        self.var.check_labels(labels)
+        return labels
+
+    def _edit_labels(self, class_labels, n: int) -> torch.Tensor:
+        """Labels of n edited images: the null class when none is given, one label for all, or n labels."""
+        if class_labels is None:
+            return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
+        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(self.device)
+        if labels.numel() == 1:
+            labels = labels.repeat(n)
+        if labels.numel() != n:
+            raise ValueError(f"{labels.numel()} class labels for {n} images (give one label, or one per image)")
         self.var.check_labels(labels)
         return labels
 
@@ -205,14 +226,48 @@ class VARPipeline:
         ``seed`` makes the call reproducible (for a given batch size); ``batch_size`` bounds memory by
         generating in chunks. Returns images in [0, 1] with the token maps of every scale.
         """
-        generator = torch.Generator(device=self.device)
-        if seed is not None:
-            generator.manual_seed(int(seed))
-        else:
-            generator.seed()
+        generator = self._generator(seed)
         labels = self._labels(class_labels, num_samples, generator)
         return self._generate_batched(labels, batch_size, progress, generator=generator, cfg=cfg, top_k=top_k,
                                       top_p=top_p, temperature=temperature, smooth=smooth)
+
+    def inpaint(self, images: torch.Tensor, mask, class_labels=None, *, cfg: float = 1.5, top_k: int = 900,
+                top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False, seed: int | None = None,
+                batch_size: int | None = None, progress: bool = False) -> VAROutput:
+        """Regenerate the masked part of ``images`` (B, channels, H, W) in [0, 1] and keep the rest.
+
+        ``mask`` is (H, W) or (B, 1, H, W), 1 where new content is generated and 0 where the image is kept
+        (outpainting: 1 outside the region to keep; see :func:`var.editing.box_mask`). At each scale a
+        token is generated when any pixel it covers is; the others are teacher-forced from the image's
+        tokens. The model's border (``pad``) follows the mask of the nearest image pixel. Without ``class_labels`` the null class conditions the model; with them the edit is
+        class-conditional. Sampling options are those of ``__call__``; the seed draws the same numbers.
+        """
+        tokens = self.encode(images)
+        gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_size).to(self.device)
+        keep_masks = editing.keep_masks_from_mask(gen_B1HW, self.patch_nums, self.pad)
+        return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, cfg=cfg, top_k=top_k,
+                          top_p=top_p, temperature=temperature, smooth=smooth)
+
+    def vary(self, images: torch.Tensor, keep_scales: int, class_labels=None, *, cfg: float = 1.5, top_k: int = 900,
+             top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False, seed: int | None = None,
+             batch_size: int | None = None, progress: bool = False) -> VAROutput:
+        """Variations of ``images``: keep their first ``keep_scales`` token maps and regenerate the finer ones.
+
+        The coarse scales fix the layout, so the results share it with new details. ``keep_scales = 0`` is
+        plain generation, ``keep_scales = K`` the reconstruction. Labels and options as in :meth:`inpaint`.
+        """
+        tokens = self.encode(images)
+        keep_masks = editing.keep_masks_for_scales(images.shape[0], self.patch_nums, keep_scales, self.device)
+        return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, cfg=cfg, top_k=top_k,
+                          top_p=top_p, temperature=temperature, smooth=smooth)
+
+    def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels, seed: int | None,
+              batch_size: int | None, progress: bool, **sampling) -> VAROutput:
+        """Generate with ``tokens`` teacher-forced where ``keep_masks`` say so (shared by the edits)."""
+        generator = self._generator(seed)
+        labels = self._edit_labels(class_labels, tokens[0].shape[0])
+        return self._generate_batched(labels, batch_size, progress, keep_tokens=tokens, keep_masks=keep_masks,
+                                      generator=generator, **sampling)
 
     def _generate_batched(self, labels: torch.Tensor, batch_size: int | None, progress: bool,
                           keep_tokens: Sequence[torch.Tensor] | None = None,

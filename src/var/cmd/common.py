@@ -41,3 +41,19 @@ def load_pipeline(args: argparse.Namespace) -> VARPipeline:
     else:
         pipe = VARPipeline.from_pretrained(args.model)
     return pipe.to(args.device)
+
+
+def add_sampling_args(p: argparse.ArgumentParser) -> None:
+    """The sampling options shared by every command that generates tokens."""
+    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance strength")
+    p.add_argument("--top-k", type=int, default=900, help="0 disables")
+    p.add_argument("--top-p", type=float, default=0.96, help="0 disables")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--smooth", action="store_true", help="Gumbel-softmax smoothing (looks, not FID)")
+    p.add_argument("--seed", type=int, default=0)
+
+
+def sampling_kwargs(args: argparse.Namespace) -> dict:
+    """The options of :func:`add_sampling_args` as keyword arguments of the pipeline's calls."""
+    return dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                smooth=args.smooth, seed=args.seed)

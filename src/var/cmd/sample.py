@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..images import grid
-from .common import add_model_args, load_pipeline
+from .common import add_model_args, add_sampling_args, load_pipeline, sampling_kwargs
 
 log = logging.getLogger("var")
 
@@ -19,12 +19,7 @@ def register(sub) -> None:
     add_model_args(p)
     p.add_argument("--classes", type=int, nargs="+", help="class ids (default: every class, at most 10)")
     p.add_argument("--per-class", type=int, default=8, help="samples per class")
-    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance strength")
-    p.add_argument("--top-k", type=int, default=900, help="0 disables")
-    p.add_argument("--top-p", type=float, default=0.96, help="0 disables")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--smooth", action="store_true", help="Gumbel-softmax smoothing (looks, not FID)")
-    p.add_argument("--seed", type=int, default=0)
+    add_sampling_args(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default="samples/grid.png", help="PNG grid to write")
     p.set_defaults(run=run)
@@ -34,8 +29,7 @@ def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     classes = args.classes if args.classes is not None else list(range(min(10, pipe.num_classes)))
     labels = torch.tensor(classes).repeat_interleave(args.per_class)
-    out = pipe(class_labels=labels, cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-               smooth=args.smooth, seed=args.seed, batch_size=args.batch_size, progress=True)
+    out = pipe(class_labels=labels, batch_size=args.batch_size, progress=True, **sampling_kwargs(args))
     names = [pipe.class_names[c] if pipe.class_names else f"class {c}" for c in classes]
     scale = max(1, 64 // pipe.image_size)
     path = Path(args.out)

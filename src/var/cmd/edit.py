@@ -1,0 +1,102 @@
+"""``var edit`` (inpaint or outpaint an image file) and ``var vary`` (a variation of one)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import torch
+
+from ..editing import box_mask, load_mask
+from ..images import grid, load_image, save_image
+from ..pipeline import VARPipeline
+from .common import add_model_args, add_sampling_args, load_pipeline, sampling_kwargs
+
+log = logging.getLogger("var")
+
+
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """``y0,x0,y1,x1`` (fractions of the height and width) for ``--box``."""
+    try:
+        box = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        box = ()
+    if len(box) != 4:
+        raise argparse.ArgumentTypeError(f"expected four fractions y0,x0,y1,x1 such as 0.25,0.25,0.75,0.75, "
+                                         f"got {text!r}")
+    return box
+
+
+def _add_input_args(p: argparse.ArgumentParser) -> None:
+    add_model_args(p)
+    p.add_argument("--image", required=True, help="input image (resized to the model's resolution if needed)")
+
+
+def _add_output_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--class", dest="label", type=int, help="class id to condition on; the null class if not given")
+    add_sampling_args(p)
+    p.add_argument("--panel", action="store_true", help="write the input (and mask) beside the result")
+    p.add_argument("--out", required=True, help="PNG to write")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("edit", help="inpaint or outpaint an image: regenerate the masked part, keep the rest",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_input_args(p)
+    where = p.add_mutually_exclusive_group(required=True)
+    where.add_argument("--mask", help="mask image of the input's size: white is regenerated, black is kept")
+    where.add_argument("--box", type=parse_box, metavar="Y0,X0,Y1,X1",
+                       help="box to regenerate, as fractions of the height and width")
+    p.add_argument("--outpaint", action="store_true",
+                   help="invert the mask: keep the masked part and regenerate around it")
+    _add_output_args(p)
+    p.set_defaults(run=run_edit)
+
+    p = sub.add_parser("vary", help="a variation of an image: keep its coarse scales, regenerate the details",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_input_args(p)
+    p.add_argument("--keep-scales", type=int, required=True,
+                   help="coarse scales kept from the image: 0 is a new image, the number of scales the reconstruction")
+    _add_output_args(p)
+    p.set_defaults(run=run_vary)
+
+
+def _load_input(path: str, pipe: VARPipeline) -> tuple[torch.Tensor, tuple[int, int]]:
+    """The input image at the model's resolution, with a note when it had to be resized."""
+    image, (w, h) = load_image(path, pipe.channels, pipe.image_size)
+    if (w, h) != (pipe.image_size, pipe.image_size):
+        log.info("note: resized %s from %dx%d to %dx%d, the model's resolution", path, w, h,
+                 pipe.image_size, pipe.image_size)
+    return image.to(pipe.device), (w, h)
+
+
+def _write(args: argparse.Namespace, pipe: VARPipeline, named_images: dict[str, torch.Tensor]) -> None:
+    """The result alone, or with ``--panel`` every image of ``named_images`` side by side, labelled."""
+    path = Path(args.out)
+    if args.panel:
+        tiles = torch.cat([t.expand(1, pipe.channels, -1, -1).cpu() for t in named_images.values()])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid(tiles, nrow=len(tiles), scale=max(1, 64 // pipe.image_size), col_labels=list(named_images)).save(path)
+    else:
+        save_image(named_images["result"], path)
+    log.info("wrote %s", path)
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args)
+    image, size = _load_input(args.image, pipe)
+    S = pipe.image_size
+    mask_HW = load_mask(args.mask, size=S, expect=size) if args.mask else box_mask(S, S, *args.box)
+    if args.outpaint:
+        mask_HW = 1 - mask_HW
+    out = pipe.inpaint(image, mask_HW, class_labels=args.label, **sampling_kwargs(args))
+    _write(args, pipe, {"input": image, "mask": mask_HW[None, None], "result": out.images})
+    return 0
+
+
+def run_vary(args: argparse.Namespace) -> int:
+    pipe = load_pipeline(args)
+    image, _ = _load_input(args.image, pipe)
+    out = pipe.vary(image, args.keep_scales, class_labels=args.label, **sampling_kwargs(args))
+    _write(args, pipe, {"input": image, "result": out.images})
+    return 0

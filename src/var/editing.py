@@ -1,0 +1,106 @@
+"""Zero-shot editing (inpainting, outpainting, variations): which of an image's tokens to keep at each scale.
+
+The paper's recipe needs no training: the tokens to keep are teacher-forced at every scale and the model
+samples only the rest (:func:`var.sampling.generate` does the forcing). This module turns pixel masks
+into per-scale token masks, and builds or loads such masks.
+
+Masks follow the convention of common inpainting tools: 1 (True) where new content is generated, 0 where
+the image is kept. Token masks handed to ``generate`` are the opposite: True = keep.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+
+def box_mask(h: int, w: int, y0: float, x0: float, y1: float, x1: float) -> torch.Tensor:
+    """An (h, w) mask, 1 inside the box (top, left, bottom, right as fractions of the height and width)
+    and 0 outside. The box covers every pixel it touches. ``1 - box_mask(...)`` outpaints around it."""
+    for name, v in (("y0", y0), ("x0", x0), ("y1", y1), ("x1", x1)):
+        if not 0 <= v <= 1:
+            raise ValueError(f"box {name}={v} is not a fraction in [0, 1]")
+    if not (y0 < y1 and x0 < x1):
+        raise ValueError(f"box needs y0 < y1 and x0 < x1, got y0={y0}, x0={x0}, y1={y1}, x1={x1}")
+    eps = 1e-9  # 0.3 * 10 is 3.0000000000000004: do not let rounding noise add a row
+    mask = torch.zeros(h, w)
+    mask[math.floor(y0 * h + eps):math.ceil(y1 * h - eps), math.floor(x0 * w + eps):math.ceil(x1 * w - eps)] = 1
+    return mask
+
+
+def cover(mask_B1HW: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize a 0/1 mask to (size, size) so that an output cell is 1 when ANY input pixel it overlaps is 1
+    (adaptive max-pooling): shrinking or enlarging never loses a pixel to generate."""
+    return F.adaptive_max_pool2d(mask_B1HW.float(), (size, size))
+
+
+def load_mask(path: str | Path, size: int | None = None, expect: tuple[int, int] | None = None) -> torch.Tensor:
+    """A mask image as an (H, W) 0/1 float tensor: pixels of at least mid-grey (128 of 255) are 1 (generate).
+
+    ``expect`` (width, height) is the size the file must have (its image's); ``size`` resizes the mask to
+    size x size with :func:`cover`. Raises ValueError naming the file when it cannot be read or has the
+    wrong size.
+    """
+    try:
+        with Image.open(path) as im:
+            gray_HW = np.asarray(im.convert("L"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read mask {path}: {e}") from e
+    h, w = gray_HW.shape
+    if expect is not None and (w, h) != tuple(expect):
+        raise ValueError(f"mask {path} is {w}x{h} (width x height) but its image is {expect[0]}x{expect[1]}: "
+                         "they must have the same size")
+    mask_HW = torch.from_numpy(gray_HW >= 128).float()
+    if size is None or (h, w) == (size, size):
+        return mask_HW
+    return cover(mask_HW[None, None], size)[0, 0]
+
+
+def check_mask(mask, batch: int, size: int) -> torch.Tensor:
+    """The user's mask as (batch, 1, size, size) bools, True = generate.
+
+    Takes (H, W) or (1, 1, H, W) (one mask for every image) or (batch, 1, H, W), of bools or of the
+    numbers 0 and 1; anything else raises ValueError naming the bad shape or value.
+    """
+    mask = torch.as_tensor(mask)
+    if mask.ndim == 2:
+        mask = mask[None, None]
+    expected = f"(H, W), (1, 1, H, W) or ({batch}, 1, H, W) with H = W = {size}"
+    if mask.ndim != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] != 1:
+        raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
+    if mask.shape[-2:] != (size, size):
+        raise ValueError(f"mask is {mask.shape[-2]}x{mask.shape[-1]}, expected {size}x{size} (the image size)")
+    if mask.dtype != torch.bool:
+        bad = mask[(mask != 0) & (mask != 1)]
+        if bad.numel():
+            raise ValueError(f"mask values must be 0 (keep) or 1 (generate), got {bad.flatten()[0].item()}")
+        mask = mask != 0
+    return mask.expand(batch, 1, size, size)
+
+
+def keep_masks_from_mask(gen_B1HW: torch.Tensor, patch_nums: Sequence[int], pad: int = 0) -> list[torch.Tensor]:
+    """Per-scale keep masks (B, p_k^2) for a checked user-size mask (True = generate).
+
+    A token is generated when ANY pixel it covers is to be generated, so nothing in the hole is kept. The
+    model's border ``pad`` takes the mask value of the nearest image pixel: an all-ones mask is then plain
+    generation, all-zeros the reconstruction, and a hole inside the image keeps the border the model knows.
+    """
+    if pad:
+        gen_B1HW = F.pad(gen_B1HW.float(), (pad,) * 4, mode="replicate")
+    return [cover(gen_B1HW, p).flatten(1) == 0 for p in patch_nums]
+
+
+def keep_masks_for_scales(batch: int, patch_nums: Sequence[int], keep_scales: int,
+                          device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Per-scale keep masks (B, p_k^2) that keep the first ``keep_scales`` scales whole and generate the
+    finer ones: the layout of an image with new details (variations)."""
+    K = len(patch_nums)
+    if not 0 <= keep_scales <= K:
+        raise ValueError(f"keep_scales must be in [0, {K}] (this model has {K} scales), got {keep_scales}")
+    return [torch.full((batch, p * p), k < keep_scales, dtype=torch.bool, device=device)
+            for k, p in enumerate(patch_nums)]
