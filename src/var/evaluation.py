@@ -118,7 +118,7 @@ def accuracy(classifier: Classifier, ds: ImageArrayDataset, batch_size: int = 50
     """Share of ``ds`` that ``classifier`` labels correctly."""
     images, labels = dataset_images(ds)
     logits, _ = classify(classifier, images, batch_size)
-    return float((logits.argmax(-1) == labels).float().mean())
+    return int((logits.argmax(-1) == labels).sum()) / len(labels)
 
 
 def train_classifier(train: ImageArrayDataset, test: ImageArrayDataset | None = None, epochs: int = 3,
@@ -295,7 +295,7 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     if save_npz is not None:
         _save_npz(samples, labels, save_npz)
     logits, sample_feats = classify(classifier, samples)
-    hits = (logits.argmax(-1) == labels).float()
+    hits = logits.argmax(-1) == labels
 
     test_images, _ = dataset_images(test)
     _, test_feats = classify(classifier, test_images)
@@ -311,8 +311,9 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     result = {
         "n_per_class": n_per_class, "num_samples": len(labels),
         "settings": {"cfg": cfg, "top_k": top_k, "top_p": top_p, "seed": seed, "batch_size": batch_size},
-        "class_accuracy": float(hits.mean()),
-        "class_accuracy_per_class": {names[k]: float(hits[labels == k].mean()) for k in range(c.num_classes)},
+        "class_accuracy": int(hits.sum()) / len(labels),
+        "class_accuracy_per_class": {names[k]: int(hits[labels == k].sum()) / n_per_class
+                                     for k in range(c.num_classes)},
         "frechet_samples": frechet_distance(sample_feats, test_feats),
         "frechet_real_train": frechet_distance(train_feats, test_feats),
         "frechet_reconstructions": frechet_distance(recon_feats, test_feats),
