@@ -37,11 +37,19 @@ class VAROutput:
     labels: torch.Tensor               # (B,) the class of each image (num_classes = the null class)
 
 
+def _is_pipeline_folder(path: Path) -> bool:
+    """Whether ``path`` holds a pipeline's config.json (weights/ also holds the evaluation classifier)."""
+    try:
+        return json.loads((path / CONFIG_NAME).read_text()).get("format") == "var-pipeline"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def bundled_models() -> list[str]:
-    """Names of the models shipped inside the package."""
+    """Names of the pipelines shipped inside the package."""
     if not BUNDLED_DIR.is_dir():
         return []
-    return sorted(p.name for p in BUNDLED_DIR.iterdir() if (p / CONFIG_NAME).is_file())
+    return sorted(p.name for p in BUNDLED_DIR.iterdir() if _is_pipeline_folder(p))
 
 
 class VARPipeline:

@@ -1,0 +1,145 @@
+"""``var eval``: score a model with the project's classifier (and FID/IS of an npz when Inception
+weights are on this machine); ``var train-classifier``: train that classifier."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import ImageArrayDataset, fashion_mnist_dataset
+from ..evaluation import evaluate_pipeline, load_classifier, save_classifier, train_classifier
+from ..inception import InceptionUnavailable, inception_metrics, load_npz_images
+from .common import add_model_args, load_pipeline
+
+log = logging.getLogger("var")
+
+CLASS_ACCURACY_TARGET = 0.85   # the bundled model's targets (see docs/classifier.md)
+FRECHET_RATIO_TARGET = 2.0
+
+
+def register(sub) -> None:
+    p = sub.add_parser("eval", help="score a model: class accuracy and Frechet distances with the project's "
+                       "classifier, tokenizer PSNR; FID/IS of an npz", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--per-class", type=int, default=100, help="samples per class (0: no model, only --npz)")
+    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance strength")
+    p.add_argument("--top-k", type=int, default=900, help="0 disables")
+    p.add_argument("--top-p", type=float, default=0.96, help="0 disables")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=100)
+    p.add_argument("--classifier", metavar="PATH", default="bundled",
+                   help="a folder written by var train-classifier, or 'bundled' for the shipped one")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder holding its IDX files: the "
+                   "test split is the reference, the train split gives the floor")
+    p.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
+    p.add_argument("--save-npz", metavar="OUT", help="write the samples as arr_0 uint8 (N, H, W, 3) for other FID tools")
+    p.add_argument("--npz", metavar="FILE", help="FID/IS of arr_0 uint8 (N, H, W, 3) images in this npz file")
+    p.add_argument("--npz-ref", metavar="FILE", help="reference npz for that FID (none: the test split of --data)")
+    p.set_defaults(run=run)
+
+    t = sub.add_parser("train-classifier", help="train the small classifier that var eval uses",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    t.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder holding its IDX files")
+    t.add_argument("--epochs", type=int, default=4)
+    t.add_argument("--batch-size", type=int, default=128)
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--no-flip", dest="flip", action="store_false", help="no random horizontal flips")
+    t.add_argument("--out", default="runs/classifier", help="folder to write config.json + classifier.safetensors")
+    t.set_defaults(run=run_train)
+
+
+def _dataset(data: str, split: str) -> ImageArrayDataset:
+    return fashion_mnist_dataset(None if data == "fashion-mnist" else data, split)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    train, test = _dataset(args.data, "train"), _dataset(args.data, "test")
+    model, record = train_classifier(train, test, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                                     seed=args.seed, flip=args.flip)
+    record.update(data=args.data, torch=torch.__version__, threads=torch.get_num_threads())
+    path = save_classifier(model, args.out, info=record)
+    log.info("test accuracy %.2f%% (%d images); wrote %s in %.0f s", 100 * record["test_accuracy"],
+             record["test_images"], path, record["wall_time_s"])
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.per_class < 0:
+        raise ValueError(f"--per-class must be 0 or more, got {args.per_class}")
+    if args.per_class == 0 and not args.npz:
+        raise ValueError("--per-class 0 skips the model, so --npz is needed to have something to evaluate")
+    report: dict = {}
+    if args.per_class:
+        report.update(_evaluate_model(args))
+    if args.npz:
+        report["inception"] = _inception(args)
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        log.info("wrote %s", path)
+    return 0
+
+
+def _evaluate_model(args: argparse.Namespace) -> dict:
+    classifier, info = load_classifier(None if args.classifier == "bundled" else args.classifier)
+    pipe = load_pipeline(args)
+    test, train = _dataset(args.data, "test"), _dataset(args.data, "train")
+    start = time.perf_counter()
+    result = evaluate_pipeline(pipe, classifier, test, train, n_per_class=args.per_class, cfg=args.cfg,
+                               top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
+                               progress=True, save_npz=args.save_npz)
+    result["eval_time_s"] = round(time.perf_counter() - start, 1)
+    result["model"] = "official" if args.official else args.model
+    result["model_source"] = pipe.info.get("source")
+    result["classifier"] = args.classifier
+    result["classifier_test_accuracy"] = info.get("test_accuracy")
+    _print_table(result)
+    return result
+
+
+def _inception(args: argparse.Namespace) -> dict:
+    images = load_npz_images(args.npz)
+    reference = (load_npz_images(args.npz_ref) if args.npz_ref
+                 else np.repeat(_dataset(args.data, "test").images, 3, axis=-1))
+    try:
+        metrics = inception_metrics(images, reference, args.device)
+    except InceptionUnavailable as e:
+        print(f"\nFID/IS of {args.npz} were not computed: {e}.")
+        return {"computed": False, "reason": str(e), "npz": args.npz}
+    print(f"\nStandard metrics of {args.npz} ({len(images)} images, {metrics['backend']}; reference "
+          f"{args.npz_ref or 'test split of ' + args.data}, {len(reference)} images):")
+    print(f"  FID {metrics['fid']:.3f}" + (f"   IS {metrics['is_mean']:.3f} +- {metrics['is_std']:.3f}"
+                                            if "is_mean" in metrics else "   (IS: clean-fid does not compute it)"))
+    return {"computed": True, "npz": args.npz, "reference": args.npz_ref or f"{args.data} test", **metrics}
+
+
+def _print_table(r: dict) -> None:
+    s = r["settings"]
+    acc_ok = r["class_accuracy"] >= CLASS_ACCURACY_TARGET
+    ratio_ok = r["frechet_ratio_samples_to_reconstructions"] <= FRECHET_RATIO_TARGET
+    rows = [
+        ("samples classified as their class", f"{100 * r['class_accuracy']:.1f}%",
+         f"target >= {100 * CLASS_ACCURACY_TARGET:.0f}%: {'met' if acc_ok else 'NOT met'}"),
+        ("Frechet distance: samples", f"{r['frechet_samples']:.3f}",
+         f"{r['frechet_ratio_samples_to_reconstructions']:.2f}x reconstructions; target <= "
+         f"{FRECHET_RATIO_TARGET:g}x: {'met' if ratio_ok else 'NOT met'}"),
+        ("Frechet distance: reconstructions", f"{r['frechet_reconstructions']:.3f}", "tokenizer round trip of test images"),
+        ("Frechet distance: real train images", f"{r['frechet_real_train']:.3f}", "the floor"),
+        ("tokenizer PSNR", f"{r['tokenizer_psnr']:.2f} dB", "reconstructions of the same test images"),
+    ]
+    acc = r["classifier_test_accuracy"]
+    print(f"\nEvaluation of {r['model']} ({r['model_source'] or 'trained'}): {r['num_samples']} samples, "
+          f"{r['n_per_class']} per class, cfg {s['cfg']}, top-k {s['top_k']}, top-p {s['top_p']}, seed {s['seed']}")
+    print(f"classifier: {r['classifier']}" + (f" (test accuracy {100 * acc:.2f}%)" if acc is not None else "")
+          + f"; Frechet distances to the features of {r['reference_images']} test images")
+    w = max(len(name) for name, _, _ in rows)
+    for name, value, note in rows:
+        print(f"  {name:<{w}}  {value:>10}   {note}")
+    print("per class: " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["class_accuracy_per_class"].items()))

@@ -1,0 +1,327 @@
+"""Evaluation with a small classifier trained by this project.
+
+A compact CNN classifies 28x28 Fashion-MNIST images; its penultimate features stand in for Inception's
+in a Frechet distance that runs on a CPU in seconds. :func:`evaluate_pipeline` reports the share of
+samples classified as the class they were asked for, the Frechet distance of samples, of real training
+images (the floor) and of the tokenizer's reconstructions to the test set, and the tokenizer's PSNR.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .data import ImageArrayDataset
+from .images import to_rgb_uint8
+
+if TYPE_CHECKING:
+    from .pipeline import VARPipeline
+
+log = logging.getLogger(__name__)
+
+CLASSIFIER_FORMAT = "var-classifier"
+CLASSIFIER_WEIGHTS = "classifier.safetensors"
+CONFIG_NAME = "config.json"
+BUNDLED_CLASSIFIER = Path(__file__).parent / "weights" / "fashion-mnist-classifier"
+FORMAT_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------- classifier
+@dataclass
+class ClassifierConfig:
+    """Sizes of :class:`Classifier`; ``widths`` are the channels of its conv blocks (each halves H, W)."""
+
+    image_size: int = 28
+    channels: int = 1
+    num_classes: int = 10
+    widths: tuple[int, ...] = (32, 64, 128)
+    feature_dim: int = 128
+    class_names: list[str] | None = None
+
+    def __post_init__(self):
+        self.widths = tuple(int(w) for w in self.widths)
+        if self.image_size >> len(self.widths) < 1:
+            raise ValueError(f"{len(self.widths)} conv blocks halve a {self.image_size}px image below one pixel")
+        if self.class_names is not None and len(self.class_names) != self.num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["widths"] = list(self.widths)
+        return d
+
+
+class Classifier(nn.Module):
+    """Conv blocks (conv 3x3, batch norm, ReLU, 2x2 max-pool), a ``feature_dim`` layer and a linear head.
+
+    Takes images in [0, 1] (B, channels, H, W); returns logits (B, num_classes) and the penultimate
+    features (B, feature_dim) that the Frechet distance compares.
+    """
+
+    def __init__(self, config: ClassifierConfig):
+        super().__init__()
+        self.config = config
+        blocks, c_in = [], config.channels
+        for c_out in config.widths:
+            blocks += [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+                       nn.MaxPool2d(2)]
+            c_in = c_out
+        self.blocks = nn.Sequential(*blocks)
+        side = config.image_size >> len(config.widths)
+        self.features = nn.Sequential(nn.Flatten(), nn.Linear(c_in * side * side, config.feature_dim),
+                                      nn.ReLU(inplace=True))
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(config.feature_dim, config.num_classes)
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats_BD = self.features(self.blocks(images * 2 - 1))
+        return self.head(self.dropout(feats_BD)), feats_BD
+
+    def check_images(self, images: torch.Tensor) -> None:
+        """Raise a ValueError naming the shape when ``images`` are not (B, channels, size, size)."""
+        c, s = self.config.channels, self.config.image_size
+        if images.ndim != 4 or tuple(images.shape[1:]) != (c, s, s):
+            raise ValueError(f"the classifier takes images of shape (B, {c}, {s}, {s}), got {tuple(images.shape)}")
+
+
+@torch.no_grad()
+def classify(classifier: Classifier, images: torch.Tensor, batch_size: int = 500) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (N, classes) and features (N, feature_dim) of [0, 1] images (N, C, H, W), in eval mode;
+    both returned on the CPU."""
+    classifier.check_images(images)
+    classifier.eval()
+    device = next(classifier.parameters()).device
+    logits, feats = [], []
+    for s in range(0, len(images), batch_size):
+        lo, fe = classifier(images[s:s + batch_size].to(device, torch.float32))
+        logits.append(lo.cpu())
+        feats.append(fe.cpu())
+    return torch.cat(logits), torch.cat(feats)
+
+
+def dataset_images(ds: ImageArrayDataset, indices: np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The images (N, C, H, W) in [0, 1] and labels (N,) of ``ds`` (all of it, or ``indices``)."""
+    return ds.batch(np.arange(len(ds)) if indices is None else indices)
+
+
+def accuracy(classifier: Classifier, ds: ImageArrayDataset, batch_size: int = 500) -> float:
+    """Share of ``ds`` that ``classifier`` labels correctly."""
+    images, labels = dataset_images(ds)
+    logits, _ = classify(classifier, images, batch_size)
+    return int((logits.argmax(-1) == labels).sum()) / len(labels)
+
+
+def train_classifier(train: ImageArrayDataset, test: ImageArrayDataset | None = None, epochs: int = 3,
+                     batch_size: int = 128, lr: float = 2e-3, seed: int = 0, flip: bool = True,
+                     config: ClassifierConfig | None = None) -> tuple[Classifier, dict]:
+    """Train a :class:`Classifier` with Adam and a cosine learning-rate decay; random horizontal flips
+    (``flip``) are the only augmentation. Deterministic for a given seed and thread count.
+
+    Returns the model (eval mode) and a record: epochs, seed, wall time and the test accuracy when
+    ``test`` is given.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    config = config or ClassifierConfig(image_size=train.images.shape[1], channels=train.channels,
+                                        num_classes=train.num_classes, class_names=train.class_names)
+    torch.manual_seed(seed)
+    model = Classifier(config)
+    gen = torch.Generator().manual_seed(seed)
+    steps_per_epoch = math.ceil(len(train) / batch_size)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: 0.5 * (1 + math.cos(math.pi * step / (epochs * steps_per_epoch))))
+    start = time.perf_counter()
+    for epoch in range(epochs):
+        model.train()
+        perm = torch.randperm(len(train), generator=gen)
+        total, correct, loss_sum = 0, 0, 0.0
+        for s in range(0, len(train), batch_size):
+            idx = perm[s:s + batch_size]
+            flips = torch.rand(len(idx), generator=gen) < 0.5 if flip else None
+            x, y = train.batch(idx.numpy(), flips)
+            logits, _ = model(x)
+            loss = F.cross_entropy(logits, y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += len(y)
+            correct += int((logits.argmax(-1) == y).sum())
+            loss_sum += float(loss.detach()) * len(y)
+        log.info("epoch %d/%d: loss %.4f, train accuracy %.4f (%.0f s)", epoch + 1, epochs, loss_sum / total,
+                 correct / total, time.perf_counter() - start)
+    model.eval()
+    record = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "flip": flip,
+              "train_images": len(train), "wall_time_s": round(time.perf_counter() - start, 1)}
+    if test is not None:
+        record["test_accuracy"] = accuracy(model, test)
+        record["test_images"] = len(test)
+        log.info("test accuracy %.4f on %d images", record["test_accuracy"], len(test))
+    return model, record
+
+
+def save_classifier(model: Classifier, path: str | os.PathLike, info: dict | None = None) -> Path:
+    """Write ``config.json`` (format ``var-classifier``) and ``classifier.safetensors`` to the folder ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    cfg = {"format": CLASSIFIER_FORMAT, "version": FORMAT_VERSION, "config": model.config.to_dict(),
+           "info": dict(info or {})}
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path / CLASSIFIER_WEIGHTS)
+    (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+    return path
+
+
+def load_classifier(path: str | os.PathLike | None = None) -> tuple[Classifier, dict]:
+    """A classifier folder written by :func:`save_classifier` (default: the bundled Fashion-MNIST one),
+    in eval mode, with the ``info`` record it was saved with."""
+    from safetensors.torch import load_file
+
+    path = Path(path) if path is not None else BUNDLED_CLASSIFIER
+    if not (path / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"no classifier in {path} (no {CONFIG_NAME})")
+    cfg = json.loads((path / CONFIG_NAME).read_text())
+    if cfg.get("format") != CLASSIFIER_FORMAT:
+        raise ValueError(f"{path / CONFIG_NAME} is not a classifier config (format {cfg.get('format')!r})")
+    model = Classifier(ClassifierConfig(**cfg["config"]))
+    model.load_state_dict(load_file(path / CLASSIFIER_WEIGHTS), strict=True)
+    return model.eval(), cfg.get("info", {})
+
+
+# -------------------------------------------------------------------------------------- metrics
+def frechet_distance(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
+    """Frechet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
+    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2).
+
+    Computed in float64 with symmetric eigen-decompositions; tiny negative eigenvalues from rounding
+    are clamped to zero, so the result is real and, up to rounding, non-negative.
+    """
+    a = np.asarray(feats_a.detach().cpu() if isinstance(feats_a, torch.Tensor) else feats_a, dtype=np.float64)
+    b = np.asarray(feats_b.detach().cpu() if isinstance(feats_b, torch.Tensor) else feats_b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"feature sets must be (N, D) and (M, D) with the same D, got {a.shape} and {b.shape}")
+    if len(a) < 2 or len(b) < 2:
+        raise ValueError(f"need at least 2 feature vectors per set for a covariance, got {len(a)} and {len(b)}")
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    sqrt_a = _sqrtm_psd(cov_a)
+    middle = sqrt_a @ cov_b @ sqrt_a
+    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
+    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean)
+
+
+def _sqrtm_psd(cov_DD: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric positive semi-definite matrix (negative rounding noise clamped to 0)."""
+    w, v = np.linalg.eigh((cov_DD + cov_DD.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over images of the PSNR (dB) between [0, 1] image batches (B, C, H, W); the per-image
+    MSE is floored at 1e-10, so identical images score 100 dB rather than infinity."""
+    if a.shape != b.shape or a.ndim != 4:
+        raise ValueError(f"psnr needs two (B, C, H, W) batches of the same shape, got {tuple(a.shape)} and "
+                         f"{tuple(b.shape)}")
+    mse_B = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return float((-10 * torch.log10(mse_B)).mean())
+
+
+def balanced_indices(labels: np.ndarray, n_per_class: int, num_classes: int, seed: int) -> np.ndarray:
+    """``n_per_class`` random indices of each class 0..num_classes-1, class by class (seeded)."""
+    rng = np.random.default_rng(seed)
+    picks = []
+    for c in range(num_classes):
+        pool = np.flatnonzero(labels == c)
+        if len(pool) < n_per_class:
+            raise ValueError(f"class {c} has {len(pool)} images, fewer than n_per_class={n_per_class}")
+        picks.append(np.sort(rng.choice(pool, n_per_class, replace=False)))
+    return np.concatenate(picks)
+
+
+# --------------------------------------------------------------------------------- the pipeline
+def _save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        np.savez(f, arr_0=to_rgb_uint8(images), labels=labels.numpy())
+    log.info("wrote %d samples to %s", len(labels), path)
+
+
+@torch.no_grad()
+def reconstruct(pipe: VARPipeline, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
+    """The tokenizer's round trip (encode to tokens, decode) of [0, 1] images, batch by batch."""
+    out = [pipe.decode(pipe.encode(images[s:s + batch_size])).cpu() for s in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArrayDataset, train: ImageArrayDataset,
+                      n_per_class: int = 100, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,
+                      seed: int = 0, batch_size: int = 100, progress: bool = False,
+                      save_npz: str | os.PathLike | None = None) -> dict:
+    """Score a class-conditional :class:`~var.pipeline.VARPipeline` with ``classifier``.
+
+    ``n_per_class`` samples of every class are generated (seeded); the reference features are those of
+    the whole ``test`` split. Three equally large, class-balanced sets are compared with it, so their
+    Frechet distances share the same small-sample bias: the samples, real ``train`` images (the floor),
+    and the tokenizer's reconstructions of ``test`` images (the generator's ceiling; also their PSNR).
+    ``save_npz`` also writes the samples as ``arr_0`` uint8 (N, H, W, 3) with ``labels``, for standard FID tools.
+    """
+    c = classifier.config
+    if (pipe.channels, pipe.image_size, pipe.num_classes) != (c.channels, c.image_size, c.num_classes):
+        raise ValueError(f"the classifier takes {c.image_size}x{c.image_size} images with {c.channels} channel(s) "
+                         f"and {c.num_classes} classes; the model makes {pipe.image_size}x{pipe.image_size} images "
+                         f"with {pipe.channels} channel(s) and {pipe.num_classes} classes")
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be at least 1, got {n_per_class}")
+    labels = torch.arange(c.num_classes).repeat_interleave(n_per_class)
+    start = time.perf_counter()
+    samples = pipe(class_labels=labels, cfg=cfg, top_k=top_k, top_p=top_p, seed=seed, batch_size=batch_size,
+                   progress=progress).images.cpu()
+    sample_time = time.perf_counter() - start
+    log.info("generated %d samples in %.0f s", len(labels), sample_time)
+    if save_npz is not None:
+        _save_npz(samples, labels, save_npz)
+    logits, sample_feats = classify(classifier, samples)
+    hits = logits.argmax(-1) == labels
+
+    test_images, _ = dataset_images(test)
+    _, test_feats = classify(classifier, test_images)
+    train_images, _ = dataset_images(train, balanced_indices(train.labels, n_per_class, c.num_classes, seed))
+    _, train_feats = classify(classifier, train_images)
+    originals, _ = dataset_images(test, balanced_indices(test.labels, n_per_class, c.num_classes, seed))
+    recons = reconstruct(pipe, originals, batch_size)
+    log.info("reconstructed %d test images; features of %d test and %d train images", len(recons), len(test),
+             len(train_images))
+    _, recon_feats = classify(classifier, recons)
+
+    names = c.class_names or [str(i) for i in range(c.num_classes)]
+    result = {
+        "n_per_class": n_per_class, "num_samples": len(labels),
+        "settings": {"cfg": cfg, "top_k": top_k, "top_p": top_p, "seed": seed, "batch_size": batch_size},
+        "class_accuracy": int(hits.sum()) / len(labels),
+        "class_accuracy_per_class": {names[k]: int(hits[labels == k].sum()) / n_per_class
+                                     for k in range(c.num_classes)},
+        "frechet_samples": frechet_distance(sample_feats, test_feats),
+        "frechet_real_train": frechet_distance(train_feats, test_feats),
+        "frechet_reconstructions": frechet_distance(recon_feats, test_feats),
+        "tokenizer_psnr": psnr(recons, originals),
+        "reference_images": len(test),
+        "sampling_time_s": round(sample_time, 1),
+    }
+    result["frechet_ratio_samples_to_reconstructions"] = (
+        result["frechet_samples"] / result["frechet_reconstructions"] if result["frechet_reconstructions"] > 0
+        else float("inf"))
+    return result

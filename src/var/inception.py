@@ -1,0 +1,123 @@
+"""The standard FID and Inception Score, through a maintained library, only when its Inception weights
+are already on this machine (nothing is downloaded).
+
+torch-fidelity (FID and IS) is used when its weights file is in torch hub's checkpoints folder;
+otherwise clean-fid (FID only) when its TorchScript Inception is where clean-fid keeps it (/tmp).
+Neither library is a dependency of this package: when neither is usable, :class:`InceptionUnavailable`
+says why.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
+CLEAN_FID_WEIGHTS = Path("/tmp") / "inception-2015-12-05.pt"  # where clean-fid looks before downloading
+
+
+class InceptionUnavailable(RuntimeError):
+    """No usable FID/IS library with local Inception weights; the message says what is missing."""
+
+
+def torch_fidelity_weights() -> Path:
+    """Where torch-fidelity's Inception weights land when it downloads them (torch hub's checkpoints)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / TORCH_FIDELITY_WEIGHTS
+
+
+def _installed(module: str) -> bool:
+    return importlib.util.find_spec(module) is not None
+
+
+def find_backend() -> tuple[str, Path]:
+    """The library to use and its local weights file: ``("torch-fidelity", path)`` or ``("clean-fid", path)``.
+
+    Raises :class:`InceptionUnavailable` naming, for each library, whether it is installed and which
+    weights file is missing.
+    """
+    reasons = []
+    for name, module, weights in (("torch-fidelity", "torch_fidelity", torch_fidelity_weights()),
+                                  ("clean-fid", "cleanfid", CLEAN_FID_WEIGHTS)):
+        if not _installed(module):
+            reasons.append(f"{name} is not installed")
+        elif not weights.is_file():
+            reasons.append(f"{name} is installed but its Inception weights are not at {weights}")
+        else:
+            return name, weights
+    raise InceptionUnavailable("; ".join(reasons) + " (nothing is downloaded)")
+
+
+def load_npz_images(path: str | os.PathLike) -> np.ndarray:
+    """``arr_0`` of an npz file as uint8 RGB (N, H, W, 3); grayscale (N, H, W) or (N, H, W, 1) is repeated."""
+    with np.load(path) as npz:
+        if "arr_0" not in npz.files:
+            raise ValueError(f"{path} has no arr_0 array (it holds {npz.files})")
+        arr = npz["arr_0"]
+    if arr.dtype != np.uint8:
+        raise ValueError(f"{path}: arr_0 must be uint8 images, got {arr.dtype}")
+    if arr.ndim == 3:
+        arr = arr[..., None]
+    if arr.ndim != 4 or arr.shape[-1] not in (1, 3) or len(arr) < 2:
+        raise ValueError(f"{path}: arr_0 must be (N, H, W, 3) uint8 images with N >= 2, got {arr.shape}")
+    return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
+
+
+def inception_metrics(images_NHW3: np.ndarray, reference_NHW3: np.ndarray, device: str = "cpu") -> dict:
+    """FID of ``images`` against ``reference`` and, with torch-fidelity, the Inception Score of ``images``.
+
+    Both are uint8 (N, H, W, 3). Returns ``{"backend", "fid"}`` plus ``"is_mean", "is_std"`` when the
+    library computes IS. Raises :class:`InceptionUnavailable` when no library with local weights exists.
+    """
+    backend, weights = find_backend()
+    log.info("computing FID%s with %s (weights %s)", "/IS" if backend == "torch-fidelity" else "", backend, weights)
+    if backend == "torch-fidelity":
+        return _torch_fidelity(images_NHW3, reference_NHW3, weights, device)
+    return _clean_fid(images_NHW3, reference_NHW3, device)
+
+
+class _UInt8Images(torch.utils.data.Dataset):
+    """uint8 (N, H, W, 3) images as the (3, H, W) uint8 tensors torch-fidelity takes."""
+
+    def __init__(self, images_NHW3: np.ndarray):
+        self.images = images_NHW3
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.images[i])).permute(2, 0, 1)
+
+
+def _torch_fidelity(images: np.ndarray, reference: np.ndarray, weights: Path, device: str) -> dict:
+    import torch_fidelity
+
+    m = torch_fidelity.calculate_metrics(input1=_UInt8Images(images), input2=_UInt8Images(reference), fid=True,
+                                         isc=True, cuda=torch.device(device).type == "cuda", cache=False,
+                                         feature_extractor_weights_path=str(weights), verbose=False)
+    return {"backend": "torch-fidelity", "fid": float(m["frechet_inception_distance"]),
+            "is_mean": float(m["inception_score_mean"]), "is_std": float(m["inception_score_std"])}
+
+
+def _clean_fid(images: np.ndarray, reference: np.ndarray, device: str) -> dict:
+    """clean-fid compares folders of image files, so both sets are written as PNGs to a temporary folder."""
+    from cleanfid import fid
+    from PIL import Image
+
+    with tempfile.TemporaryDirectory(prefix="var-fid-") as tmp:
+        folders = []
+        for name, arr in (("images", images), ("reference", reference)):
+            folder = Path(tmp) / name
+            folder.mkdir()
+            for i, img in enumerate(arr):
+                Image.fromarray(img).save(folder / f"{i:06d}.png")
+            folders.append(str(folder))
+        value = fid.compute_fid(folders[0], folders[1], mode="clean", num_workers=0, device=torch.device(device),
+                                verbose=False)
+    return {"backend": "clean-fid", "fid": float(value)}

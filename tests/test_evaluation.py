@@ -1,0 +1,199 @@
+"""The evaluation tools: Frechet distance, PSNR, the classifier, evaluate_pipeline, var eval."""
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+import torch
+
+from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig, bundled_models
+from var.data import ImageArrayDataset
+from var.evaluation import (Classifier, ClassifierConfig, accuracy, balanced_indices, classify, evaluate_pipeline,
+                            frechet_distance, load_classifier, psnr, save_classifier)
+from var.inception import InceptionUnavailable, find_backend, inception_metrics, load_npz_images
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and avoids OpenMP oversubscription on busy CPUs."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_frechet_distance_zero_for_identical_sets():
+    feats = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    assert abs(frechet_distance(feats, feats)) < 1e-8
+
+
+def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
+    rng = np.random.default_rng(0)
+    n, d = 200_000, 4
+    mu_a, mu_b = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 1.0, 0.0, 0.0])
+    sd_a, sd_b = np.array([1.0, 2.0, 0.5, 1.5]), np.array([2.0, 1.0, 0.5, 3.0])
+    a = mu_a + sd_a * rng.standard_normal((n, d))
+    b = mu_b + sd_b * rng.standard_normal((n, d))
+    # For diagonal covariances: |mu_a - mu_b|^2 + sum((sd_a - sd_b)^2).
+    expected = ((mu_a - mu_b) ** 2).sum() + ((sd_a - sd_b) ** 2).sum()
+    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.02)
+
+
+def test_frechet_distance_survives_rank_deficient_covariances():
+    base = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
+    feats = torch.cat([base, base, torch.zeros(50, 10)], 1)   # covariance of rank 3 in 16 dimensions
+    fd = frechet_distance(feats, feats + 1)
+    assert np.isfinite(fd) and fd == pytest.approx(16.0, abs=1e-6)
+
+
+def test_frechet_distance_errors_name_the_shapes():
+    with pytest.raises(ValueError, match=r"\(10, 4\) and \(10, 5\)"):
+        frechet_distance(torch.zeros(10, 4), torch.zeros(10, 5))
+    with pytest.raises(ValueError, match="at least 2"):
+        frechet_distance(torch.zeros(1, 4), torch.zeros(10, 4))
+
+
+def test_psnr_of_known_images():
+    a = torch.zeros(2, 1, 4, 4)
+    assert psnr(a, a + 0.1) == pytest.approx(20.0, abs=1e-4)           # MSE 0.01
+    b = torch.tensor([0.1, 0.01]).view(2, 1, 1, 1).expand_as(a)         # 20 dB and 40 dB: the mean is 30
+    assert psnr(a, b) == pytest.approx(30.0, abs=1e-3)
+    assert psnr(a, a) == pytest.approx(100.0)
+    with pytest.raises(ValueError, match="same shape"):
+        psnr(a, torch.zeros(2, 1, 4, 5))
+
+
+def test_classifier_shapes_and_save_load_roundtrip(tmp_path):
+    torch.manual_seed(0)
+    model = Classifier(ClassifierConfig(class_names=[f"c{i}" for i in range(10)])).eval()
+    x = torch.rand(3, 1, 28, 28)
+    logits, feats = model(x)
+    assert logits.shape == (3, 10) and feats.shape == (3, 128)
+    save_classifier(model, tmp_path / "clf", info={"test_accuracy": 0.5})
+    loaded, info = load_classifier(tmp_path / "clf")
+    assert info == {"test_accuracy": 0.5} and loaded.config == model.config
+    torch.testing.assert_close(classify(loaded, x), classify(model, x))
+    with pytest.raises(ValueError, match=r"\(B, 1, 28, 28\)"):
+        classify(model, torch.rand(3, 3, 28, 28))
+
+
+def test_bundled_models_lists_pipelines_only(tmp_path, monkeypatch):
+    import var.pipeline
+
+    save_classifier(Classifier(ClassifierConfig()), tmp_path / "a-classifier")
+    (tmp_path / "a-pipeline").mkdir()
+    (tmp_path / "a-pipeline" / "config.json").write_text(json.dumps({"format": "var-pipeline"}))
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "config.json").write_text("{not json")
+    monkeypatch.setattr(var.pipeline, "BUNDLED_DIR", tmp_path)
+    assert bundled_models() == ["a-pipeline"]
+
+
+def test_balanced_indices_are_per_class_and_seeded():
+    labels = np.repeat(np.arange(3), 5)
+    idx = balanced_indices(labels, 2, 3, seed=0)
+    assert list(labels[idx]) == [0, 0, 1, 1, 2, 2]
+    assert np.array_equal(idx, balanced_indices(labels, 2, 3, seed=0))
+    with pytest.raises(ValueError, match="class 0 has 5 images"):
+        balanced_indices(labels, 6, 3, seed=0)
+
+
+def tiny_pipe() -> VARPipeline:
+    torch.manual_seed(0)
+    patch_nums = (1, 2, 3, 7)   # 28 / 4 = 7
+    vae = VQVAE(VQVAEConfig(in_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=8, vocab_size=32,
+                            patch_nums=patch_nums, using_sa=False))
+    var = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=10, depth=1, embed_dim=64, num_heads=2,
+                        patch_nums=patch_nums))
+    return VARPipeline(vae, var, class_names=[f"class {i}" for i in range(10)])
+
+
+def random_dataset(n_per_class: int, seed: int) -> ImageArrayDataset:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    return ImageArrayDataset(rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8), labels)
+
+
+def test_evaluate_pipeline_on_a_tiny_random_model(tmp_path):
+    pipe = tiny_pipe()
+    torch.manual_seed(0)
+    classifier = Classifier(ClassifierConfig(widths=(8, 16), feature_dim=16)).eval()
+    test, train = random_dataset(6, seed=1), random_dataset(6, seed=2)
+    kw = dict(n_per_class=3, seed=0, batch_size=16)
+    r = evaluate_pipeline(pipe, classifier, test, train, save_npz=tmp_path / "samples.npz", **kw)
+    assert r["num_samples"] == 30 and r["reference_images"] == 60
+    assert 0 <= r["class_accuracy"] <= 1 and len(r["class_accuracy_per_class"]) == 10
+    for key in ("frechet_samples", "frechet_real_train", "frechet_reconstructions"):
+        assert np.isfinite(r[key]) and r[key] > -1e-6, key
+    assert 0 < r["tokenizer_psnr"] < 100
+    assert r == {**evaluate_pipeline(pipe, classifier, test, train, **kw), "sampling_time_s": r["sampling_time_s"]}
+    saved = load_npz_images(tmp_path / "samples.npz")
+    assert saved.shape == (30, 28, 28, 3) and saved.dtype == np.uint8
+
+    wrong = Classifier(ClassifierConfig(image_size=32, widths=(8,), feature_dim=8))
+    with pytest.raises(ValueError, match="32x32 images"):
+        evaluate_pipeline(pipe, wrong, test, train, **kw)
+
+
+def test_bundled_classifier_reaches_90_percent():
+    from var.data import fashion_mnist_dataset
+
+    try:
+        test = fashion_mnist_dataset(split="test")
+    except FileNotFoundError as e:
+        pytest.skip(str(e))
+    model, info = load_classifier()
+    idx = np.random.default_rng(0).choice(len(test), 3000, replace=False)
+    subset = ImageArrayDataset(test.images[idx], test.labels[idx])
+    assert accuracy(model, subset) >= 0.90
+    assert info["test_accuracy"] >= 0.90
+
+
+def test_inception_metrics_need_local_weights(monkeypatch):
+    import var.inception
+
+    monkeypatch.setattr(var.inception, "_installed", lambda module: False)
+    with pytest.raises(InceptionUnavailable, match="torch-fidelity is not installed; clean-fid is not installed"):
+        find_backend()
+
+
+def test_inception_metrics_pass_local_weights_to_torch_fidelity(monkeypatch, tmp_path):
+    """With a stand-in torch_fidelity module: the found weights file and uint8 (3, H, W) images reach it."""
+    import var.inception
+
+    weights = tmp_path / "checkpoints" / var.inception.TORCH_FIDELITY_WEIGHTS
+    weights.parent.mkdir()
+    weights.write_bytes(b"")
+    seen = {}
+
+    def calculate_metrics(**kw):
+        seen.update(kw)
+        return {"frechet_inception_distance": 1.5, "inception_score_mean": 2.0, "inception_score_std": 0.1}
+
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.SimpleNamespace(calculate_metrics=calculate_metrics))
+    monkeypatch.setattr(var.inception, "_installed", lambda module: module == "torch_fidelity")
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    images = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    out = inception_metrics(images, images)
+    assert out == {"backend": "torch-fidelity", "fid": 1.5, "is_mean": 2.0, "is_std": 0.1}
+    assert seen["feature_extractor_weights_path"] == str(weights) and seen["cache"] is False
+    first = seen["input1"][0]
+    assert first.dtype == torch.uint8 and first.shape == (3, 8, 8)
+
+
+def test_var_eval_says_plainly_when_fid_is_not_computed(tmp_path, monkeypatch, capsys):
+    from var.cli import main
+    import var.inception
+
+    monkeypatch.setattr(var.inception, "_installed", lambda module: False)
+    arr = np.zeros((4, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", arr_0=arr)
+    np.savez(tmp_path / "b.npz", arr_0=arr)
+    out_json = tmp_path / "r.json"
+    assert main(["eval", "--per-class", "0", "--npz", str(tmp_path / "a.npz"), "--npz-ref", str(tmp_path / "b.npz"),
+                 "--json", str(out_json)]) == 0
+    assert "were not computed: torch-fidelity is not installed" in capsys.readouterr().out
+    assert json.loads(out_json.read_text())["inception"]["computed"] is False
+    np.savez(tmp_path / "bad.npz", arr_0=arr.astype(np.float32))
+    assert main(["eval", "--per-class", "0", "--npz", str(tmp_path / "bad.npz")]) == 2
