@@ -14,15 +14,6 @@ from var.images import load_image
 from test_model import small_pipe
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run fastest on one thread: a second one spins idle, 20x slower when the CPUs are busy."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def padded_pipe(pad: int, channels: int = 3) -> VARPipeline:
     """The tiny random pipeline (8x8 model images, scales 1-4), with ``pad`` pixels of model border."""
     pipe = small_pipe(channels=channels)

@@ -14,14 +14,6 @@ from var.evaluation import (Classifier, ClassifierConfig, accuracy, balanced_ind
 from var.inception import InceptionUnavailable, find_backend, inception_metrics, load_npz_images
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and avoids OpenMP oversubscription on busy CPUs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def test_frechet_distance_zero_for_identical_sets():
     feats = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))

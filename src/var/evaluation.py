@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import ImageArrayDataset
-from .images import to_rgb_uint8
+from . import images as image_io
 
 if TYPE_CHECKING:
     from .pipeline import VARPipeline
@@ -252,14 +252,6 @@ def balanced_indices(labels: np.ndarray, n_per_class: int, num_classes: int, see
 
 
 # --------------------------------------------------------------------------------- the pipeline
-def _save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        np.savez(f, arr_0=to_rgb_uint8(images), labels=labels.numpy())
-    log.info("wrote %d samples to %s", len(labels), path)
-
-
 @torch.no_grad()
 def reconstruct(pipe: VARPipeline, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
     """The tokenizer's round trip (encode to tokens, decode) of [0, 1] images, batch by batch."""
@@ -293,7 +285,8 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     sample_time = time.perf_counter() - start
     log.info("generated %d samples in %.0f s", len(labels), sample_time)
     if save_npz is not None:
-        _save_npz(samples, labels, save_npz)
+        image_io.save_npz(samples, labels, save_npz)
+        log.info("wrote %d samples to %s", len(labels), save_npz)
     logits, sample_feats = classify(classifier, samples)
     hits = logits.argmax(-1) == labels
 

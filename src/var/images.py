@@ -20,6 +20,15 @@ def to_rgb_uint8(images: torch.Tensor) -> np.ndarray:
     return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
 
 
+def save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
+    """Samples as the standard FID tools read them: ``arr_0`` uint8 (N, H, W, 3) and ``labels`` (N,)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:  # an open file: np.savez would otherwise append ".npz" to other names
+        np.savez(f, arr_0=to_rgb_uint8(images), labels=labels.cpu().numpy())
+    return path
+
+
 def load_image(path: str | Path, channels: int, size: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
     """An image file as (1, channels, size, size) in [0, 1] (resized when ``size`` differs) and its
     original (width, height). Raises ValueError naming the file when it cannot be decoded."""

@@ -1,4 +1,5 @@
-"""``var sample``: generate a labelled grid of samples (a row per class)."""
+"""``var sample``: a labelled grid of samples (a row per class), optionally an npz and the
+coarse-to-fine progression figure."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..images import grid
+from ..images import grid, save_npz
 from .common import add_model_args, add_sampling_args, load_pipeline, sampling_kwargs
 
 log = logging.getLogger("var")
@@ -22,12 +23,18 @@ def register(sub) -> None:
     add_sampling_args(p)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--out", default="samples/grid.png", help="PNG grid to write")
+    p.add_argument("--npz", default=None, help="also write the samples as arr_0 uint8 (N, H, W, 3) + labels (N,)")
+    p.add_argument("--progression", default=None, metavar="PNG",
+                   help="also write the coarse-to-fine figure: each scale's decoded image, for a few samples")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     classes = args.classes if args.classes is not None else list(range(min(10, pipe.num_classes)))
+    bad = [c for c in classes if not 0 <= c < pipe.num_classes]
+    if bad:
+        raise ValueError(f"--classes {bad} outside [0, {pipe.num_classes})")
     labels = torch.tensor(classes).repeat_interleave(args.per_class)
     out = pipe(class_labels=labels, batch_size=args.batch_size, progress=True, **sampling_kwargs(args))
     names = [pipe.class_names[c] if pipe.class_names else f"class {c}" for c in classes]
@@ -36,4 +43,22 @@ def run(args: argparse.Namespace) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     grid(out.images, nrow=args.per_class, scale=scale, row_labels=names).save(path)
     log.info("wrote %d samples (%d classes x %d) to %s", len(labels), len(classes), args.per_class, path)
+    if args.npz:
+        log.info("wrote %s (arr_0 %s uint8, labels)", save_npz(out.images, out.labels, args.npz),
+                 tuple(out.images.shape[i] for i in (0, 2, 3)) + (3,))
+    if args.progression:
+        write_progression(pipe, out, classes, args.per_class, Path(args.progression), scale)
     return 0
+
+
+def write_progression(pipe, out, classes: list[int], per_class: int, path: Path, scale: int) -> None:
+    """One row per sample (the first of each class, at most 10): the image after 1, 2, ..., K scales."""
+    rows = [i * per_class for i in range(min(10, len(classes)))]
+    tokens = [t[rows] for t in out.tokens]
+    stages = pipe.decode_per_scale(tokens)                  # K tensors (R, C, H, W)
+    images = torch.stack(stages, dim=1).flatten(0, 1)       # row-major: sample r, scale k
+    names = [pipe.class_names[classes[i]] if pipe.class_names else f"class {classes[i]}" for i in range(len(rows))]
+    cols = [f"{p}x{p}" for p in pipe.patch_nums]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid(images, nrow=len(stages), scale=scale, row_labels=names, col_labels=cols).save(path)
+    log.info("wrote the coarse-to-fine progression to %s", path)

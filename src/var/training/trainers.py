@@ -16,18 +16,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..evaluation import psnr
 from ..pipeline import VAROutput, VARPipeline
 from ..transformer import VAR
 from ..vqvae import VQVAE
 from .common import NonFiniteLoss, atomic_save, load_checkpoint_file, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean PSNR (dB) of images in [0, 1]."""
-    mse = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((10 * torch.log10(1 / mse)).mean())
 
 
 class _Trainer:
