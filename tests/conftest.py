@@ -10,12 +10,16 @@ torch.set_num_threads(1)
 OFFICIAL = Path(__file__).resolve().parents[1].parent / "shared" / "official"
 
 
+DATA = Path(__file__).resolve().parent / "data"
+
+
 def official_file(name: str) -> Path:
-    """A file of ../shared/official; the conformance tests are skipped when it is absent."""
-    path = Path(os.environ.get("VAR_OFFICIAL_DIR", OFFICIAL)) / name
-    if not path.exists():
-        pytest.skip(f"{path} not present")
-    return path
+    """A file of ../shared/official ($VAR_OFFICIAL_DIR overrides), else the copy in tests/data
+    (keys.json is small enough to keep here; the 20 MB fixture is not): skipped when neither exists."""
+    for folder in (Path(os.environ.get("VAR_OFFICIAL_DIR", OFFICIAL)), DATA):
+        if (folder / name).exists():
+            return folder / name
+    pytest.skip(f"{name} not found in {OFFICIAL} or {DATA}")
 
 
 @pytest.fixture(scope="session")
