@@ -151,3 +151,18 @@ def test_training_forward_drops_labels_and_has_gradients():
     var.eval()
     b = var(torch.full((4,), 5), x)
     torch.testing.assert_close(a, b)
+
+
+def test_sampling_defaults_are_saved_with_the_model(tmp_path):
+    pipe = small_pipe()
+    assert pipe.sampling(cfg=None, top_k=5) == {"cfg": 1.5, "top_k": 5}      # the reference's, else given
+    pipe.sampling_defaults["cfg"] = 4.0
+    pipe.save_pretrained(tmp_path / "m")
+    again = VARPipeline.from_pretrained(tmp_path / "m")
+    assert again.sampling_defaults["cfg"] == 4.0
+    a = again(class_labels=[1, 2], seed=3)                  # cfg from the model
+    b = again(class_labels=[1, 2], seed=3, cfg=4.0)
+    c = again(class_labels=[1, 2], seed=3, cfg=0.0)
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
+    with pytest.raises(ValueError, match="unknown sampling defaults"):
+        VARPipeline(pipe.vqvae, pipe.var, sampling_defaults={"cfgg": 2})

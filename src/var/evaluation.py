@@ -260,7 +260,8 @@ def reconstruct(pipe: VARPipeline, images: torch.Tensor, batch_size: int = 100) 
 
 
 def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArrayDataset, train: ImageArrayDataset,
-                      n_per_class: int = 100, cfg: float = 1.5, top_k: int = 900, top_p: float = 0.96,
+                      n_per_class: int = 100, cfg: float | None = None, top_k: int | None = None,
+                      top_p: float | None = None,
                       seed: int = 0, batch_size: int = 100, progress: bool = False,
                       save_npz: str | os.PathLike | None = None) -> dict:
     """Score a class-conditional :class:`~var.pipeline.VARPipeline` with ``classifier``.
@@ -270,6 +271,7 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     Frechet distances share the same small-sample bias: the samples, real ``train`` images (the floor),
     and the tokenizer's reconstructions of ``test`` images (the generator's ceiling; also their PSNR).
     ``save_npz`` also writes the samples as ``arr_0`` uint8 (N, H, W, 3) with ``labels``, for standard FID tools.
+    Sampling options left at None take the model's defaults (the settings used are in the result).
     """
     c = classifier.config
     if (pipe.channels, pipe.image_size, pipe.num_classes) != (c.channels, c.image_size, c.num_classes):
@@ -303,7 +305,7 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     names = c.class_names or [str(i) for i in range(c.num_classes)]
     result = {
         "n_per_class": n_per_class, "num_samples": len(labels),
-        "settings": {"cfg": cfg, "top_k": top_k, "top_p": top_p, "seed": seed, "batch_size": batch_size},
+        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p), "seed": seed, "batch_size": batch_size},
         "class_accuracy": int(hits.sum()) / len(labels),
         "class_accuracy_per_class": {names[k]: int(hits[labels == k].sum()) / n_per_class
                                      for k in range(c.num_classes)},

@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 BUNDLED_DIR = Path(__file__).parent / "weights"
 CONFIG_NAME, VQVAE_WEIGHTS, VAR_WEIGHTS = "config.json", "vqvae.safetensors", "var.safetensors"
 FORMAT_VERSION = 1
+# The reference's settings (its FID settings); a saved model may recommend others (``sampling_defaults``).
+REFERENCE_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0}
 
 
 @dataclass
@@ -60,7 +62,7 @@ class VARPipeline:
     """
 
     def __init__(self, vqvae: VQVAE, var: VAR, class_names: Sequence[str] | None = None, pad: int = 0,
-                 info: dict | None = None):
+                 info: dict | None = None, sampling_defaults: dict | None = None):
         if tuple(vqvae.patch_nums) != tuple(var.patch_nums):
             raise ValueError(f"tokenizer scales {vqvae.patch_nums} and transformer scales {var.patch_nums} differ")
         if (vqvae.config.vocab_size, vqvae.config.z_channels) != (var.config.vocab_size, var.config.latent_channels):
@@ -71,6 +73,11 @@ class VARPipeline:
         self.class_names = list(class_names) if class_names is not None else None
         self.pad = int(pad)
         self.info = dict(info or {})
+        unknown = set(sampling_defaults or {}) - set(REFERENCE_SAMPLING)
+        if unknown:
+            raise ValueError(f"unknown sampling defaults {sorted(unknown)}; known: {sorted(REFERENCE_SAMPLING)}")
+        # What a call uses for an option it is not given: the model's recommendation, else the reference's.
+        self.sampling_defaults = {**REFERENCE_SAMPLING, **(sampling_defaults or {})}
 
     # -------------------------------------------------------------------------- properties
     @property
@@ -128,7 +135,8 @@ class VARPipeline:
             vqvae, model = VQVAE(VQVAEConfig(**cfg["vqvae"])), VAR(VARConfig(**cfg["var"]))
         vqvae.load_state_dict(load_file(path / VQVAE_WEIGHTS), strict=True, assign=True)
         model.load_state_dict(load_file(path / VAR_WEIGHTS), strict=True, assign=True)
-        pipe = cls(vqvae, model, class_names=cfg.get("class_names"), pad=cfg.get("pad", 0), info=cfg.get("info"))
+        pipe = cls(vqvae, model, class_names=cfg.get("class_names"), pad=cfg.get("pad", 0), info=cfg.get("info"),
+                   sampling_defaults=cfg.get("sampling_defaults"))
         return pipe.to(device) if device is not None else pipe
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
@@ -138,13 +146,18 @@ class VARPipeline:
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         cfg = {"format": "var-pipeline", "version": FORMAT_VERSION, "vqvae": self.vqvae.config.to_dict(),
-               "var": self.var.config.to_dict(), "class_names": self.class_names, "pad": self.pad, "info": self.info}
+               "var": self.var.config.to_dict(), "class_names": self.class_names, "pad": self.pad, "info": self.info,
+               "sampling_defaults": self.sampling_defaults}
         save_file({k: v.detach().contiguous().cpu() for k, v in self.vqvae.state_dict().items()}, path / VQVAE_WEIGHTS)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.var.state_dict().items()}, path / VAR_WEIGHTS)
         (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         return path
 
     # ------------------------------------------------------------------------------ checks
+    def sampling(self, **given) -> dict:
+        """The sampling options of a call: each one given, or else this model's default."""
+        return {k: self.sampling_defaults[k] if v is None else v for k, v in given.items()}
+
     def _generator(self, seed: int | None) -> torch.Generator:
         """The one random stream of a call: seeded when ``seed`` is given, so that calls can be repeated."""
         generator = torch.Generator(device=self.device)
@@ -226,21 +239,23 @@ class VARPipeline:
         self.var.eval()
         return self.var(labels, x)
 
-    def __call__(self, class_labels=None, num_samples: int | None = None, cfg: float = 1.5, top_k: int = 900,
-                 top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False, seed: int | None = None,
-                 batch_size: int | None = None, progress: bool = False) -> VAROutput:
+    def __call__(self, class_labels=None, num_samples: int | None = None, cfg: float | None = None,
+                 top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
+                 smooth: bool = False, seed: int | None = None, batch_size: int | None = None, progress: bool = False) -> VAROutput:
         """Generate images of ``class_labels`` (or ``num_samples`` of uniformly drawn classes).
 
+        ``cfg``, ``top_k``, ``top_p`` and ``temperature`` left at None take the model's defaults
+        (``sampling_defaults``: saved with the model, else the reference's 1.5 / 900 / 0.96 / 1.0).
         ``seed`` makes the call reproducible (for a given batch size); ``batch_size`` bounds memory by
         generating in chunks. Returns images in [0, 1] with the token maps of every scale.
         """
         generator = self._generator(seed)
         labels = self._labels(class_labels, num_samples, generator)
-        return self._generate_batched(labels, batch_size, progress, generator=generator, cfg=cfg, top_k=top_k,
-                                      top_p=top_p, temperature=temperature, smooth=smooth)
+        return self._generate_batched(labels, batch_size, progress, generator=generator, smooth=smooth,
+                                      **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
-    def inpaint(self, images: torch.Tensor, mask, class_labels=None, *, cfg: float = 1.5, top_k: int = 900,
-                top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False, seed: int | None = None,
+    def inpaint(self, images: torch.Tensor, mask, class_labels=None, *, cfg: float | None = None,
+                top_k: int | None = None, top_p: float | None = None, temperature: float | None = None, smooth: bool = False, seed: int | None = None,
                 batch_size: int | None = None, progress: bool = False) -> VAROutput:
         """Regenerate the masked part of ``images`` (B, channels, H, W) in [0, 1] and keep the rest.
 
@@ -253,11 +268,11 @@ class VARPipeline:
         tokens = self.encode(images)
         gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_size).to(self.device)
         keep_masks = editing.keep_masks_from_mask(gen_B1HW, self.patch_nums, self.pad)
-        return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, cfg=cfg, top_k=top_k,
-                          top_p=top_p, temperature=temperature, smooth=smooth)
+        return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
+                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
-    def vary(self, images: torch.Tensor, keep_scales: int, class_labels=None, *, cfg: float = 1.5, top_k: int = 900,
-             top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False, seed: int | None = None,
+    def vary(self, images: torch.Tensor, keep_scales: int, class_labels=None, *, cfg: float | None = None,
+             top_k: int | None = None, top_p: float | None = None, temperature: float | None = None, smooth: bool = False, seed: int | None = None,
              batch_size: int | None = None, progress: bool = False) -> VAROutput:
         """Variations of ``images``: keep their first ``keep_scales`` token maps and regenerate the finer ones.
 
@@ -266,8 +281,8 @@ class VARPipeline:
         """
         tokens = self.encode(images)
         keep_masks = editing.keep_masks_for_scales(images.shape[0], self.patch_nums, keep_scales, self.device)
-        return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, cfg=cfg, top_k=top_k,
-                          top_p=top_p, temperature=temperature, smooth=smooth)
+        return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
+                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
     def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels, seed: int | None,
               batch_size: int | None, progress: bool, **sampling) -> VAROutput:

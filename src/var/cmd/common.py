@@ -45,10 +45,11 @@ def load_pipeline(args: argparse.Namespace) -> VARPipeline:
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
     """The sampling options shared by every command that generates tokens."""
-    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance strength")
-    p.add_argument("--top-k", type=int, default=900, help="0 disables")
-    p.add_argument("--top-p", type=float, default=0.96, help="0 disables")
-    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--cfg", type=float, default=None,
+                   help="classifier-free guidance strength (default: the model's; the reference uses 1.5)")
+    p.add_argument("--top-k", type=int, default=None, help="0 disables (default: the model's; reference 900)")
+    p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's; reference 0.96)")
+    p.add_argument("--temperature", type=float, default=None, help="(default: the model's; reference 1.0)")
     p.add_argument("--smooth", action="store_true", help="Gumbel-softmax smoothing (looks, not FID)")
     p.add_argument("--seed", type=int, default=0)
 

@@ -27,9 +27,9 @@ def register(sub) -> None:
                        "classifier, tokenizer PSNR; FID/IS of an npz", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_args(p)
     p.add_argument("--per-class", type=int, default=100, help="samples per class (0: no model, only --npz)")
-    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance strength")
-    p.add_argument("--top-k", type=int, default=900, help="0 disables")
-    p.add_argument("--top-p", type=float, default=0.96, help="0 disables")
+    p.add_argument("--cfg", type=float, default=None, help="guidance strength (None: the model's default)")
+    p.add_argument("--top-k", type=int, default=None, help="0 disables (None: the model's default)")
+    p.add_argument("--top-p", type=float, default=None, help="0 disables (None: the model's default)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=100)
     p.add_argument("--classifier", metavar="PATH", default="bundled",
