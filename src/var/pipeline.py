@@ -63,6 +63,7 @@ class VARPipeline:
         self.class_names = list(class_names) if class_names is not None else None
         self.pad = int(pad)
         self.info = dict(info or {})
+        self._lay_out_decoder()
 
     # -------------------------------------------------------------------------- properties
     @property
@@ -89,7 +90,14 @@ class VARPipeline:
     def to(self, device: str | torch.device) -> "VARPipeline":
         self.vqvae.to(device)
         self.var.to(device)
+        self._lay_out_decoder()
         return self
+
+    def _lay_out_decoder(self) -> None:
+        """Channels-last decoder weights on CPU, where the decoder runs channels-last: its convs then skip a
+        per-call weight copy. Other devices keep the default layout."""
+        fmt = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.vqvae.decoder.to(memory_format=fmt)
 
     # ------------------------------------------------------------------------- construction
     @classmethod
