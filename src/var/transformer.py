@@ -75,6 +75,16 @@ def patch_nums_from_max_scale(max_scale: int) -> tuple[int, ...]:
     return tuple(range(1, max_scale + 1))
 
 
+@dataclass
+class KVCache:
+    """One block's keys and values of the tokens generated so far: ``kv`` is (B, L_max, 2, H, c), laid out
+    as the q/k/v projection produces them (one write per scale, and SDPA on CPU reads it as it is);
+    the first ``length`` positions are filled. Held by the caller, so generation calls are independent."""
+
+    kv: torch.Tensor
+    length: int = 0
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention with fused q/k/v, optional L2-normalized q/k and a pre-allocated KV cache."""
 
@@ -93,29 +103,21 @@ class SelfAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.register_buffer("zero_k_bias", torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
-        self.cache_kv: torch.Tensor | None = None  # (B, L, 2, H, c) while generating
-        self.cache_len = 0
 
-    def start_cache(self, batch: int, max_len: int, like: torch.Tensor) -> None:
-        # Keys and values side by side as the q/k/v projection lays them out: one write per scale, and
-        # SDPA on CPU reads this (B, L, H, c) layout as it is.
-        self.cache_kv = like.new_empty(batch, max_len, 2, self.num_heads, self.head_dim)
-        self.cache_len = 0
+    def new_cache(self, batch: int, max_len: int, like: torch.Tensor) -> KVCache:
+        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens (dtype and device of ``like``)."""
+        return KVCache(like.new_empty(batch, max_len, 2, self.num_heads, self.head_dim))
 
-    def stop_cache(self) -> None:
-        self.cache_kv = None
-        self.cache_len = 0
-
-    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        if self.cache_kv is not None:
+        if cache is not None:
             # Generation: the new scale's tokens see every cached token and each other; no mask needed.
-            start, end = self.cache_len, self.cache_len + L
-            q, _ = self._project(qkv, kv_out=self.cache_kv[:, start:end])
-            self.cache_len = end
-            kv = self.cache_kv[:, :end]
+            start, end = cache.length, cache.length + L
+            q, _ = self._project(qkv, kv_out=cache.kv[:, start:end])
+            cache.length = end
+            kv = cache.kv[:, :end]
         else:
             q, kv = self._project(qkv)
         k, v = kv.unbind(2)
@@ -169,10 +171,12 @@ class AdaLNBlock(nn.Module):
             return cond + self.ada_gss
         return self.ada_lin(cond).view(-1, 1, 6, cond.shape[-1])
 
-    def forward(self, x_BLC: torch.Tensor, mod_B16C: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, mod_B16C: torch.Tensor, attn_bias: torch.Tensor | None,
+                cache: KVCache | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)
         # addcmul: modulation and gated residual each in one pass over the activations instead of two.
-        x_BLC = torch.addcmul(x_BLC, self.attn(torch.addcmul(shift1, self.ln(x_BLC), 1 + scale1), attn_bias), gamma1)
+        h_BLC = self.attn(torch.addcmul(shift1, self.ln(x_BLC), 1 + scale1), attn_bias, cache)
+        x_BLC = torch.addcmul(x_BLC, h_BLC, gamma1)
         x_BLC = torch.addcmul(x_BLC, self.ffn(torch.addcmul(shift2, self.ln(x_BLC), 1 + scale2)), gamma2)
         return x_BLC
 
@@ -257,6 +261,18 @@ class VAR(nn.Module):
         shared = self.shared_ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1]) if self.config.shared_aln else cond_BC
         return [b.modulation(shared) for b in self.blocks]
 
+    def new_caches(self, batch: int, like: torch.Tensor) -> list[KVCache]:
+        """Empty KV caches, one per block, for generating ``batch`` sequences."""
+        return [b.attn.new_cache(batch, self.config.seq_len, like) for b in self.blocks]
+
+    def run_blocks(self, x_BLC: torch.Tensor, mods: Sequence[torch.Tensor], attn_bias: torch.Tensor | None = None,
+                   caches: Sequence[KVCache] | None = None) -> torch.Tensor:
+        """All blocks over ``x_BLC`` with their modulations (from :meth:`modulations`) and, when
+        generating, their KV caches."""
+        for i, (block, mod) in enumerate(zip(self.blocks, mods, strict=True)):
+            x_BLC = block(x_BLC, mod, attn_bias, None if caches is None else caches[i])
+        return x_BLC
+
     def logits_from_hidden(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_nm(x_BLC, cond_BC)).float()
 
@@ -277,7 +293,5 @@ class VAR(nn.Module):
         sos = cond_BC.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
         x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
         x_BLC = x_BLC + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
-        attn_bias = self.attn_bias_for_masking.to(x_BLC.dtype)
-        for block, mod in zip(self.blocks, self.modulations(cond_BC)):
-            x_BLC = block(x_BLC, mod, attn_bias)
+        x_BLC = self.run_blocks(x_BLC, self.modulations(cond_BC), self.attn_bias_for_masking.to(x_BLC.dtype))
         return self.logits_from_hidden(x_BLC, cond_BC)

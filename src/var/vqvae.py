@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .quantizer import MultiScaleQuantizer
+from .streams import split_batch
 
 
 @dataclass
@@ -249,9 +250,10 @@ class VQVAE(nn.Module):
         self.check_images(img_BCHW)
         return self.quant_conv(self.encoder(img_BCHW))
 
-    def decode_latent(self, f_hat: torch.Tensor) -> torch.Tensor:
-        """Latent f_hat (B, Cvae, p_K, p_K) to an image in [-1, 1]."""
-        return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1)
+    def decode_latent(self, f_hat: torch.Tensor, streams: int | None = None) -> torch.Tensor:
+        """Latent f_hat (B, Cvae, p_K, p_K) to an image in [-1, 1]. On CPU the batch is decoded in
+        concurrent streams (see :mod:`var.streams`), ``streams`` of them if given."""
+        return split_batch(lambda f: self.decoder(self.post_quant_conv(f)).clamp(-1, 1), f_hat, streams)
 
     @torch.no_grad()
     def img_to_indices(self, img_BCHW: torch.Tensor) -> list[torch.Tensor]:
