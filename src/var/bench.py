@@ -136,6 +136,8 @@ def machine_info() -> dict:
         pass
     info = {"cpu": cpu, "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(), "platform": platform.platform()}
+    if hasattr(os, "getloadavg"):  # other work on the machine skews every timing: record it
+        info["load_average"] = list(os.getloadavg())
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
     return info
@@ -192,6 +194,7 @@ class GenerationSettings:
     top_k: int = 900
     top_p: float = 0.96
     dtype: torch.dtype = torch.float32
+    streams: int | None = None  # batch streams (var.streams); None: the default for the device
 
 
 def time_generation(pipe: VARPipeline, s: GenerationSettings, repeats: int) -> dict:
@@ -201,14 +204,15 @@ def time_generation(pipe: VARPipeline, s: GenerationSettings, repeats: int) -> d
     gen = torch.Generator(device=device).manual_seed(0)
 
     def transformer():
-        return generate(pipe.var, pipe.vqvae, labels, cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, generator=gen)[0]
+        return generate(pipe.var, pipe.vqvae, labels, cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, generator=gen,
+                        streams=s.streams)[0]
 
     runs = []
     _reset_peak(device)
     with _autocast(device, s.dtype), torch.inference_mode():
         for i in range(repeats + 1):  # the first run warms up (and compiles, with --compile)
             f_hat, t_transformer = _timed(transformer, device)
-            _, t_decoder = _timed(lambda: pipe.vqvae.decode_latent(f_hat), device)
+            _, t_decoder = _timed(lambda: pipe.vqvae.decode_latent(f_hat, s.streams), device)
             if i:
                 runs.append({"transformer": t_transformer, "decoder": t_decoder})
             log.debug("generation run %d: transformer %.3f s, decoder %.3f s", i, t_transformer, t_decoder)
@@ -296,7 +300,7 @@ def benchmark_pipeline(pipe: VARPipeline, name: str, settings: GenerationSetting
                   "tokenizer_params": sum(p.numel() for p in pipe.vqvae.parameters()),
                   "weights": pipe.info.get("source", "pretrained")},
         "settings": {"batch_size": s.batch_size, "cfg": s.cfg, "top_k": s.top_k, "top_p": s.top_p,
-                     "dtype": _dtype_name(s.dtype), "repeats": repeats, "compile": compiled},
+                     "dtype": _dtype_name(s.dtype), "streams": s.streams, "repeats": repeats, "compile": compiled},
         "matmul_ceiling_gflops": ceiling,
         "generation": {**gen, "flops": flops, "achieved_gflops": achieved,
                        "share_of_ceiling": {part: g / ceiling for part, g in achieved.items()}},
@@ -313,14 +317,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 def format_table(report: dict) -> str:
     """The report as a plain-text table."""
-    g, s = report["generation"], report["settings"]
+    g, s, m = report["generation"], report["settings"], report["machine"]
     gb = 1024 ** 3
     rows = [
         ("config", f"{report['config']} ({report['model']['image_size']} px, {report['model']['weights']} weights)"),
-        ("device", f"{report['device']}: {report['machine'].get('gpu', report['machine']['cpu'])}, "
-                   f"{report['machine']['torch_threads']} threads, torch {report['machine']['torch']}"),
+        ("device", f"{report['device']}: {m.get('gpu', m['cpu'])}, {m['torch_threads']} threads, "
+                   f"torch {m['torch']}" + (f", load average {m['load_average'][0]:.1f}" if "load_average" in m else "")),
         ("settings", f"B={s['batch_size']} cfg={s['cfg']} top_k={s['top_k']} top_p={s['top_p']} {s['dtype']}"
-                     f"{' compiled' if s['compile'] else ''}, median of {s['repeats']}"),
+                     f"{' compiled' if s['compile'] else ''}, streams {s['streams'] or 'auto'}, "
+                     f"median of {s['repeats']}"),
         ("matmul ceiling", f"{report['matmul_ceiling_gflops']:.1f} GFLOP/s"),
         ("generation", f"{g['images_per_s']:.3f} images/s ({g['seconds']['total']:.3f} s per batch)"),
     ]

@@ -27,6 +27,7 @@ def register(sub) -> None:
     p.add_argument("--dtype", default="fp32", choices=sorted(bench.DTYPES),
                    help="autocast dtype (bf16/fp16 are meant for GPUs; fp32 keeps results exact)")
     p.add_argument("--compile", action="store_true", help="torch.compile the tokenizer's decoder")
+    p.add_argument("--streams", type=int, help="batch streams on CPU (default: one per thread; 1 turns them off)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--json", type=Path, help="also write the full report (every run) here")
@@ -39,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     settings = bench.GenerationSettings(batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
-                                        top_p=args.top_p, dtype=bench.DTYPES[args.dtype])
+                                        top_p=args.top_p, dtype=bench.DTYPES[args.dtype], streams=args.streams)
     report = bench.run_benchmark(args.config, args.device, settings, repeats=args.repeats,
                                  train_batch_size=args.train_batch_size, compile=args.compile)
     print(bench.format_table(report))
