@@ -7,7 +7,7 @@ import logging
 import sys
 
 # Subcommand modules, in the order ``var --help`` lists them.
-COMMANDS = ["sample", "edit", "train", "evaluate"]
+COMMANDS = ["sample", "edit", "train", "evaluate", "bench"]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,6 +78,7 @@ class VARPipeline:
             raise ValueError(f"unknown sampling defaults {sorted(unknown)}; known: {sorted(REFERENCE_SAMPLING)}")
         # What a call uses for an option it is not given: the model's recommendation, else the reference's.
         self.sampling_defaults = {**REFERENCE_SAMPLING, **(sampling_defaults or {})}
+        self._lay_out_decoder()
 
     # -------------------------------------------------------------------------- properties
     @property
@@ -104,7 +105,14 @@ class VARPipeline:
     def to(self, device: str | torch.device) -> "VARPipeline":
         self.vqvae.to(device)
         self.var.to(device)
+        self._lay_out_decoder()
         return self
+
+    def _lay_out_decoder(self) -> None:
+        """Channels-last decoder weights on CPU, where the decoder runs channels-last: its convs then skip a
+        per-call weight copy. Other devices keep the default layout."""
+        fmt = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.vqvae.decoder.to(memory_format=fmt)
 
     # ------------------------------------------------------------------------- construction
     @classmethod

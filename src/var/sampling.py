@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
+from .streams import Streams, stream_count
 from .transformer import VAR
 from .vqvae import VQVAE
 
@@ -68,17 +69,20 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
              top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False,
              generator: torch.Generator | None = None,
              keep_tokens: Sequence[torch.Tensor] | None = None, keep_masks: Sequence[torch.Tensor] | None = None,
-             on_scale: Callable[[int], None] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+             on_scale: Callable[[int], None] | None = None,
+             streams: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Generate the token maps of every scale for ``label_B`` (null class allowed).
 
     At scale k of K the guided logits are ``(1 + t) * cond - t * null`` with ``t = cfg * k / (K - 1)``
     (the paper's linear ramp). Where ``keep_masks[k]`` (B, p_k^2) is True the token is taken from
-    ``keep_tokens[k]`` instead of being sampled. Returns the final latent f_hat and the K token maps.
+    ``keep_tokens[k]`` instead of being sampled. ``streams`` splits the transformer's batch into that many
+    concurrent streams (see :mod:`var.streams`); by default one per CPU thread on CPU, one elsewhere.
+    Returns the final latent f_hat and the K token maps.
     """
     with torch.inference_mode():
         f_hat, tokens = _generate(var, vqvae, label_B, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
                                   smooth=smooth, generator=generator, keep_tokens=keep_tokens,
-                                  keep_masks=keep_masks, on_scale=on_scale)
+                                  keep_masks=keep_masks, on_scale=on_scale, streams=streams)
     # Clones made outside inference mode are ordinary tensors, usable anywhere (autograd included).
     return f_hat.clone(), [t.clone() for t in tokens]
 
@@ -86,14 +90,14 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
 def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_k: int, top_p: float,
               temperature: float, smooth: bool, generator: torch.Generator | None,
               keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
-              on_scale: Callable[[int], None] | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+              on_scale: Callable[[int], None] | None, streams: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     var.check_labels(label_B, allow_null=True)
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     patch_nums, quant = var.patch_nums, vqvae.quantize
     if tuple(patch_nums) != tuple(quant.patch_nums):
         raise ValueError(f"transformer scales {patch_nums} differ from the tokenizer's {quant.patch_nums}")
-    K, B, C = len(patch_nums), label_B.shape[0], var.config.embed_dim
+    K, B = len(patch_nums), label_B.shape[0]
     guided = cfg != 0  # with cfg == 0 the null-class half would get weight 0: skip it
     labels = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
     n = labels.shape[0]
@@ -104,16 +108,13 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
     x_nlC = cond_nC.unsqueeze(1) + var.pos_start + lvl_pos_1LC[:, :var.first_l]
     f_hat = cond_nC.new_zeros(B, quant.channels, patch_nums[-1], patch_nums[-1])
     codebook_VC = quant.embedding.weight
-    for block in var.blocks:
-        block.attn.start_cache(n, var.config.seq_len, cond_nC)
     tokens: list[torch.Tensor] = []
-    try:
+    with Streams(stream_count(cond_nC.device, n, streams), cond_nC.device.type) as pool:
+        transformer = _BatchStreams(var, cond_nC, mods, pool)
         cur = 0
         for k, p in enumerate(patch_nums):
             ratio = k / (K - 1) if K > 1 else 1.0
-            for block, mod in zip(var.blocks, mods):
-                x_nlC = block(x_nlC, mod, None)
-            logits_BlV = var.logits_from_hidden(x_nlC, cond_nC)
+            logits_BlV = transformer.logits(x_nlC)
             if guided:
                 t = cfg * ratio
                 logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
@@ -141,7 +142,27 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
             q = patch_nums[k + 1]
             x_BlC = var.word_embed(next_map.flatten(2).transpose(1, 2)) + lvl_pos_1LC[:, cur:cur + q * q]
             x_nlC = torch.cat((x_BlC, x_BlC)) if guided else x_BlC
-    finally:
-        for block in var.blocks:
-            block.attn.stop_cache()
     return f_hat, tokens
+
+
+class _BatchStreams:
+    """The transformer's per-scale pass over the batch split into concurrent streams (see :mod:`.streams`).
+    Each stream has its own KV caches; the logits come back in batch order, so sampling, done by the
+    caller, does not depend on the number of streams."""
+
+    def __init__(self, var: VAR, cond_nC: torch.Tensor, mods: Sequence[torch.Tensor], streams: Streams):
+        edges = [round(i * cond_nC.shape[0] / streams.count) for i in range(streams.count + 1)]
+        self.var, self.streams = var, streams
+        self.parts = [slice(a, b) for a, b in zip(edges, edges[1:])]
+        self.cond = [cond_nC[sl] for sl in self.parts]
+        self.mods = [[m[sl] for m in mods] for sl in self.parts]
+        self.caches = [var.new_caches(sl.stop - sl.start, cond_nC) for sl in self.parts]
+
+    def logits(self, x_nlC: torch.Tensor) -> torch.Tensor:
+        """Logits (n, l, V) of the scale whose input is ``x_nlC``; its keys and values join the caches."""
+        def run(i: int) -> torch.Tensor:
+            hidden = self.var.run_blocks(x_nlC[self.parts[i]], self.mods[i], caches=self.caches[i])
+            return self.var.logits_from_hidden(hidden, self.cond[i])
+
+        logits = self.streams.map(run)
+        return logits[0] if len(logits) == 1 else torch.cat(logits)

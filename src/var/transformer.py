@@ -75,6 +75,16 @@ def patch_nums_from_max_scale(max_scale: int) -> tuple[int, ...]:
     return tuple(range(1, max_scale + 1))
 
 
+@dataclass
+class KVCache:
+    """One block's keys and values of the tokens generated so far: ``kv`` is (B, L_max, 2, H, c), laid out
+    as the q/k/v projection produces them (one write per scale, and SDPA on CPU reads it as it is);
+    the first ``length`` positions are filled. Held by the caller, so generation calls are independent."""
+
+    kv: torch.Tensor
+    length: int = 0
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention with fused q/k/v, optional L2-normalized q/k and a pre-allocated KV cache."""
 
@@ -93,38 +103,40 @@ class SelfAttention(nn.Module):
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.register_buffer("zero_k_bias", torch.zeros(dim))
         self.proj = nn.Linear(dim, dim)
-        self.cache_k: torch.Tensor | None = None  # (B, H, L, c) while generating
-        self.cache_v: torch.Tensor | None = None
-        self.cache_len = 0
 
-    def start_cache(self, batch: int, max_len: int, like: torch.Tensor) -> None:
-        shape = (batch, self.num_heads, max_len, self.head_dim)
-        self.cache_k = like.new_empty(shape)
-        self.cache_v = like.new_empty(shape)
-        self.cache_len = 0
+    def new_cache(self, batch: int, max_len: int, like: torch.Tensor) -> KVCache:
+        """An empty cache for ``batch`` sequences of up to ``max_len`` tokens (dtype and device of ``like``)."""
+        return KVCache(like.new_empty(batch, max_len, 2, self.num_heads, self.head_dim))
 
-    def stop_cache(self) -> None:
-        self.cache_k = self.cache_v = None
-        self.cache_len = 0
-
-    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = F.linear(x_BLC, self.mat_qkv.weight, bias).view(B, L, 3, self.num_heads, self.head_dim)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, L, c)
-        if self.attn_l2_norm:
-            scale_mul = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp()
-            q = F.normalize(q, dim=-1) * scale_mul
-            k = F.normalize(k, dim=-1)
-        if self.cache_k is not None:
+        if cache is not None:
             # Generation: the new scale's tokens see every cached token and each other; no mask needed.
-            end = self.cache_len + L
-            self.cache_k[:, :, self.cache_len:end] = k
-            self.cache_v[:, :, self.cache_len:end] = v
-            self.cache_len = end
-            k, v = self.cache_k[:, :, :end], self.cache_v[:, :, :end]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_bias, scale=self.scale)
+            start, end = cache.length, cache.length + L
+            q, _ = self._project(qkv, kv_out=cache.kv[:, start:end])
+            cache.length = end
+            kv = cache.kv[:, :end]
+        else:
+            q, kv = self._project(qkv)
+        k, v = kv.unbind(2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                             attn_mask=attn_bias, scale=self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
+
+    def _project(self, qkv_BL3Hc: torch.Tensor, kv_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Queries (B, L, H, c) and keys/values (B, L, 2, H, c, written to ``kv_out`` when given) as attention
+        takes them. With ``attn_l2_norm`` queries and keys are L2-normalised (as ``F.normalize`` does) and
+        queries take the learned per-head scale, in one pass over q and one over k and v together."""
+        q, kv = qkv_BL3Hc[:, :, 0], qkv_BL3Hc[:, :, 1:]
+        if not self.attn_l2_norm:
+            return q, (kv if kv_out is None else kv_out.copy_(kv))
+        norm_BL2H1 = torch.linalg.vector_norm(qkv_BL3Hc[:, :, :2], dim=-1, keepdim=True).clamp_min(1e-12)
+        scale_mul_H1 = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp().view(self.num_heads, 1)
+        q = q * (scale_mul_H1 / norm_BL2H1[:, :, 0])
+        factor_BL2H1 = torch.cat((1 / norm_BL2H1[:, :, 1:], torch.ones_like(norm_BL2H1[:, :, 1:])), dim=2)  # v: x1
+        return q, torch.mul(kv, factor_BL2H1, out=kv_out)
 
 
 class FFN(nn.Module):
@@ -159,10 +171,13 @@ class AdaLNBlock(nn.Module):
             return cond + self.ada_gss
         return self.ada_lin(cond).view(-1, 1, 6, cond.shape[-1])
 
-    def forward(self, x_BLC: torch.Tensor, mod_B16C: torch.Tensor, attn_bias: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, mod_B16C: torch.Tensor, attn_bias: torch.Tensor | None,
+                cache: KVCache | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)
-        x_BLC = x_BLC + self.attn(self.ln(x_BLC) * (1 + scale1) + shift1, attn_bias) * gamma1
-        x_BLC = x_BLC + self.ffn(self.ln(x_BLC) * (1 + scale2) + shift2) * gamma2
+        # addcmul: modulation and gated residual each in one pass over the activations instead of two.
+        h_BLC = self.attn(torch.addcmul(shift1, self.ln(x_BLC), 1 + scale1), attn_bias, cache)
+        x_BLC = torch.addcmul(x_BLC, h_BLC, gamma1)
+        x_BLC = torch.addcmul(x_BLC, self.ffn(torch.addcmul(shift2, self.ln(x_BLC), 1 + scale2)), gamma2)
         return x_BLC
 
 
@@ -246,6 +261,18 @@ class VAR(nn.Module):
         shared = self.shared_ada_lin(cond_BC).view(-1, 1, 6, cond_BC.shape[-1]) if self.config.shared_aln else cond_BC
         return [b.modulation(shared) for b in self.blocks]
 
+    def new_caches(self, batch: int, like: torch.Tensor) -> list[KVCache]:
+        """Empty KV caches, one per block, for generating ``batch`` sequences."""
+        return [b.attn.new_cache(batch, self.config.seq_len, like) for b in self.blocks]
+
+    def run_blocks(self, x_BLC: torch.Tensor, mods: Sequence[torch.Tensor], attn_bias: torch.Tensor | None = None,
+                   caches: Sequence[KVCache] | None = None) -> torch.Tensor:
+        """All blocks over ``x_BLC`` with their modulations (from :meth:`modulations`) and, when
+        generating, their KV caches."""
+        for i, (block, mod) in enumerate(zip(self.blocks, mods, strict=True)):
+            x_BLC = block(x_BLC, mod, attn_bias, None if caches is None else caches[i])
+        return x_BLC
+
     def logits_from_hidden(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
         return self.head(self.head_nm(x_BLC, cond_BC)).float()
 
@@ -266,7 +293,5 @@ class VAR(nn.Module):
         sos = cond_BC.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
         x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
         x_BLC = x_BLC + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
-        attn_bias = self.attn_bias_for_masking.to(x_BLC.dtype)
-        for block, mod in zip(self.blocks, self.modulations(cond_BC)):
-            x_BLC = block(x_BLC, mod, attn_bias)
+        x_BLC = self.run_blocks(x_BLC, self.modulations(cond_BC), self.attn_bias_for_masking.to(x_BLC.dtype))
         return self.logits_from_hidden(x_BLC, cond_BC)

@@ -1,0 +1,51 @@
+"""``var bench``: generation and training speed on this device, as a table and as JSON."""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from .. import bench
+
+log = logging.getLogger("var")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("bench", help="measure generation and training speed on this device",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--config", default="d16", choices=bench.CONFIGS,
+                   help="model shape; random weights (fashion-mnist: the bundled model when installed)")
+    p.add_argument("--batch-size", type=int, default=2, help="images per generation call")
+    p.add_argument("--train-batch-size", type=int, help="images per training step (default: --batch-size; 0 skips)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; medians are reported")
+    p.add_argument("--cfg", type=float, default=1.5)
+    p.add_argument("--top-k", type=int, default=900)
+    p.add_argument("--top-p", type=float, default=0.96)
+    p.add_argument("--dtype", default="fp32", choices=sorted(bench.DTYPES),
+                   help="autocast dtype (bf16/fp16 are meant for GPUs; fp32 keeps results exact)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the tokenizer's decoder")
+    p.add_argument("--streams", type=int, help="batch streams on CPU (default: one per thread; 1 turns them off)")
+    p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", type=Path, help="also write the full report (every run) here")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    settings = bench.GenerationSettings(batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
+                                        top_p=args.top_p, dtype=bench.DTYPES[args.dtype], streams=args.streams)
+    report = bench.run_benchmark(args.config, args.device, settings, repeats=args.repeats,
+                                 train_batch_size=args.train_batch_size, compile=args.compile)
+    print(bench.format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        log.info("wrote %s", args.json)
+    return 0

@@ -1,0 +1,91 @@
+"""The benchmark's non-timing logic: analytic FLOP counts and the report's fields."""
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
+from var.bench import (CONFIGS, GenerationSettings, benchmark_pipeline, decoder_flops, format_table,
+                       generation_flops, model_configs, transformer_flops)
+from var.cli import build_parser
+
+
+def tiny_var_config(**kw):
+    return VARConfig(vocab_size=48, latent_channels=8, num_classes=5, depth=2, embed_dim=64, num_heads=2,
+                     patch_nums=(1, 2), **kw)
+
+
+def test_transformer_flops_match_a_hand_count():
+    # B = 3 images with guidance: n = 6 sequences; C = 64, FFN 256, V = 48, Cv = 8, depth 2, scales 1 and 2x2.
+    per_token_linear = 64 * 192 + 64 * 64 + 64 * 256 + 256 * 64          # qkv, proj, fc1, fc2 (multiply-adds)
+    adaln = 2 * (6 * 64 * 384)                                              # 2 blocks, once per call
+    scale1 = 2 * (6 * 1 * per_token_linear + 2 * 6 * 1 * 1 * 64)          # 1 token, attends to 1
+    scale2 = 2 * (6 * 4 * per_token_linear + 2 * 6 * 4 * 5 * 64)          # 4 tokens, attend to 5
+    heads = 2 * (6 * 64 * 128) + 6 * 1 * 64 * 48 + 6 * 4 * 64 * 48        # head AdaLN per scale, head per token
+    word_embed = 3 * 4 * 8 * 64                                             # scale 2's input, unguided batch
+    phi = 2 * (3 * 9 * 8 * 8 * 4)                                           # 3x3 conv on the 2x2 latent, per scale
+    expected = 2 * (adaln + scale1 + scale2 + heads + word_embed + phi)
+    assert transformer_flops(tiny_var_config(), batch=3, guided=True) == expected
+
+
+def test_transformer_flops_without_guidance_and_with_shared_adaln():
+    guided = transformer_flops(tiny_var_config(), batch=2, guided=True)
+    # 4 unguided images run as many sequences as 2 guided ones; only per-image work (the word embedding
+    # of scale 2 and the phi conv at both scales) grows with the 2 extra images.
+    per_image = 2 * (4 * 8 * 64) + 2 * 2 * (9 * 8 * 8 * 4)
+    assert transformer_flops(tiny_var_config(), batch=4, guided=False) - guided == 2 * per_image
+    shared = transformer_flops(tiny_var_config(shared_aln=True), batch=2)
+    assert guided - shared == 2 * (4 * 64 * 384)  # one AdaLN projection instead of two
+
+
+def test_decoder_flops_match_the_traced_convolutions():
+    cfg = VQVAEConfig(in_channels=3, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=8, vocab_size=48,
+                      patch_nums=(1, 2, 4), using_sa=False, using_mid_sa=False)
+    with torch.device("meta"):
+        vae = VQVAE(cfg)
+        f_hat = torch.empty(2, 8, 4, 4)
+    with FlopCounterMode(display=False) as counter:
+        vae.decode_latent(f_hat)
+    assert decoder_flops(cfg, batch=2) == counter.get_total_flops()
+
+
+def test_decoder_flops_count_attention():
+    plain = dict(in_channels=3, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, patch_nums=(1, 2, 4))
+    with_mid = decoder_flops(VQVAEConfig(**plain, using_sa=False, using_mid_sa=True), batch=1)
+    without = decoder_flops(VQVAEConfig(**plain, using_sa=False, using_mid_sa=False), batch=1)
+    c, n = 64, 16  # widest level, 4x4 latent
+    assert with_mid - without == 2 * (n * c * 3 * c + n * c * c) + 2 * (2 * n * n * c)
+
+
+def test_named_configs():
+    assert {"d16", "fashion-mnist", "small"} <= set(CONFIGS)
+    vae, var = model_configs("d16")
+    assert (var.depth, var.embed_dim, vae.image_size) == (16, 1024, 256)
+    flops = generation_flops(vae, var, batch=1)
+    assert flops["total"] == flops["transformer"] + flops["decoder"] > 0
+    with pytest.raises(ValueError, match="unknown config 'd17'"):
+        model_configs("d17")
+
+
+def test_report_fields_and_table(tmp_path):
+    torch.manual_seed(0)
+    vae = VQVAE(VQVAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=48, patch_nums=(1, 2)))
+    pipe = VARPipeline(vae, VAR(tiny_var_config()))
+    settings = GenerationSettings(batch_size=2, top_k=5)
+    report = benchmark_pipeline(pipe, "tiny", settings, repeats=1, train_batch_size=1)
+    gen, train = report["generation"], report["training"]
+    assert set(gen["seconds"]) == {"transformer", "decoder", "total"} == set(gen["share_of_ceiling"])
+    assert gen["images_per_s"] > 0 and gen["flops"]["total"] > 0 and report["matmul_ceiling_gflops"] > 0
+    assert train["tokens_per_s"] == pytest.approx(5 * train["images_per_s"])  # 1 + 4 tokens per image
+    assert gen["peak_memory_bytes"] > 0 and train["peak_memory_bytes"] > 0
+    assert report["settings"]["dtype"] == "fp32" and report["machine"]["torch"] == torch.__version__
+    json.dumps(report)  # serialisable as it is
+    table = format_table(report)
+    assert "images/s" in table and "% of ceiling" in table and "tokens/s" in table
+    assert not pipe.var.training  # the training step leaves the model in eval mode
+
+
+def test_bench_command_is_registered():
+    args = build_parser().parse_args(["bench", "--config", "fashion-mnist", "--batch-size", "4", "--json", "x.json"])
+    assert args.command == "bench" and args.batch_size == 4 and args.config == "fashion-mnist"
