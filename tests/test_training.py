@@ -16,7 +16,6 @@ from var import VARPipeline, VQVAE, VQVAEConfig
 from var.cli import main as cli
 from var.data import image_folder_dataset
 from var.training.common import NonFiniteLoss, Schedule, fit, DistInfo
-from var.training.runs import train_var, train_vqvae
 
 TINY_VAE = VQVAEConfig(in_channels=3, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=32,
                        patch_nums=(1, 2, 4, 8), using_sa=False, using_mid_sa=False)

@@ -8,7 +8,7 @@ Shape letters: B batch, C channels, H W spatial size, K scales, l one scale's to
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import torch

@@ -22,7 +22,7 @@ from ..data import ImageArrayDataset, build_dataset, split_holdout
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import DistInfo, Schedule, batch_indices, fit, local_batch_size, setup_distributed
+from .common import DistInfo, Schedule, append_metrics, batch_indices, fit, local_batch_size, setup_distributed
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
@@ -70,6 +70,7 @@ def _fixed_run_config(out: Path, config: dict, info: DistInfo) -> dict:
 
 def _batch_getter(ds_batch, n: int, schedule: Schedule, info: DistInfo, flip: bool):
     """get_batch(step) for :func:`fit`: deterministic indices, and flips drawn from (seed, step)."""
+    local_batch_size(schedule.batch_size, info.world)  # every process must get an equal share
     def get(step: int):
         idx = batch_indices(step, n, schedule.batch_size, schedule.seed, info.rank, info.world)
         flips = None
@@ -133,7 +134,6 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
         (out / "samples").mkdir(exist_ok=True)
         grid(torch.cat([x, rec]).cpu(), nrow=8, scale=max(1, 64 // x.shape[-1]),
              row_labels=["input", "recon"]).save(out / "samples" / f"recon_{step:07d}.png")
-        from .common import append_metrics
         append_metrics(out, {"step": step, **ev})
         log.info("step %d: held-out PSNR %.2f dB", step, ev["heldout_psnr"])
         export_vqvae(vqvae, out, ds.class_names, data)

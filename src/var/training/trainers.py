@@ -260,8 +260,7 @@ class VARTrainer(_Trainer):
 
     def pipeline(self, class_names: Sequence[str] | None = None, pad: int = 0, info: dict | None = None) -> VARPipeline:
         """A pipeline of the current (EMA, if kept) weights; shares tensors with the trainer."""
-        pipe = VARPipeline(self.vqvae, self.sampling_model(), class_names=class_names, pad=pad, info=info)
-        return pipe
+        return VARPipeline(self.vqvae, self.sampling_model(), class_names=class_names, pad=pad, info=info)
 
     def generate_samples(self, num_samples: int, class_labels: Sequence[int] | None = None, seed: int = 0,
                          **sampling) -> VAROutput:
