@@ -4,7 +4,7 @@ import threading
 import pytest
 import torch
 
-from var.sampling import generate
+from var.sampling import _BatchStreams, generate
 from var.streams import Streams, split_batch, stream_count
 
 from test_model import small_pipe
@@ -19,7 +19,9 @@ def _threads_seen_by_a_new_thread() -> int:
 
 
 @pytest.mark.parametrize("cfg", [0.0, 2.0])
-def test_generation_does_not_depend_on_the_streams(cfg):
+@pytest.mark.parametrize("min_rows", [0, 6])  # every scale split / only the larger ones (the rest run together)
+def test_generation_does_not_depend_on_the_streams(cfg, min_rows, monkeypatch):
+    monkeypatch.setattr(_BatchStreams, "MIN_ROWS_PER_STREAM", min_rows)
     pipe = small_pipe()
     labels = torch.tensor([0, 1, 2, 3])
     n = 8 if cfg else 4

@@ -78,7 +78,7 @@ class VARPipeline:
             raise ValueError(f"unknown sampling defaults {sorted(unknown)}; known: {sorted(REFERENCE_SAMPLING)}")
         # What a call uses for an option it is not given: the model's recommendation, else the reference's.
         self.sampling_defaults = {**REFERENCE_SAMPLING, **(sampling_defaults or {})}
-        self._lay_out_decoder()
+        self._prepare_for_device()
 
     # -------------------------------------------------------------------------- properties
     @property
@@ -105,14 +105,16 @@ class VARPipeline:
     def to(self, device: str | torch.device) -> "VARPipeline":
         self.vqvae.to(device)
         self.var.to(device)
-        self._lay_out_decoder()
+        self._prepare_for_device()
         return self
 
-    def _lay_out_decoder(self) -> None:
-        """Channels-last decoder weights on CPU, where the decoder runs channels-last: its convs then skip a
-        per-call weight copy. Other devices keep the default layout."""
-        fmt = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
-        self.vqvae.decoder.to(memory_format=fmt)
+    def _prepare_for_device(self) -> None:
+        """On CPU: channels-last decoder weights (the decoder runs channels-last there, and its convs then
+        skip a per-call weight copy) and packed transformer weights (see :mod:`var.packed_linear`; call
+        ``pipe.var.pack_weights(False)`` to give their memory back). Other devices keep the defaults."""
+        on_cpu = self.device.type == "cpu"
+        self.vqvae.decoder.to(memory_format=torch.channels_last if on_cpu else torch.contiguous_format)
+        self.var.pack_weights(on_cpu)
 
     # ------------------------------------------------------------------------- construction
     @classmethod

@@ -8,13 +8,14 @@ Shape letters: B batch, l one scale's tokens, V vocabulary, C width, Cv latent c
 """
 from __future__ import annotations
 
+import itertools
 from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 
 from .streams import Streams, stream_count
-from .transformer import VAR
+from .transformer import VAR, KVCache
 from .vqvae import VQVAE
 
 
@@ -146,23 +147,38 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
 
 
 class _BatchStreams:
-    """The transformer's per-scale pass over the batch split into concurrent streams (see :mod:`.streams`).
-    Each stream has its own KV caches; the logits come back in batch order, so sampling, done by the
-    caller, does not depend on the number of streams."""
+    """The transformer's per-scale pass over the batch, on CPU split into concurrent streams (see
+    :mod:`.streams`) at the scales with at least ``MIN_ROWS_PER_STREAM`` tokens per stream. Smaller scales
+    run as one call over the whole batch: there the layers are bound by reading the weights, which every
+    stream would do again (on the 2-core development CPU the first scales took 1.8x as long split). One KV
+    cache per block holds the whole batch; each stream's caches are views of its rows. The logits come back
+    in batch order, so sampling, done by the caller, does not depend on the number of streams."""
+
+    MIN_ROWS_PER_STREAM = 256
 
     def __init__(self, var: VAR, cond_nC: torch.Tensor, mods: Sequence[torch.Tensor], streams: Streams):
-        edges = [round(i * cond_nC.shape[0] / streams.count) for i in range(streams.count + 1)]
-        self.var, self.streams = var, streams
+        n = cond_nC.shape[0]
+        edges = [round(i * n / streams.count) for i in range(streams.count + 1)]
+        self.var, self.streams, self.cond, self.mods = var, streams, cond_nC, mods
         self.parts = [slice(a, b) for a, b in zip(edges, edges[1:])]
-        self.cond = [cond_nC[sl] for sl in self.parts]
-        self.mods = [[m[sl] for m in mods] for sl in self.parts]
-        self.caches = [var.new_caches(sl.stop - sl.start, cond_nC) for sl in self.parts]
+        self.caches = var.new_caches(n, cond_nC)
+        self.part_caches = [[KVCache(c.kv[:, sl]) for c in self.caches] for sl in self.parts]
+        self.length = 0
 
     def logits(self, x_nlC: torch.Tensor) -> torch.Tensor:
         """Logits (n, l, V) of the scale whose input is ``x_nlC``; its keys and values join the caches."""
-        def run(i: int) -> torch.Tensor:
-            hidden = self.var.run_blocks(x_nlC[self.parts[i]], self.mods[i], caches=self.caches[i])
-            return self.var.logits_from_hidden(hidden, self.cond[i])
+        n, l = x_nlC.shape[:2]
+        if self.streams.count == 1 or n * l < self.MIN_ROWS_PER_STREAM * self.streams.count:
+            logits = self._run(x_nlC, self.cond, self.mods, self.caches)
+        else:
+            parts = self.parts
+            logits = torch.cat(self.streams.map(lambda i: self._run(
+                x_nlC[parts[i]], self.cond[parts[i]], [m[parts[i]] for m in self.mods], self.part_caches[i])))
+        self.length += l
+        for cache in itertools.chain(self.caches, *self.part_caches):
+            cache.length = self.length
+        return logits
 
-        logits = self.streams.map(run)
-        return logits[0] if len(logits) == 1 else torch.cat(logits)
+    def _run(self, x_nlC: torch.Tensor, cond_nC: torch.Tensor, mods: Sequence[torch.Tensor],
+             caches: Sequence[KVCache]) -> torch.Tensor:
+        return self.var.logits_from_hidden(self.var.run_blocks(x_nlC, mods, caches=caches), cond_nC)

@@ -1,0 +1,68 @@
+"""Packed linear weights: the same function as nn.Linear, only taken where it applies, and never stale."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from var.packed_linear import PackedLinear, packing_available
+from var.sampling import generate
+
+from test_model import small_pipe
+
+pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN")
+
+
+def _packed_layer(seed=0):
+    torch.manual_seed(seed)
+    layer = PackedLinear(24, 40)
+    layer.pack()
+    return layer
+
+
+@pytest.mark.parametrize("gelu", [False, True])
+def test_packed_forward_matches_linear(gelu):
+    layer = _packed_layer()
+    x = torch.randn(3, 5, 24)
+    bias = torch.randn(40)
+    with torch.no_grad():
+        for b in (None, bias):
+            want = F.linear(x, layer.weight, layer.bias if b is None else b)
+            want = F.gelu(want, approximate="tanh") if gelu else want
+            got = layer(x, bias=b, gelu=gelu)
+            assert layer._packed_weight(x) is not None  # the packed path really ran
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_packed_copy_follows_the_weight():
+    layer = _packed_layer()
+    x = torch.randn(4, 24)
+    with torch.no_grad():
+        layer.weight.mul_(-2.0)                       # in place: same storage, new version
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.load_state_dict(_packed_layer(seed=1).state_dict())
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_autograd_and_other_dtypes_take_the_plain_path():
+    layer = _packed_layer()
+    x = torch.randn(4, 24, requires_grad=True)
+    y = layer(x, gelu=True)
+    assert y.requires_grad
+    y.sum().backward()
+    assert layer.weight.grad is not None and x.grad is not None
+    with torch.no_grad():
+        assert layer._packed_weight(x.double()) is None
+        assert layer.double()(x.double()).dtype == torch.float64
+
+
+def test_unpack_and_pipeline_packing():
+    pipe = small_pipe()
+    linears = [m for m in pipe.var.modules() if isinstance(m, PackedLinear)]
+    assert linears and all(m.packed for m in linears)  # a CPU pipeline packs its transformer
+    labels = torch.tensor([0, 3])
+    packed = generate(pipe.var, pipe.vqvae, labels, cfg=2.0, top_k=1)
+    pipe.var.pack_weights(False)
+    assert not any(m.packed for m in linears)
+    plain = generate(pipe.var, pipe.vqvae, labels, cfg=2.0, top_k=1)
+    assert all(torch.equal(a, b) for a, b in zip(packed[1], plain[1], strict=True))
+    torch.testing.assert_close(packed[0], plain[0], atol=1e-5, rtol=0)
