@@ -41,6 +41,8 @@ def test_packed_copy_follows_the_weight():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
         layer.load_state_dict(_packed_layer(seed=1).state_dict())
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+        layer.weight = torch.nn.Parameter(torch.randn(40, 24))  # a new parameter object
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
 
 
 def test_autograd_and_other_dtypes_take_the_plain_path():

@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .weight_cache import DerivedWeight
+
 log = logging.getLogger(__name__)
 
 
@@ -34,8 +36,7 @@ class PackedLinear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw):
         super().__init__(in_features, out_features, bias=bias, **kw)
-        self._packed: torch.Tensor | None = None
-        self._packed_from: tuple[int, int] | None = None  # (data pointer, version) of the weight packed
+        self._packed: DerivedWeight | None = None
 
     @property
     def packed(self) -> bool:
@@ -46,13 +47,13 @@ class PackedLinear(nn.Linear):
         if not packing_available():
             log.info("oneDNN is not available in this PyTorch build: linear weights stay unpacked")
             return
-        w = self.weight.detach()
-        self._packed = torch.ops.mkldnn._reorder_linear_weight(w)
-        self._packed_from = (w.data_ptr(), w._version)
+        self._packed = DerivedWeight(torch.ops.mkldnn._reorder_linear_weight)
+        if self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
+            self._packed.get(self.weight)  # now rather than in the first call
 
     def unpack(self) -> None:
         """Drop the packed copy (and its memory)."""
-        self._packed = self._packed_from = None
+        self._packed = None
 
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
         """The packed weight when it applies to this call (re-packed if the weight changed), else None."""
@@ -60,9 +61,7 @@ class PackedLinear(nn.Linear):
                 or x.dtype != torch.float32 or self.weight.dtype != torch.float32 or self.weight.device.type != "cpu" \
                 or torch.is_autocast_enabled("cpu"):
             return None
-        if self._packed_from != (self.weight.data_ptr(), self.weight._version):
-            self.pack()
-        return self._packed
+        return self._packed.get(self.weight)
 
     def forward(self, x: torch.Tensor, *, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
         """``x @ W^T + b``, with ``bias`` in place of the module's own when given, then tanh-GELU if ``gelu``."""

@@ -110,10 +110,13 @@ class VARPipeline:
 
     def _prepare_for_device(self) -> None:
         """On CPU: channels-last decoder weights (the decoder runs channels-last there, and its convs then
-        skip a per-call weight copy) and packed transformer weights (see :mod:`var.packed_linear`; call
-        ``pipe.var.pack_weights(False)`` to give their memory back). Other devices keep the defaults."""
+        skip a per-call weight copy), Winograd convolutions in the decoder (:mod:`var.winograd`) and packed
+        transformer weights (:mod:`var.packed_linear`). Both of these keep extra copies of weights; undo
+        with ``pipe.vqvae.decoder.use_winograd(False)`` and ``pipe.var.pack_weights(False)``. Other devices
+        keep the defaults."""
         on_cpu = self.device.type == "cpu"
         self.vqvae.decoder.to(memory_format=torch.channels_last if on_cpu else torch.contiguous_format)
+        self.vqvae.decoder.use_winograd(on_cpu)
         self.var.pack_weights(on_cpu)
 
     # ------------------------------------------------------------------------- construction

@@ -1,0 +1,79 @@
+"""Winograd 3x3 convolutions: the same function as a direct convolution, taken only where it applies."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from var import winograd
+from var.winograd import WinogradConv2d, winograd_conv3x3, winograd_weight
+
+from test_model import small_pipe
+
+
+def _close_to_direct(got, x, weight, bias):
+    want = F.conv2d(x, weight, bias, padding=1)
+    assert got.shape == want.shape
+    torch.testing.assert_close(got, want, atol=1e-4 * want.abs().max().item(), rtol=0)
+
+
+@pytest.mark.parametrize("tile_rows_target", [128, 24, 4])  # one strip / strips of 3 then 1 / one tile row each
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_matches_direct_convolution(tile_rows_target, use_bias, monkeypatch):
+    monkeypatch.setattr(winograd, "TILE_ROWS_TARGET", tile_rows_target)
+    torch.manual_seed(0)
+    x = torch.randn(2, 5, 16, 20).contiguous(memory_format=torch.channels_last)
+    weight, bias = torch.randn(7, 5, 3, 3), torch.randn(7)
+    got = winograd_conv3x3(x, winograd_weight(weight), bias if use_bias else None)
+    _close_to_direct(got, x, weight, bias if use_bias else None)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_rejects_sides_that_are_not_multiples_of_four():
+    with pytest.raises(ValueError, match="multiples of 4, got 10x12"):
+        winograd_conv3x3(torch.randn(1, 2, 10, 12), winograd_weight(torch.randn(3, 2, 3, 3)), None)
+
+
+def _small_winograd_conv():
+    torch.manual_seed(0)
+    conv = WinogradConv2d(6, 4)
+    conv.MIN_CHANNELS, conv.MIN_SIDE = 1, 8  # the real thresholds are for the d16 decoder's sizes
+    conv.use_winograd(True)
+    return conv
+
+
+def test_module_takes_winograd_only_where_it_applies():
+    conv = _small_winograd_conv()
+    x = torch.randn(1, 6, 8, 8)
+    with torch.no_grad():
+        _close_to_direct(conv(x), x, conv.weight, conv.bias)
+        assert conv._transformed.value is not None                    # the Winograd path ran
+        for other in (torch.randn(1, 6, 4, 4), torch.randn(1, 6, 8, 10), x.double()):  # too small, not /4, fp64
+            assert not conv._applies(other)
+    assert not conv._applies(x)                                       # autograd: the direct convolution
+    y = conv(x.requires_grad_())
+    y.sum().backward()
+    assert conv.weight.grad is not None
+    conv.use_winograd(False)
+    assert conv._transformed.value is None and not conv._applies(x.detach())
+
+
+def test_transformed_kernels_follow_the_weight():
+    conv = _small_winograd_conv()
+    x = torch.randn(1, 6, 8, 8)
+    with torch.no_grad():
+        conv(x)
+        conv.weight.mul_(-3.0)
+        _close_to_direct(conv(x), x, conv.weight, conv.bias)
+
+
+def test_cpu_pipeline_decodes_with_winograd_like_the_direct_convolutions():
+    pipe = small_pipe()
+    convs = [m for m in pipe.vqvae.decoder.modules() if isinstance(m, WinogradConv2d)]
+    assert convs and all(m.winograd for m in convs)
+    for m in convs:
+        m.MIN_CHANNELS, m.MIN_SIDE = 1, 4
+    f_hat = torch.randn(2, 8, 4, 4)
+    with torch.no_grad():
+        fast = pipe.vqvae.decode_latent(f_hat)
+        assert all(m._transformed.value is not None for m in convs)
+        pipe.vqvae.decoder.use_winograd(False)
+        torch.testing.assert_close(fast, pipe.vqvae.decode_latent(f_hat), atol=1e-4, rtol=0)
