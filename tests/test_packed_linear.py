@@ -68,3 +68,14 @@ def test_unpack_and_pipeline_packing():
     plain = generate(pipe.var, pipe.vqvae, labels, cfg=2.0, top_k=1)
     assert all(torch.equal(a, b) for a, b in zip(packed[1], plain[1], strict=True))
     torch.testing.assert_close(packed[0], plain[0], atol=1e-5, rtol=0)
+
+
+def test_pipeline_does_not_pack_what_would_crowd_the_memory(monkeypatch):
+    import var.pipeline
+    weights = sum(m.weight.numel() * 4 for m in small_pipe().var.modules() if isinstance(m, PackedLinear))
+    monkeypatch.setattr(var.pipeline, "total_memory_bytes", lambda: 4 * weights - 4)
+    pipe = small_pipe()
+    assert not any(m.packed for m in pipe.var.modules() if isinstance(m, PackedLinear))
+    monkeypatch.setattr(var.pipeline, "total_memory_bytes", lambda: 4 * weights)
+    pipe.to("cpu")
+    assert all(m.packed for m in pipe.var.modules() if isinstance(m, PackedLinear))

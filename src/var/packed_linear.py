@@ -5,11 +5,13 @@ of VAR's early scales that repacking costs about as much as the multiply itself;
 given the weight packed once, and it then also applies tanh-GELU in the same pass as fc1. On the 2-core
 development CPU this makes the d16 layers 1.1-1.7x faster (most at the smallest scales). The packed copy
 costs the weight's size again in memory, so it is opt-in: :meth:`PackedLinear.pack` (or
-``VAR.pack_weights``, which ``VARPipeline`` calls on CPU). Results match ``F.linear`` to float rounding.
+``VAR.pack_weights``, which ``VARPipeline`` calls on CPU when the copy takes at most a quarter of the
+machine's RAM). Results match ``F.linear`` to float rounding.
 """
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn as nn
@@ -23,6 +25,14 @@ log = logging.getLogger(__name__)
 def packing_available() -> bool:
     """Whether this PyTorch build has the oneDNN ops that packed weights need."""
     return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+
+
+def total_memory_bytes() -> int | None:
+    """The machine's physical memory, where the OS tells it (POSIX), else None."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 class PackedLinear(nn.Linear):

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from . import editing, official
+from .packed_linear import PackedLinear, total_memory_bytes
 from .sampling import generate
 from .transformer import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
@@ -111,13 +112,20 @@ class VARPipeline:
     def _prepare_for_device(self) -> None:
         """On CPU: channels-last decoder weights (the decoder runs channels-last there, and its convs then
         skip a per-call weight copy), Winograd convolutions in the decoder (:mod:`var.winograd`) and packed
-        transformer weights (:mod:`var.packed_linear`). Both of these keep extra copies of weights; undo
-        with ``pipe.vqvae.decoder.use_winograd(False)`` and ``pipe.var.pack_weights(False)``. Other devices
-        keep the defaults."""
+        transformer weights (:mod:`var.packed_linear`). The packed copy costs the transformer's weight
+        memory again, so it is made only where that is at most a quarter of the machine's RAM (d16: 1.2 GiB;
+        d30: 8 GiB). Override with ``pipe.var.pack_weights(True / False)``; ``pipe.vqvae.decoder.use_winograd
+        (False)`` frees the transformed decoder kernels. Other devices keep the defaults."""
         on_cpu = self.device.type == "cpu"
         self.vqvae.decoder.to(memory_format=torch.channels_last if on_cpu else torch.contiguous_format)
         self.vqvae.decoder.use_winograd(on_cpu)
-        self.var.pack_weights(on_cpu)
+        extra = sum(m.weight.numel() * m.weight.element_size() for m in self.var.modules() if isinstance(m, PackedLinear))
+        ram = total_memory_bytes()
+        pack = on_cpu and (ram is None or extra <= ram / 4)
+        if on_cpu and not pack:
+            log.info("not packing the transformer's weights: the copy would take %.1f GiB of %.1f GiB RAM",
+                     extra / 2 ** 30, ram / 2 ** 30)
+        self.var.pack_weights(pack)
 
     # ------------------------------------------------------------------------- construction
     @classmethod
