@@ -79,3 +79,12 @@ def test_pipeline_does_not_pack_what_would_crowd_the_memory(monkeypatch):
     monkeypatch.setattr(var.pipeline, "total_memory_bytes", lambda: 4 * weights)
     pipe.to("cpu")
     assert all(m.packed for m in pipe.var.modules() if isinstance(m, PackedLinear))
+
+
+def test_compiled_code_uses_the_plain_linear(monkeypatch):
+    layer = _packed_layer()
+    x = torch.randn(4, 24)
+    with torch.no_grad():
+        assert layer._packed_weight(x) is not None
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as inside torch.compile's tracing
+        assert layer._packed_weight(x) is None

@@ -77,3 +77,12 @@ def test_cpu_pipeline_decodes_with_winograd_like_the_direct_convolutions():
         assert all(m._transformed.value is not None for m in convs)
         pipe.vqvae.decoder.use_winograd(False)
         torch.testing.assert_close(fast, pipe.vqvae.decode_latent(f_hat), atol=1e-4, rtol=0)
+
+
+def test_compiled_code_uses_the_direct_convolution(monkeypatch):
+    conv = _small_winograd_conv()
+    x = torch.randn(1, 6, 8, 8)
+    with torch.no_grad():
+        assert conv._applies(x)
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as inside torch.compile's tracing
+        assert not conv._applies(x)

@@ -40,7 +40,7 @@ class PackedLinear(nn.Linear):
     fused tanh-GELU, and which runs on a packed copy of its weight once :meth:`pack` has been called.
 
     The packed path is taken only where it gives the same function: no autograd, float32 on the CPU, no
-    autocast. The copy follows the weight: it is re-packed when the weight has changed since (loading a
+    autocast, not inside ``torch.compile`` (whose CPU backend packs weights itself). The copy follows the weight: it is re-packed when the weight has changed since (loading a
     state dict or an optimizer step bumps the tensor's version).
     """
 
@@ -69,7 +69,7 @@ class PackedLinear(nn.Linear):
         """The packed weight when it applies to this call (re-packed if the weight changed), else None."""
         if self._packed is None or torch.is_grad_enabled() or x.device.type != "cpu" \
                 or x.dtype != torch.float32 or self.weight.dtype != torch.float32 or self.weight.device.type != "cpu" \
-                or torch.is_autocast_enabled("cpu"):
+                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
             return None
         return self._packed.get(self.weight)
 

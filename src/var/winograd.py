@@ -91,7 +91,7 @@ class WinogradConv2d(nn.Conv2d):
     """A 3x3, stride-1, padding-1 ``nn.Conv2d`` (same parameters and state dict) that runs
     :func:`winograd_conv3x3` once ``winograd`` is set, where that gives the same function faster: float32
     on the CPU without autograd, sides multiples of 4 and at least ``MIN_SIDE``, at least ``MIN_CHANNELS``
-    input channels. The transformed kernels (4x the weight's memory) are made on first use and re-made
+    input channels, not inside ``torch.compile`` (which generates its own convolution code). The transformed kernels (4x the weight's memory) are made on first use and re-made
     when the weight changes."""
 
     MIN_SIDE = 32
@@ -106,7 +106,8 @@ class WinogradConv2d(nn.Conv2d):
         H, W = x.shape[-2:]
         return (self.winograd and not torch.is_grad_enabled() and x.device.type == "cpu"
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
-                and not torch.is_autocast_enabled("cpu") and self.in_channels >= self.MIN_CHANNELS
+                and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
+                and self.in_channels >= self.MIN_CHANNELS
                 and H % 4 == 0 and W % 4 == 0 and min(H, W) >= self.MIN_SIDE)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

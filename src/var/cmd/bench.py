@@ -26,7 +26,7 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=0.96)
     p.add_argument("--dtype", default="fp32", choices=sorted(bench.DTYPES),
                    help="autocast dtype (bf16 also pays on CPUs with AMX); only fp32 keeps results exact")
-    p.add_argument("--compile", action="store_true", help="torch.compile the tokenizer's decoder")
+    p.add_argument("--compile", action="store_true", help="torch.compile the tokenizer's decoder (on CPU it then uses direct convolutions instead of Winograd: 3.6 s instead of 2.0 s for d16 on the 2-core development CPU)")
     p.add_argument("--streams", type=int, help="batch streams on CPU (default: one per thread; 1 turns them off)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
