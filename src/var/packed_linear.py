@@ -10,6 +10,7 @@ machine's RAM). Results match ``F.linear`` to float rounding.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -22,9 +23,19 @@ from .weight_cache import DerivedWeight
 log = logging.getLogger(__name__)
 
 
+@functools.cache
 def packing_available() -> bool:
-    """Whether this PyTorch build has the oneDNN ops that packed weights need."""
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    """Whether this PyTorch build can run packed linear layers: the oneDNN ops exist and give F.linear's
+    result on a tiny example (some builds ship the ops without a working float32 kernel)."""
+    if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")):
+        return False
+    try:
+        w, x = torch.linspace(-1, 1, 32).view(8, 4), torch.linspace(-2, 2, 12).view(3, 4)  # no RNG draws
+        y = torch.ops.mkldnn._linear_pointwise(x, torch.ops.mkldnn._reorder_linear_weight(w), None, "none", [], "")
+        return bool(torch.allclose(y, F.linear(x, w), atol=1e-5))
+    except RuntimeError as e:
+        log.info("oneDNN packed linear layers do not run in this PyTorch build (%s)", e)
+        return False
 
 
 def total_memory_bytes() -> int | None:
