@@ -88,3 +88,41 @@ def test_compiled_code_uses_the_plain_linear(monkeypatch):
         assert layer._packed_weight(x) is not None
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as inside torch.compile's tracing
         assert layer._packed_weight(x) is None
+
+
+def test_cache_is_not_fooled_by_a_reused_address():
+    from var.weight_cache import DerivedWeight
+    lin = torch.nn.Linear(64, 64)
+    cache = DerivedWeight(lambda w: w.clone())
+    cache.get(lin.weight)
+    for _ in range(3):  # freed storages are often handed out again at the same address
+        lin.weight.data = torch.randn(64, 64)
+        lin.weight.data = torch.randn(64, 64)
+        assert torch.equal(cache.get(lin.weight), lin.weight)
+
+
+def test_packed_modules_copy_save_and_move(tmp_path):
+    import copy
+    pipe = small_pipe()
+    labels = torch.tensor([1, 2])
+    with torch.no_grad():
+        pipe.vqvae.decode_latent(torch.randn(1, 8, 4, 4))         # fills the decoder's caches
+    twin = copy.deepcopy(pipe.var)                                # e.g. the trainer's EMA copy
+    torch.save(pipe.var, tmp_path / "var.pt")
+    torch.save(pipe.vqvae, tmp_path / "vqvae.pt")
+    loaded = torch.load(tmp_path / "var.pt", weights_only=False)
+    want = generate(pipe.var, pipe.vqvae, labels, cfg=2.0, top_k=1)[1]
+    for other in (twin, loaded):
+        got = generate(other, pipe.vqvae, labels, cfg=2.0, top_k=1)[1]
+        assert all(torch.equal(a, b) for a, b in zip(got, want, strict=True))
+    head = pipe.var.head
+    assert head._packed.value is not None
+    pipe.var.double()                                             # moving or casting frees the packed copy
+    assert head._packed.value is None
+
+
+def test_pipeline_can_be_built_in_inference_mode():
+    with torch.inference_mode():
+        pipe = small_pipe()
+        tokens = generate(pipe.var, pipe.vqvae, torch.tensor([0]), cfg=2.0, top_k=1)[1]
+    assert len(tokens) == len(pipe.patch_nums)

@@ -86,3 +86,11 @@ def test_compiled_code_uses_the_direct_convolution(monkeypatch):
         assert conv._applies(x)
         monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as inside torch.compile's tracing
         assert not conv._applies(x)
+
+
+def test_output_keeps_the_input_memory_format():
+    x = torch.randn(1, 3, 8, 8)
+    w = winograd_weight(torch.randn(4, 3, 3, 3))
+    assert winograd_conv3x3(x, w, None).is_contiguous()
+    assert winograd_conv3x3(x.contiguous(memory_format=torch.channels_last), w, None).is_contiguous(
+        memory_format=torch.channels_last)

@@ -46,6 +46,11 @@ def total_memory_bytes() -> int | None:
         return None
 
 
+def _pack_weight(weight: torch.Tensor) -> torch.Tensor:
+    """The weight reordered into oneDNN's blocked format (an opaque tensor for ``_linear_pointwise``)."""
+    return torch.ops.mkldnn._reorder_linear_weight(weight)
+
+
 class PackedLinear(nn.Linear):
     """``nn.Linear`` (same parameters and state dict) whose forward can take an optional bias override and a
     fused tanh-GELU, and which runs on a packed copy of its weight once :meth:`pack` has been called.
@@ -68,7 +73,8 @@ class PackedLinear(nn.Linear):
         if not packing_available():
             log.info("oneDNN is not available in this PyTorch build: linear weights stay unpacked")
             return
-        self._packed = DerivedWeight(torch.ops.mkldnn._reorder_linear_weight)
+        if self._packed is None:
+            self._packed = DerivedWeight(_pack_weight)
         if self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
             self._packed.get(self.weight)  # now rather than in the first call
 
@@ -76,9 +82,17 @@ class PackedLinear(nn.Linear):
         """Drop the packed copy (and its memory)."""
         self._packed = None
 
+    def _apply(self, fn, recurse=True):
+        # Moving or casting the module (.to, .cuda, .double, ...) makes the packed copy useless: free it now
+        # (it is re-made on the next CPU float32 call) instead of holding it until then.
+        if self._packed is not None:
+            self._packed.clear()
+        return super()._apply(fn, recurse)
+
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
         """The packed weight when it applies to this call (re-packed if the weight changed), else None."""
         if self._packed is None or torch.is_grad_enabled() or x.device.type != "cpu" \
+                or x.shape[-1] != self.in_features \
                 or x.dtype != torch.float32 or self.weight.dtype != torch.float32 or self.weight.device.type != "cpu" \
                 or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
             return None

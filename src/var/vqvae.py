@@ -118,6 +118,10 @@ class Upsample(nn.Module):
         self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
         self._kernel = DerivedWeight(transposed_kernel)  # eager inference; autograd and compile derive it
 
+    def _apply(self, fn, recurse=True):
+        self._kernel.clear()  # moved or cast: free the cached kernel now; it is re-made on next use
+        return super()._apply(fn, recurse)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":  # measured ~1.9x faster there; other devices keep the plain form
             w = self.conv.weight

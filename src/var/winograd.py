@@ -47,7 +47,7 @@ def winograd_weight(weight_OI33: torch.Tensor) -> torch.Tensor:
 
 def winograd_conv3x3(x_NCHW: torch.Tensor, weight_36IO: torch.Tensor, bias_O: torch.Tensor | None) -> torch.Tensor:
     """A 3x3, stride-1, padding-1 convolution of ``x`` (H and W multiples of 4) with kernels from
-    :func:`winograd_weight`; channels-last output. Shape letters: N batch, C/I input and O output
+    :func:`winograd_weight`; the output has the input's memory format. Shape letters: N batch, C/I input and O output
     channels, T tiles (4x4 output pixels each), P tiles of one strip."""
     N, C, H, W = x_NCHW.shape
     O = weight_36IO.shape[-1]
@@ -84,7 +84,8 @@ def winograd_conv3x3(x_NCHW: torch.Tensor, weight_36IO: torch.Tensor, bias_O: to
             dest.copy_(y_44NrTO.permute(2, 3, 0, 4, 1, 5))
         else:
             torch.add(y_44NrTO.permute(2, 3, 0, 4, 1, 5), bias_O, out=dest)
-    return out
+    channels_last = x_NCHW.is_contiguous(memory_format=torch.channels_last)
+    return out if channels_last else out.contiguous()  # as nn.Conv2d: the input's memory format
 
 
 class WinogradConv2d(nn.Conv2d):
@@ -119,4 +120,8 @@ class WinogradConv2d(nn.Conv2d):
         """Switch the Winograd path on or off (off also frees the transformed kernels)."""
         self.winograd = enabled
         if not enabled:
-            self._transformed = DerivedWeight(winograd_weight)
+            self._transformed.clear()
+
+    def _apply(self, fn, recurse=True):
+        self._transformed.clear()  # moved or cast: free the kernels now; they are re-made on next use
+        return super()._apply(fn, recurse)
