@@ -56,8 +56,8 @@ class PackedLinear(nn.Linear):
     fused tanh-GELU, and which runs on a packed copy of its weight once :meth:`pack` has been called.
 
     The packed path is taken only where it gives the same function: no autograd, float32 on the CPU, no
-    autocast, not inside ``torch.compile`` (whose CPU backend packs weights itself). The copy follows the weight: it is re-packed when the weight has changed since (loading a
-    state dict or an optimizer step bumps the tensor's version).
+    autocast, not inside ``torch.compile`` (whose CPU backend packs weights itself). The copy follows the
+    weight (see :class:`~var.weight_cache.DerivedWeight`): it is re-packed when the weight has changed since.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw):

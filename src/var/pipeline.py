@@ -119,7 +119,8 @@ class VARPipeline:
         on_cpu = self.device.type == "cpu"
         self.vqvae.decoder.to(memory_format=torch.channels_last if on_cpu else torch.contiguous_format)
         self.vqvae.decoder.use_winograd(on_cpu)
-        extra = sum(m.weight.numel() * m.weight.element_size() for m in self.var.modules() if isinstance(m, PackedLinear))
+        linears = [m for m in self.var.modules() if isinstance(m, PackedLinear)]
+        extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
         ram = total_memory_bytes()
         pack = on_cpu and (ram is None or extra <= ram / 4)
         if on_cpu and not pack:
