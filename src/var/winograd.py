@@ -92,8 +92,8 @@ class WinogradConv2d(nn.Conv2d):
     """A 3x3, stride-1, padding-1 ``nn.Conv2d`` (same parameters and state dict) that runs
     :func:`winograd_conv3x3` once ``winograd`` is set, where that gives the same function faster: float32
     on the CPU without autograd, sides multiples of 4 and at least ``MIN_SIDE``, at least ``MIN_CHANNELS``
-    input channels, not inside ``torch.compile`` (which generates its own convolution code). The transformed kernels (4x the weight's memory) are made on first use and re-made
-    when the weight changes."""
+    input channels, not inside ``torch.compile`` (which generates its own convolution code). The
+    transformed kernels (4x the weight's memory) are made on first use and re-made when the weight changes."""
 
     MIN_SIDE = 32
     MIN_CHANNELS = 128
