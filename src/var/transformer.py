@@ -259,9 +259,11 @@ class VAR(nn.Module):
         """Keep (or drop) packed copies of the linear weights for fast CPU float32 inference; see
         :mod:`var.packed_linear`. Costs the weights' size again in memory."""
         for m in self.modules():
-            if isinstance(m, PackedLinear) and enabled:
+            if not isinstance(m, PackedLinear):
+                continue
+            if enabled:
                 m.pack()
-            elif isinstance(m, PackedLinear):
+            else:
                 m.unpack()
 
     def check_labels(self, labels: torch.Tensor, allow_null: bool = False) -> None:
