@@ -2,7 +2,6 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -116,12 +115,6 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(folder, vae_run
             assert torch.equal(full[k], resumed[k]), f"{name}.{k} differs after resume"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_train_one_model(folder, vae_run, tmp_path):
     """torchrun with 2 CPU processes (gloo): the run checks that the ranks hold the same weights, and the
     result equals one process on the same global batch."""
@@ -129,7 +122,8 @@ def test_two_processes_train_one_model(folder, vae_run, tmp_path):
     common = ["--data", str(folder), "--vae", str(vae_run), *VAR_ARGS, "--steps", "3", "--batch-size", "8", "--cond-drop", "0",
               "--warmup", "1", "--sample-every", "1000", "--cache-dir", str(tmp_path / "cache")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+    # --standalone: torchrun picks a free port itself (no window for another process to take it).
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "var", "train", "--out", str(tmp_path / "ddp"), *common]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
