@@ -71,7 +71,6 @@ class PackedLinear(nn.Linear):
     def pack(self) -> None:
         """Keep a packed copy of the weight for CPU float32 inference (no-op where oneDNN is missing)."""
         if not packing_available():
-            log.info("oneDNN is not available in this PyTorch build: linear weights stay unpacked")
             return
         if self._packed is None:
             self._packed = DerivedWeight(_pack_weight)

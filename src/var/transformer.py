@@ -10,6 +10,7 @@ V vocabulary, Cv tokenizer latent channels, K scales.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -18,7 +19,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .packed_linear import PackedLinear
+from .packed_linear import PackedLinear, packing_available
+
+log = logging.getLogger(__name__)
 
 PRESETS = {
     # name: (vocab, width, depth, heads, d_ff, max_scale), the sizes of the original request
@@ -258,6 +261,9 @@ class VAR(nn.Module):
     def pack_weights(self, enabled: bool = True) -> None:
         """Keep (or drop) packed copies of the linear weights for fast CPU float32 inference; see
         :mod:`var.packed_linear`. Costs the weights' size again in memory."""
+        if enabled and not packing_available():
+            log.info("oneDNN packed linear layers are not available in this PyTorch build: weights stay unpacked")
+            return
         for m in self.modules():
             if not isinstance(m, PackedLinear):
                 continue
