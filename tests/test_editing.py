@@ -56,13 +56,67 @@ def test_inpaint_keeps_every_token_outside_the_hole_and_regenerates_inside(pad):
     assert out.images.shape == images.shape and out.labels.tolist() == [0, 1]
 
 
-def test_a_token_is_generated_when_any_pixel_it_covers_is():
-    mask = torch.zeros(1, 1, 8, 8, dtype=torch.bool)
-    mask[0, 0, 2, 5] = True
-    keep = keep_masks_from_mask(mask, (1, 2, 3, 4))
-    generated = [sorted(divmod(i, p) for i in (~k[0]).nonzero().flatten().tolist()) for k, p in zip(keep, (1, 2, 3, 4))]
-    # At 3x3 the windows overlap (8 / 3 is not whole): row 2 lies in windows 0 and 1, column 5 in 1 and 2.
-    assert generated == [[(0, 0)], [(0, 1)], [(0, 1), (0, 2), (1, 1), (1, 2)], [(1, 2)]]
+def kept_area_fraction(keep_PP: np.ndarray, p: int) -> np.ndarray:
+    """The kept fraction of each of p x p equal cells over a P x P keep map, by supersampling: each
+    finest cell is split into p x p sub-cells and each coarse cell into P x P of them."""
+    P = keep_PP.shape[0]
+    fine = np.kron(keep_PP, np.ones((p, p)))                      # (P*p, P*p)
+    return fine.reshape(p, P, p, P).mean(axis=(1, 3))
+
+
+@pytest.mark.parametrize("patch_nums", [(1, 2, 3, 4), (1, 2, 3, 5, 7)])
+def test_keep_masks_follow_the_reference_rule(patch_nums):
+    """Finest scale: generated when any pixel is; coarser: kept when more than half the area is kept at
+    the finest scale; the 1x1 scale: kept when anything is."""
+    S = 4 * patch_nums[-1]
+    g = torch.Generator().manual_seed(0)
+    masks = torch.zeros(4, 1, S, S, dtype=torch.bool)
+    masks[0, 0, S // 3:2 * S // 3 + 1, S // 4:3 * S // 4] = True            # a centred hole
+    masks[1, 0, :, S // 2:] = True                                           # the right half
+    masks[2] = torch.rand(1, S, S, generator=g) > 0.97                      # scattered pixels
+    masks[3] = True                                                          # everything
+    keep = keep_masks_from_mask(masks, patch_nums)
+    P = patch_nums[-1]
+    for b in range(4):
+        finest_keep = ~finest_generated(masks[b:b + 1, 0].numpy(), 0, cell=4)[0].reshape(P, P)
+        assert torch.equal(keep[-1][b], torch.from_numpy(finest_keep.flatten()))
+        assert keep[0][b].item() == bool(finest_keep.any())
+        for k, p in enumerate(patch_nums[1:-1], start=1):
+            expected = kept_area_fraction(finest_keep.astype(float), p).flatten() > 0.5
+            assert torch.equal(keep[k][b], torch.from_numpy(expected)), (b, p)
+    assert not any(k[3].any() for k in keep)                                  # all generated
+
+
+def test_centred_hole_keeps_the_reference_token_counts():
+    """The bundled model's schedule and a centred box (0.3-0.7): the counts the reference's rule keeps."""
+    hole = box_mask(28, 28, 0.3, 0.3, 0.7, 0.7).bool()[None, None]
+    keep = keep_masks_from_mask(hole, (1, 2, 3, 4, 5, 7))
+    assert [int(k.sum()) for k in keep] == [1, 4, 8, 12, 20, 40]
+
+
+@pytest.fixture(scope="module")
+def fashion_test_images():
+    from var.data import fashion_mnist_dataset
+    try:
+        test = fashion_mnist_dataset(split="test")
+    except FileNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST is not installed (make data): {e}")
+    return test.batch(np.arange(48))
+
+
+def test_inpainting_keeps_the_pixels_outside_the_hole(fashion_test_images):
+    """Real test images through the public API with its defaults: the kept region stays the image's own
+    (PSNR against the tokenizer's reconstruction), and the hole is regenerated, not copied."""
+    from var.evaluation import psnr
+    pipe = VARPipeline.from_pretrained("fashion-mnist")
+    images, _ = fashion_test_images
+    S = pipe.image_size
+    reconstruction = pipe.decode(pipe.encode(images))
+    hole = box_mask(S, S, 0.3, 0.3, 0.7, 0.7)
+    out = pipe.inpaint(images, hole, seed=0)
+    kept_psnr, hole_psnr = psnr(out.images, reconstruction, where=1 - hole), psnr(out.images, reconstruction, where=hole)
+    assert kept_psnr >= 24, f"kept region drifted: {kept_psnr:.1f} dB"
+    assert hole_psnr < kept_psnr - 4, f"the hole looks copied: {hole_psnr:.1f} dB vs kept {kept_psnr:.1f} dB"
 
 
 @pytest.mark.parametrize("pad", [0, 2])

@@ -56,6 +56,22 @@ def test_psnr_of_known_images():
         psnr(a, torch.zeros(2, 1, 4, 5))
 
 
+def test_psnr_over_a_region_ignores_the_rest():
+    a = torch.zeros(2, 1, 4, 4)
+    b = a.clone()
+    b[:, :, :2] = 0.1                                   # top half off by 0.1, bottom half exact
+    top = torch.zeros(4, 4)
+    top[:2] = 1
+    assert psnr(a, b, where=top) == pytest.approx(20.0, abs=1e-4)
+    assert psnr(a, b, where=1 - top) == pytest.approx(100.0)
+    per_image = torch.stack([top, 1 - top])[:, None]   # image 0: the top, image 1: the bottom
+    assert psnr(a, b, where=per_image) == pytest.approx(60.0, abs=1e-3)
+    with pytest.raises(ValueError, match="selects no pixel"):
+        psnr(a, b, where=torch.zeros(4, 4))
+    with pytest.raises(ValueError, match=r"`where` must be"):
+        psnr(a, b, where=torch.ones(3, 3))
+
+
 def test_classifier_shapes_and_save_load_roundtrip(tmp_path):
     torch.manual_seed(0)
     model = Classifier(ClassifierConfig(class_names=[f"c{i}" for i in range(10)])).eval()

@@ -83,16 +83,40 @@ def check_mask(mask, batch: int, size: int) -> torch.Tensor:
     return mask.expand(batch, 1, size, size)
 
 
+def area_weights(n_out: int, n_in: int) -> torch.Tensor:
+    """(n_out, n_in) box-filter weights: entry (i, j) is the fraction of output cell i (of n_out equal
+    cells spanning the axis) that input cell j covers. ``W @ m @ W.T`` area-averages an (n_in, n_in) map
+    exactly, also where n_in / n_out is not whole (adaptive pooling rounds its windows outwards there)."""
+    edges_out = torch.arange(n_out + 1, dtype=torch.float64) * (n_in / n_out)
+    lo = torch.maximum(edges_out[:-1, None], torch.arange(n_in, dtype=torch.float64)[None])
+    hi = torch.minimum(edges_out[1:, None], torch.arange(1, n_in + 1, dtype=torch.float64)[None])
+    return ((hi - lo).clamp_min(0) * (n_out / n_in)).float()
+
+
 def keep_masks_from_mask(gen_B1HW: torch.Tensor, patch_nums: Sequence[int], pad: int = 0) -> list[torch.Tensor]:
     """Per-scale keep masks (B, p_k^2) for a checked user-size mask (True = generate).
 
-    A token is generated when ANY pixel it covers is to be generated, so nothing in the hole is kept. The
-    model's border ``pad`` takes the mask value of the nearest image pixel: an all-ones mask is then plain
-    generation, all-zeros the reconstruction, and a hole inside the image keeps the border the model knows.
+    At the finest scale a token is generated when ANY pixel it covers is, so nothing in the hole is kept.
+    A coarser token is kept when more than half of its area is kept at the finest scale, and a 1x1 first
+    scale whenever anything is kept: the reference's zero-shot editing rule. Regenerating every coarse
+    token that touches the hole would put the kept area's fine residuals on new coarse content (a centred
+    hole then kept 12 dB of the image; this rule keeps 28 dB). The model's border ``pad`` takes the mask
+    value of the nearest image pixel: an all-ones mask is then plain generation, all-zeros the
+    reconstruction.
     """
     if pad:
         gen_B1HW = F.pad(gen_B1HW.float(), (pad,) * 4, mode="replicate")
-    return [cover(gen_B1HW, p).flatten(1) == 0 for p in patch_nums]
+    finest = patch_nums[-1]
+    keep_Bpp = 1 - cover(gen_B1HW, finest)[:, 0]
+    masks = []
+    for k, p in enumerate(patch_nums):
+        if k == 0 and p == 1:
+            kept_B1 = keep_Bpp.flatten(1).amax(1, keepdim=True)
+        else:
+            w_pP = area_weights(p, finest).to(keep_Bpp.device)
+            kept_B1 = (w_pP @ keep_Bpp @ w_pP.T).flatten(1)
+        masks.append(kept_B1 > 0.5)
+    return masks
 
 
 def keep_masks_for_scales(batch: int, patch_nums: Sequence[int], keep_scales: int,

@@ -229,14 +229,30 @@ def _sqrtm_psd(cov_DD: np.ndarray) -> np.ndarray:
     return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
 
 
-def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
     """Mean over images of the PSNR (dB) between [0, 1] image batches (B, C, H, W); the per-image
-    MSE is floored at 1e-10, so identical images score 100 dB rather than infinity."""
+    MSE is floored at 1e-10, so identical images score 100 dB rather than infinity.
+
+    ``where`` (H, W), (1, 1, H, W) or (B, 1, H, W), True or 1 on the pixels to compare, restricts the MSE
+    to them (e.g. the kept region of an edit); every image must have at least one such pixel."""
     if a.shape != b.shape or a.ndim != 4:
         raise ValueError(f"psnr needs two (B, C, H, W) batches of the same shape, got {tuple(a.shape)} and "
                          f"{tuple(b.shape)}")
-    mse_B = (a.float() - b.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return float((-10 * torch.log10(mse_B)).mean())
+    sq_BCHW = (a.float() - b.float()).pow(2)
+    if where is None:
+        mse_B = sq_BCHW.flatten(1).mean(1)
+    else:
+        w = torch.as_tensor(where, device=a.device).float()
+        w = w.view(1, 1, *w.shape) if w.ndim == 2 else w
+        if w.ndim != 4 or w.shape[1] != 1 or w.shape[-2:] != a.shape[-2:] or w.shape[0] not in (1, a.shape[0]):
+            raise ValueError(f"psnr's `where` must be (H, W) or (1 or B, 1, H, W) with H, W = {tuple(a.shape[-2:])}, "
+                             f"got {tuple(w.shape)}")
+        w_B1HW = w.expand(a.shape[0], 1, *a.shape[-2:])
+        count_B = w_B1HW.flatten(1).sum(1) * a.shape[1]
+        if bool((count_B == 0).any()):
+            raise ValueError("psnr's `where` selects no pixel of some image")
+        mse_B = (sq_BCHW * w_B1HW).flatten(1).sum(1) / count_B
+    return float((-10 * torch.log10(mse_B.clamp_min(1e-10))).mean())
 
 
 def balanced_indices(labels: np.ndarray, n_per_class: int, num_classes: int, seed: int) -> np.ndarray:

@@ -282,10 +282,13 @@ class VARPipeline:
         """Regenerate the masked part of ``images`` (B, channels, H, W) in [0, 1] and keep the rest.
 
         ``mask`` is (H, W) or (B, 1, H, W), 1 where new content is generated and 0 where the image is kept
-        (outpainting: 1 outside the region to keep; see :func:`var.editing.box_mask`). At each scale a
-        token is generated when any pixel it covers is; the others are teacher-forced from the image's
-        tokens. The model's border (``pad``) follows the mask of the nearest image pixel. Without ``class_labels`` the null class conditions the model; with them the edit is
-        class-conditional. Sampling options are those of ``__call__``; the seed draws the same numbers.
+        (outpainting: 1 outside the region to keep; see :func:`var.editing.box_mask`). The finest scale
+        generates every token that covers a masked pixel; a coarser token is kept when more than half of
+        its area is kept, the 1x1 scale whenever anything is (:func:`var.editing.keep_masks_from_mask`).
+        Kept tokens are teacher-forced from the image's own. The model's border (``pad``) follows the
+        mask of the nearest image pixel. Without ``class_labels`` the null class conditions the model;
+        with them the edit is class-conditional. Sampling options are those of ``__call__``; the seed
+        draws the same numbers.
         """
         tokens = self.encode(images)
         gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_size).to(self.device)
