@@ -45,6 +45,43 @@ def test_packed_copy_follows_the_weight():
         torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("optimizer", ["fused", "foreach"])
+def test_packed_copy_follows_optimizer_steps(optimizer):
+    """Fused AdamW updates weights without bumping their version counter: the gradients it steps on
+    must still retire the packed copy, also when inference runs between backward and step."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(PackedLinear(24, 40), torch.nn.Tanh(), PackedLinear(40, 8))
+    for m in (model[0], model[2]):
+        m.pack()
+    opt = torch.optim.AdamW(model.parameters(), lr=0.05, **{optimizer: True})
+    x = torch.randn(6, 24)
+
+    def plain(inp):
+        return F.linear(torch.tanh(F.linear(inp, model[0].weight, model[0].bias)), model[2].weight, model[2].bias)
+
+    for step in range(3):
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), plain(x), atol=1e-5, rtol=1e-5)
+            assert model[0]._packed_weight(x) is not None
+        model(x).square().mean().backward()
+        if step == 1:  # inference while a gradient is pending, before the step
+            with torch.no_grad():
+                torch.testing.assert_close(model(x), plain(x), atol=1e-5, rtol=1e-5)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), plain(x), atol=1e-5, rtol=1e-5)
+
+
+def test_pack_repacks_the_current_weight():
+    layer = _packed_layer()
+    x = torch.randn(4, 24)
+    layer.weight.data.mul_(-1)      # through .data: no version counter moves, so the cache cannot see it
+    layer.pack()                    # an explicit pack takes the weight as it is now
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
 def test_autograd_and_other_dtypes_take_the_plain_path():
     layer = _packed_layer()
     x = torch.randn(4, 24, requires_grad=True)

@@ -65,6 +65,21 @@ def test_transformed_kernels_follow_the_weight():
         _close_to_direct(conv(x), x, conv.weight, conv.bias)
 
 
+def test_transformed_kernels_follow_a_fused_optimizer_step():
+    conv = _small_winograd_conv()
+    opt = torch.optim.AdamW(conv.parameters(), lr=0.1, fused=True)  # steps without bumping the version
+    x = torch.randn(1, 6, 8, 8)
+    for _ in range(2):
+        with torch.no_grad():
+            _close_to_direct(conv(x), x, conv.weight, conv.bias)
+            assert conv._transformed.value is not None
+        conv(x).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        _close_to_direct(conv(x), x, conv.weight, conv.bias)
+
+
 def test_cpu_pipeline_decodes_with_winograd_like_the_direct_convolutions():
     pipe = small_pipe()
     convs = [m for m in pipe.vqvae.decoder.modules() if isinstance(m, WinogradConv2d)]

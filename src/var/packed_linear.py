@@ -74,6 +74,7 @@ class PackedLinear(nn.Linear):
             return
         if self._packed is None:
             self._packed = DerivedWeight(_pack_weight)
+        self._packed.clear()  # packing is a request for the weight as it is now
         if self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
             self._packed.get(self.weight)  # now rather than in the first call
 

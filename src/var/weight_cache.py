@@ -1,6 +1,7 @@
 """A tensor derived from a weight (packed, transformed), kept between calls and remade when the weight changes."""
 from __future__ import annotations
 
+import weakref
 from typing import Callable
 
 import torch
@@ -9,37 +10,66 @@ from torch.multiprocessing.reductions import StorageWeakRef
 
 class DerivedWeight:
     """``fn(weight)``, cached. The cache is tied to the weight's storage (held weakly, so a freed storage's
-    address cannot be mistaken for a new one), its offset and its version counter: replacing the
-    parameter or its ``.data``, loading a state dict, an optimizer step or any in-place edit makes the next
-    :meth:`get` recompute it. Inference tensors have no version counter: in-place edits of those, made
-    inside ``torch.inference_mode``, are not seen. Copies and pickles keep ``fn`` only (the value is
-    recomputed on first use), so modules holding one can be deep-copied and saved."""
+    address cannot be mistaken for a new one), its offset, its version counter and the gradients
+    accumulated into it: replacing the parameter or its ``.data``, loading a state dict, an in-place edit
+    or a training step makes the next :meth:`get` recompute it. Gradients count because fused optimizers
+    (``AdamW(fused=True)``) update weights without bumping the version counter; while a weight holds a
+    gradient (an optimizer may step at any moment) the value is recomputed on every call.
+
+    Not seen: in-place edits through ``weight.data`` or of inference tensors (neither has a version
+    counter that moves), and fused steps on gradients assigned by hand; call :meth:`clear` after those.
+    Copies and pickles keep ``fn`` only (the value is recomputed on first use), so modules holding one
+    can be deep-copied and saved."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
         self.fn = fn
+        self._gradients_seen = 0
+        self._watched: weakref.ref | None = None
+        self._hook = None
         self.clear()
 
     def clear(self) -> None:
         """Forget the value (and its memory)."""
-        self._entry: tuple[StorageWeakRef, int, int | None, torch.Tensor] | None = None
+        self._entry: tuple[StorageWeakRef, int, int | None, int, torch.Tensor] | None = None
 
     @property
     def value(self) -> torch.Tensor | None:
         return None if self._entry is None else self._entry[-1]
 
     def get(self, weight: torch.Tensor) -> torch.Tensor:
+        if weight.grad is not None:  # being trained: an optimizer step may come without any other sign
+            return self.fn(weight.detach())
+        self._watch_gradients(weight)
         version = None if weight.is_inference() else weight._version  # read before fn: edits during it count
         storage = weight.untyped_storage()
         entry = self._entry  # one read: another thread may replace it meanwhile
         if (entry is None or entry[0].expired() or entry[0].cdata != storage._cdata
-                or entry[1:3] != (weight.data_ptr(), version)):
-            entry = (StorageWeakRef(storage), weight.data_ptr(), version, self.fn(weight.detach()))
+                or entry[1:4] != (weight.data_ptr(), version, self._gradients_seen)):
+            entry = (StorageWeakRef(storage), weight.data_ptr(), version, self._gradients_seen,
+                     self.fn(weight.detach()))
             self._entry = entry
         return entry[-1]
+
+    def _watch_gradients(self, weight: torch.Tensor) -> None:
+        """Count the gradients accumulated into ``weight`` (a hook on the tensor, holding this object
+        weakly so that it never keeps a dropped cache alive)."""
+        watched = self._watched() if self._watched is not None else None
+        if watched is weight or not (weight.requires_grad and weight.is_leaf):
+            return
+        if self._hook is not None:
+            self._hook.remove()
+        me = weakref.ref(self)
+
+        def count_gradient(_: torch.Tensor) -> None:
+            cache = me()
+            if cache is not None:
+                cache._gradients_seen += 1
+
+        self._hook = weight.register_post_accumulate_grad_hook(count_gradient)
+        self._watched = weakref.ref(weight)
 
     def __getstate__(self) -> dict:
         return {"fn": self.fn}
 
     def __setstate__(self, state: dict) -> None:
-        self.fn = state["fn"]
-        self.clear()
+        self.__init__(state["fn"])
