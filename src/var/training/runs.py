@@ -112,11 +112,11 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
     disc = disc_opt = None
     if adv_weight > 0:
         disc = PatchDiscriminator(vqvae_cfg.in_channels).to(info.device)
-        disc_opt = torch.optim.AdamW(disc.parameters(), lr=schedule.lr, betas=(0.5, 0.9))
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=schedule.lr, betas=(0.5, 0.9), weight_decay=0.0)
     trainer = VQVAETrainer(vqvae, _optimizer(list(vqvae.parameters()), schedule), info.device, l1=l1, l2=l2,
                            disc=disc, disc_optimizer=disc_opt, adv_weight=adv_weight, disc_start=disc_start,
                            reinit_every=reinit_every, grad_clip=schedule.grad_clip, amp=amp,
-                           ddp_model=_wrap(vqvae, info))
+                           ddp_model=_wrap(vqvae, info), ddp_disc=_wrap(disc, info) if disc is not None else None)
     held_x, _ = heldout.batch(np.arange(min(1000, len(heldout))))
     if info.is_main:
         log.info("tokenizer: %.2fM parameters, %d training images, held-out %d, %d process(es)",

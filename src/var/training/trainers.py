@@ -50,8 +50,10 @@ class _Trainer:
                                 f"(before this step) is kept. Try a lower --lr or a larger --warmup.")
 
     def _update(self, loss: torch.Tensor, opt_name: str, params: Iterable[nn.Parameter]) -> float:
-        """Backward, clip, step, clear. Returns the gradient norm before clipping."""
+        """Clear, backward, clip, step, clear. Clearing first makes each optimizer step on its own loss's
+        gradient alone. Returns the gradient norm before clipping."""
         opt = self.optimizers[opt_name]
+        opt.zero_grad(set_to_none=True)
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(list(params), self.grad_clip if self.grad_clip > 0 else float("inf"))
         opt.step()
@@ -98,20 +100,22 @@ class PatchDiscriminator(nn.Module):
 
 class VQVAETrainer(_Trainer):
     """Reconstruction (L1 and/or L2) + multi-scale VQ loss, optional hinge-GAN loss with the adaptive
-    weight of VQGAN, and re-initialisation of dead codes every ``reinit_every`` steps."""
+    weight of VQGAN, and re-initialisation of dead codes every ``reinit_every`` steps. Under torchrun
+    ``ddp_disc`` is the discriminator's DistributedDataParallel wrapper, as ``ddp_model`` is the tokenizer's."""
 
     def __init__(self, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu", *,
                  l1: float = 1.0, l2: float = 1.0, disc: PatchDiscriminator | None = None,
                  disc_optimizer: torch.optim.Optimizer | None = None, adv_weight: float = 0.0,
                  disc_start: int = 0, reinit_every: int = 200, dead_fraction: float = 0.03,
-                 grad_clip: float = 2.0, amp: bool = False, ddp_model: nn.Module | None = None):
+                 grad_clip: float = 2.0, amp: bool = False, ddp_model: nn.Module | None = None,
+                 ddp_disc: nn.Module | None = None):
         modules, optimizers = {"vqvae": vqvae}, {"vqvae": optimizer}
         if adv_weight > 0:
             if disc is None or disc_optimizer is None:
                 raise ValueError("adv_weight > 0 needs a discriminator and its optimizer")
             modules["disc"], optimizers["disc"] = disc, disc_optimizer
         super().__init__(modules, optimizers, device, grad_clip, amp)
-        self.vqvae, self.model, self.disc = vqvae, ddp_model or vqvae, disc
+        self.vqvae, self.model, self.disc, self.disc_model = vqvae, ddp_model or vqvae, disc, ddp_disc or disc
         self.l1, self.l2, self.adv_weight, self.disc_start = l1, l2, adv_weight, disc_start
         self.reinit_every, self.dead_fraction = reinit_every, dead_fraction
 
@@ -134,14 +138,19 @@ class VQVAETrainer(_Trainer):
         metrics = {"rec_loss": rec_loss.item(), "vq_loss": vq_loss.item()}
         use_gan = self.adv_weight > 0 and self.step >= self.disc_start
         if use_gan:
+            self.disc.requires_grad_(False)  # the generator's loss must not train the discriminator
             g_loss = -self.disc(rec).mean()
+            self.disc.requires_grad_(True)
             w = self._adaptive_weight(rec_loss, g_loss)
             loss = loss + self.adv_weight * w * g_loss
             metrics.update(g_loss=g_loss.item(), adv_w=float(w))
         self._check_finite(loss)
         metrics["grad_norm"] = self._update(loss, "vqvae", self.vqvae.parameters())
         if use_gan:
-            d_loss = F.relu(1 - self.disc(x)).mean() + F.relu(1 + self.disc(rec.detach())).mean()
+            # Real and fake in one pass (GroupNorm is per image, so this equals two passes): DDP
+            # synchronises gradients once per forward.
+            real, fake = self.disc_model(torch.cat((x, rec.detach()))).split(x.shape[0])
+            d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
             self._check_finite(d_loss, "discriminator loss")
             self._update(d_loss, "disc", self.disc.parameters())
             metrics["d_loss"] = d_loss.item()
