@@ -147,10 +147,78 @@ def test_training_forward_drops_labels_and_has_gradients():
     loss.backward()
     assert all(p.grad is not None for p in var.parameters() if p.requires_grad)
     var.config.cond_drop_rate = 1.0  # every label dropped: output equals the null class's
+    for block in var.blocks:
+        block.drop_path = 0.0          # stochastic depth off, so that only the labels differ
     a = var(torch.tensor([0, 1, 2, 3]), x)
     var.eval()
     b = var(torch.full((4,), 5), x)
     torch.testing.assert_close(a, b)
+
+
+def test_stochastic_depth_follows_the_reference_schedule_and_only_trains():
+    cfg = VARConfig(depth=16, embed_dim=64, num_heads=2)
+    assert cfg.drop_path_rate == pytest.approx(0.1 * 16 / 24)
+    with torch.device("meta"):
+        rates = [b.drop_path for b in VAR(cfg).blocks]
+    assert rates[0] == 0 and rates[-1] == pytest.approx(cfg.drop_path_rate)
+    assert all(b > a for a, b in zip(rates, rates[1:]))                     # linear in depth
+    with pytest.raises(ValueError, match=r"drop_path_rate must be in \[0, 1\), got 1.5"):
+        VARConfig(drop_path_rate=1.5)
+    block = small_pipe().var.blocks[1]
+    x = torch.randn(8, 5, 64)
+    mod = torch.randn(8, 1, 6, 64)
+    block.drop_path = 1 - 1e-7                                               # every branch dropped
+    assert torch.equal(block.train()(x, mod, None), x)
+    with torch.no_grad():
+        assert not torch.equal(block.eval()(x, mod, None), x)              # inference never drops
+    block.drop_path = 0.5                                                    # some samples kept, some not
+    torch.manual_seed(0)
+    out = block.train()(x, mod, None)
+    unchanged = [torch.equal(out[i], x[i]) for i in range(8)]
+    assert 0 < sum(unchanged) < 8
+
+
+def test_weight_decay_spares_positions_levels_and_temperatures():
+    from var.training.runs import make_optimizer, VAR_BETAS, VQVAE_BETAS
+    from var.training.common import Schedule
+    var = VAR(VARConfig(vocab_size=48, latent_channels=8, num_classes=5, depth=2, embed_dim=64, num_heads=2,
+                        patch_nums=(1, 2, 3), shared_aln=True))
+    opt = make_optimizer(var, Schedule(weight_decay=0.05), VAR_BETAS)
+    names = {id(p): n for n, p in var.named_parameters()}
+    decayed = {names[id(p)] for p in opt.param_groups[0]["params"]}
+    spared = {names[id(p)] for p in opt.param_groups[1]["params"]}
+    assert opt.param_groups[0]["weight_decay"] == 0.05 and opt.param_groups[1]["weight_decay"] == 0
+    assert {"pos_start", "pos_1LC", "lvl_embed.weight", "blocks.0.attn.scale_mul_1H11", "blocks.1.ada_gss",
+            "blocks.0.attn.q_bias"} <= spared
+    assert {"class_emb.weight", "blocks.0.attn.mat_qkv.weight", "head.weight", "shared_ada_lin.1.weight"} <= decayed
+    assert decayed.isdisjoint(spared) and len(decayed) + len(spared) == len(names)
+    vae = VQVAE(VQVAEConfig(in_channels=1, ch=32, ch_mult=(1, 2), z_channels=8, vocab_size=48, patch_nums=(1, 2, 4)))
+    opt = make_optimizer(vae, Schedule(), VQVAE_BETAS)
+    vae_names = {id(p): n for n, p in vae.named_parameters()}
+    assert "quantize.embedding.weight" in {vae_names[id(p)] for p in opt.param_groups[1]["params"]}
+    assert opt.defaults["betas"] == (0.5, 0.9)
+
+
+def test_adaln_gates_start_at_the_reference_scale():
+    from var.transformer import default_adaln_gamma
+    assert default_adaln_gamma(16) == default_adaln_gamma(20) == 1e-3 and default_adaln_gamma(24) == 1e-4
+    torch.manual_seed(0)
+    C = 64
+    for shared in (False, True):
+        var = VAR(VARConfig(vocab_size=48, latent_channels=8, num_classes=5, depth=2, embed_dim=C, num_heads=2,
+                            patch_nums=(1, 2), shared_aln=shared))
+        var.init_weights(init_adaln_gamma=1e-3)
+        if shared:   # each block's offsets are scaled: gates by gamma, scales and shifts by 0.5
+            gss = var.blocks[0].ada_gss
+            assert gss[:, :, :2].std().item() == pytest.approx(1e-3 / C ** 0.5, rel=0.2)
+            assert gss[:, :, 2:].std().item() == pytest.approx(0.5 / C ** 0.5, rel=0.2)
+            assert var.shared_ada_lin[1].weight.std().item() == pytest.approx((1 / C / 3) ** 0.5, rel=0.2)
+        else:
+            w = var.blocks[0].ada_lin[1].weight
+            assert w[:2 * C].std().item() == pytest.approx(1e-3 * (1 / C / 3) ** 0.5, rel=0.2)
+        var.init_weights(init_adaln_gamma=1e-3)   # drawing again does not scale twice
+        if shared:
+            assert var.blocks[0].ada_gss[:, :, :2].std().item() == pytest.approx(1e-3 / C ** 0.5, rel=0.2)
 
 
 def test_sampling_defaults_are_saved_with_the_model(tmp_path):
@@ -166,3 +234,33 @@ def test_sampling_defaults_are_saved_with_the_model(tmp_path):
     assert torch.equal(a.images, b.images) and not torch.equal(a.images, c.images)
     with pytest.raises(ValueError, match="unknown sampling defaults"):
         VARPipeline(pipe.vqvae, pipe.var, sampling_defaults={"cfgg": 2})
+
+
+def test_fresh_codebook_is_mostly_in_use():
+    """Codes start uniform in +-1/V (VQGAN's init): most are some latent's nearest code from the start.
+    With N(0, 1) codes (norm 4 against latents of norm 0.7) the coarse scales used 1-14 of 512."""
+    from var.data import fashion_mnist_dataset
+    from var.recipes import fashion_mnist_configs
+    try:
+        images, _ = fashion_mnist_dataset(split="test").batch(torch.arange(512).numpy())
+    except FileNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST is not installed (make data): {e}")
+    torch.manual_seed(0)
+    vae = VQVAE(fashion_mnist_configs()[0])
+    V = vae.config.vocab_size
+    assert vae.quantize.embedding.weight.abs().max() <= 1 / V
+    with torch.no_grad():
+        used = [len(torch.unique(i)) for i in vae.img_to_indices(images * 2 - 1)]
+    assert used[1] >= 40 and used[-1] >= 250, used
+
+
+def test_quantizer_runs_in_float32_under_autocast():
+    pipe = small_pipe()
+    quant = pipe.vqvae.quantize.train()
+    f = torch.randn(4, 8, 4, 4)
+    f_hat, loss, idx = quant(f)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        f_hat_amp, loss_amp, idx_amp = quant(f)
+    assert f_hat_amp.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(idx, idx_amp))
+    torch.testing.assert_close(f_hat_amp, f_hat)

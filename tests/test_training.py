@@ -80,7 +80,7 @@ def _interrupt_at(step_to_stop: int, get_batch):
 
 @pytest.mark.parametrize("kind", ["vqvae", "var"])
 def test_interrupted_and_resumed_run_ends_with_identical_weights(folder, vae_run, tmp_path, kind):
-    from var.training.runs import load_vqvae, _optimizer
+    from var.training.runs import load_vqvae, make_optimizer, VAR_BETAS, VQVAE_BETAS
     from var.training.trainers import VARTrainer, VQVAETrainer
     from var import VAR, VARConfig
 
@@ -91,10 +91,10 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(folder, vae_run
         torch.manual_seed(0)
         if kind == "vqvae":
             m = VQVAE(TINY_VAE)
-            return VQVAETrainer(m, _optimizer(list(m.parameters()), small_schedule()), reinit_every=2)
+            return VQVAETrainer(m, make_optimizer(m, small_schedule(), VQVAE_BETAS), reinit_every=2)
         m = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=2, depth=1, embed_dim=32, num_heads=2,
                           patch_nums=(1, 2, 4, 8)))
-        return VARTrainer(m, vqvae, _optimizer(list(m.parameters()), small_schedule()), ema_decay=0.9)
+        return VARTrainer(m, vqvae, make_optimizer(m, small_schedule(), VAR_BETAS), ema_decay=0.9)
 
     def get_batch(step):
         from var.training.common import batch_indices
@@ -217,12 +217,12 @@ def test_bad_data_is_reported(tmp_path, caplog):
 
 
 def test_nan_loss_stops_and_keeps_the_last_checkpoint(folder, tmp_path):
-    from var.training.runs import _optimizer
+    from var.training.runs import make_optimizer, VQVAE_BETAS
     from var.training.trainers import VQVAETrainer
     ds = image_folder_dataset(folder, 16)
     torch.manual_seed(0)
     m = VQVAE(TINY_VAE)
-    trainer = VQVAETrainer(m, _optimizer(list(m.parameters()), small_schedule()))
+    trainer = VQVAETrainer(m, make_optimizer(m, small_schedule(), VQVAE_BETAS))
     sched = Schedule(steps=6, batch_size=8, lr=1e-3, warmup=1, save_every=2, sample_every=100, log_every=1)
 
     def get_batch(step):

@@ -83,6 +83,10 @@ class MultiScaleQuantizer(nn.Module):
         self.patch_nums = tuple(int(p) for p in patch_nums)
         self.beta = beta
         self.embedding = nn.Embedding(vocab_size, channels)
+        # Uniform(+-1/V), as VQGAN: codes start near the origin, inside the latents' spread, so that most of
+        # them are someone's nearest code at initialisation (N(0, 1) codes, far outside it, left 1-125 of
+        # 512 in use per scale on Fashion-MNIST, and the dead-code restart had to rescue the rest).
+        nn.init.uniform_(self.embedding.weight, -1 / vocab_size, 1 / vocab_size)
         self.quant_resi = PhiBank(channels, len(self.patch_nums), share_quant_resi, resi_ratio)
         # Per-scale codebook hit rate (exponential moving average), updated in training.
         self.register_buffer("ema_vocab_hit_SV", torch.zeros(len(self.patch_nums), vocab_size))
@@ -186,8 +190,11 @@ class MultiScaleQuantizer(nn.Module):
         and codebook terms), measured on the running reconstruction after each scale.
         """
         self._check_latent(f_BChw)
-        B, C, H, _ = f_BChw.shape
-        f = f_BChw.float()
+        with torch.autocast(f_BChw.device.type, enabled=False):  # nearest codes in float32, as inference
+            return self._quantize(f_BChw.float())
+
+    def _quantize(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        B, C, H, _ = f.shape
         f_detached = f.detach()
         f_rest = f_detached.clone()
         f_hat = torch.zeros_like(f)

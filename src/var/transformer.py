@@ -47,9 +47,14 @@ class VARConfig:
     attn_l2_norm: bool = True
     cond_drop_rate: float = 0.1
     norm_eps: float = 1e-6
+    drop_path_rate: float | None = None  # stochastic depth in training; None: the reference's 0.1 * depth / 24
 
     def __post_init__(self):
         self.patch_nums = tuple(int(p) for p in self.patch_nums)
+        if self.drop_path_rate is None:
+            self.drop_path_rate = 0.1 * self.depth / 24
+        if not 0 <= self.drop_path_rate < 1:
+            raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         if list(self.patch_nums) != sorted(set(self.patch_nums)) or self.patch_nums[0] < 1:
@@ -71,6 +76,11 @@ class VARConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def default_adaln_gamma(depth: int) -> float:
+    """The reference's initial scale of the AdaLN gates: 1e-3 up to depth 20, 1e-4 deeper."""
+    return 1e-3 if depth <= 20 else 1e-4
 
 
 def patch_nums_from_max_scale(max_scale: int) -> tuple[int, ...]:
@@ -159,17 +169,19 @@ class FFN(nn.Module):
 
 
 class AdaLNBlock(nn.Module):
-    """Attention and FFN, each after a LayerNorm modulated by the condition (scale, shift, gate)."""
+    """Attention and FFN, each after a LayerNorm modulated by the condition (scale, shift, gate). In
+    training each branch is dropped for a random ``drop_path`` share of the batch (stochastic depth)."""
 
-    def __init__(self, cfg: VARConfig):
+    def __init__(self, cfg: VARConfig, drop_path: float = 0.0):
         super().__init__()
         C = cfg.embed_dim
+        self.drop_path = drop_path
         self.shared_aln = cfg.shared_aln
         self.ln = nn.LayerNorm(C, eps=cfg.norm_eps, elementwise_affine=False)
         self.attn = SelfAttention(C, cfg.num_heads, cfg.attn_l2_norm)
         self.ffn = FFN(C, round(C * cfg.mlp_ratio))
         if cfg.shared_aln:
-            self.ada_gss = nn.Parameter(torch.randn(1, 1, 6, C) / C ** 0.5)
+            self.ada_gss = nn.Parameter(torch.empty(1, 1, 6, C))  # drawn in VAR.init_weights
         else:
             self.ada_lin = nn.Sequential(nn.SiLU(), PackedLinear(C, 6 * C))
 
@@ -183,11 +195,18 @@ class AdaLNBlock(nn.Module):
     def forward(self, x_BLC: torch.Tensor, mod_B16C: torch.Tensor, attn_bias: torch.Tensor | None,
                 cache: KVCache | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)
+        if self.training and self.drop_path > 0:  # a dropped branch is a gate of zero, a kept one rescaled
+            gamma1, gamma2 = gamma1 * self._keep_B11(x_BLC), gamma2 * self._keep_B11(x_BLC)
         # addcmul: modulation and gated residual each in one pass over the activations instead of two.
         h_BLC = self.attn(torch.addcmul(shift1, self.ln(x_BLC), 1 + scale1), attn_bias, cache)
         x_BLC = torch.addcmul(x_BLC, h_BLC, gamma1)
         x_BLC = torch.addcmul(x_BLC, self.ffn(torch.addcmul(shift2, self.ln(x_BLC), 1 + scale2)), gamma2)
         return x_BLC
+
+    def _keep_B11(self, x_BLC: torch.Tensor) -> torch.Tensor:
+        """Per-sample 0 (dropped) or 1 / (1 - drop_path) (kept), so the branch's expectation is unchanged."""
+        keep = 1 - self.drop_path
+        return x_BLC.new_empty(x_BLC.shape[0], 1, 1).bernoulli_(keep).div_(keep)
 
 
 class AdaLNBeforeHead(nn.Module):
@@ -203,6 +222,10 @@ class AdaLNBeforeHead(nn.Module):
 
 class VAR(nn.Module):
     """Class-conditional next-scale prediction transformer."""
+
+    # Parameters trained without weight decay besides biases and norms (the reference's list): positions,
+    # level embeddings, attention temperatures and the shared-AdaLN offsets. Decay would pull them to 0.
+    NO_WEIGHT_DECAY = ("pos_start", "pos_1LC", "lvl_embed", "scale_mul", "ada_gss")
 
     def __init__(self, cfg: VARConfig | None = None, **overrides):
         super().__init__()
@@ -220,7 +243,9 @@ class VAR(nn.Module):
         self.lvl_embed = nn.Embedding(K, C)
         if cfg.shared_aln:
             self.shared_ada_lin = nn.Sequential(nn.SiLU(), PackedLinear(C, 6 * C))
-        self.blocks = nn.ModuleList(AdaLNBlock(cfg) for _ in range(cfg.depth))
+        # Stochastic depth grows linearly with depth, from 0 at the first block to drop_path_rate at the last.
+        rates = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
+        self.blocks = nn.ModuleList(AdaLNBlock(cfg, rate) for rate in rates)
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
         self.head = PackedLinear(C, cfg.vocab_size)
         lvl_1L = torch.cat([torch.full((p * p,), k) for k, p in enumerate(cfg.patch_nums)]).view(1, L)
@@ -233,10 +258,13 @@ class VAR(nn.Module):
     # ----------------------------------------------------------------------------------- init
     @torch.no_grad()
     def init_weights(self, init_std: float | None = None, init_head: float = 0.02, init_adaln: float = 0.5,
-                     init_adaln_gamma: float = 1e-5) -> None:
+                     init_adaln_gamma: float | None = None) -> None:
         """Initialisation for training from scratch, all in one place: truncated normals, a small head,
-        near-zero AdaLN gates (blocks start close to the identity) and depth-scaled output projections."""
+        near-zero AdaLN gates (blocks start close to the identity; ``init_adaln_gamma`` defaults to
+        :func:`default_adaln_gamma`) and depth-scaled output projections. With shared AdaLN the blocks'
+        own offsets ``ada_gss`` are scaled, as in the reference; the shared projection stays as drawn."""
         C, depth = self.config.embed_dim, self.config.depth
+        gamma = default_adaln_gamma(depth) if init_adaln_gamma is None else init_adaln_gamma
         std = init_std if init_std is not None else math.sqrt(1 / C / 3)
         for m in self.modules():
             if isinstance(m, nn.Linear):
@@ -249,11 +277,14 @@ class VAR(nn.Module):
             nn.init.trunc_normal_(p, std=std)
         self.head.weight.mul_(init_head)
         self.head_nm.ada_lin[-1].weight.mul_(init_adaln)
-        ada_lins = [self.shared_ada_lin[-1]] if self.config.shared_aln else [b.ada_lin[-1] for b in self.blocks]
-        for lin in ada_lins:
-            lin.weight[2 * C:].mul_(init_adaln)         # scales and shifts
-            lin.weight[:2 * C].mul_(init_adaln_gamma)   # gates
         for b in self.blocks:
+            if self.config.shared_aln:                      # (1, 1, 6, C): gates first, then scales and shifts
+                nn.init.normal_(b.ada_gss, std=C ** -0.5)
+                b.ada_gss[:, :, 2:].mul_(init_adaln)
+                b.ada_gss[:, :, :2].mul_(gamma)
+            else:                                           # (6C, C) rows in the same order
+                b.ada_lin[-1].weight[2 * C:].mul_(init_adaln)
+                b.ada_lin[-1].weight[:2 * C].mul_(gamma)
             b.attn.proj.weight.div_(math.sqrt(2 * depth))
             b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
 

@@ -238,6 +238,10 @@ class Decoder(nn.Module):
 class VQVAE(nn.Module):
     """Encoder, multi-scale quantizer and decoder. Images are in [-1, 1] here."""
 
+    # Trained without weight decay besides biases and norms: the codebook (decay would shrink unused codes
+    # towards 0, away from the latents, as VQGAN-style training avoids).
+    NO_WEIGHT_DECAY = ("quantize.embedding",)
+
     def __init__(self, cfg: VQVAEConfig | None = None, **overrides):
         super().__init__()
         cfg = cfg or VQVAEConfig(**overrides)

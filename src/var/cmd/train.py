@@ -74,7 +74,12 @@ def register(sub) -> None:
     p.add_argument("--embed-dim", type=int)
     p.add_argument("--num-heads", type=int)
     p.add_argument("--cond-drop", type=float, default=0.1, help="label dropout for classifier-free guidance")
-    p.add_argument("--label-smoothing", type=float, default=0.1)
+    p.add_argument("--label-smoothing", type=float, default=0.0,
+                   help="cross-entropy label smoothing (the reference trains without)")
+    p.add_argument("--drop-path", type=float, default=None,
+                   help="stochastic depth rate of the last block (default: the reference's 0.1 x depth / 24)")
+    p.add_argument("--init-adaln-gamma", type=float, default=None,
+                   help="initial scale of the AdaLN gates (default: the reference's 1e-3 up to depth 20, 1e-4 deeper)")
     p.add_argument("--ema", type=float, default=None, help="keep EMA weights with this decay, e.g. 0.999")
     p.add_argument("--cache-dir", type=Path, default=None, help="token cache (default ~/.cache/var/tokens)")
     _schedule_args(p, steps=6000, batch=64, lr=4e-4)
@@ -120,9 +125,10 @@ def run_train_var(a: argparse.Namespace) -> int:
         if getattr(a, name) is not None:
             setattr(cfg, name, getattr(a, name))
     cfg.cond_drop_rate = a.cond_drop
+    cfg.drop_path_rate = a.drop_path
     cfg = VARConfig(**cfg.to_dict())  # re-validate after the overrides
     train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema, flip=a.flip,
-              amp=a.amp, cache_dir=a.cache_dir, device=a.device)
+              amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma)
     log.info("pipeline saved in %s (load it with VARPipeline.from_pretrained)", a.out)
     return 0
 

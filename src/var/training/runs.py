@@ -81,11 +81,19 @@ def _batch_getter(ds_batch, n: int, schedule: Schedule, info: DistInfo, flip: bo
     return get
 
 
-def _optimizer(params, schedule: Schedule) -> torch.optim.AdamW:
-    decay = [p for p in params if p.ndim >= 2]
-    no_decay = [p for p in params if p.ndim < 2]
+# Adam moments: the reference's for the transformer; VQGAN's for the tokenizer (and its discriminator).
+VAR_BETAS, VQVAE_BETAS = (0.9, 0.95), (0.5, 0.9)
+
+
+def make_optimizer(model: torch.nn.Module, schedule: Schedule, betas: tuple[float, float]) -> torch.optim.AdamW:
+    """AdamW in two groups: weight decay on the weight matrices and kernels, none on biases, norms and the
+    parameters whose names contain an entry of the model's ``NO_WEIGHT_DECAY``."""
+    skip = getattr(model, "NO_WEIGHT_DECAY", ())
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim < 2 or any(k in name for k in skip) else decay).append(p)
     return torch.optim.AdamW([{"params": decay, "weight_decay": schedule.weight_decay},
-                              {"params": no_decay, "weight_decay": 0.0}], lr=schedule.lr, betas=(0.9, 0.95))
+                              {"params": no_decay, "weight_decay": 0.0}], lr=schedule.lr, betas=betas)
 
 
 def _wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module | None:
@@ -112,8 +120,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
     disc = disc_opt = None
     if adv_weight > 0:
         disc = PatchDiscriminator(vqvae_cfg.in_channels).to(info.device)
-        disc_opt = torch.optim.AdamW(disc.parameters(), lr=schedule.lr, betas=(0.5, 0.9), weight_decay=0.0)
-    trainer = VQVAETrainer(vqvae, _optimizer(list(vqvae.parameters()), schedule), info.device, l1=l1, l2=l2,
+        disc_opt = torch.optim.AdamW(disc.parameters(), lr=schedule.lr, betas=VQVAE_BETAS, weight_decay=0.0)
+    trainer = VQVAETrainer(vqvae, make_optimizer(vqvae, schedule, VQVAE_BETAS), info.device, l1=l1, l2=l2,
                            disc=disc, disc_optimizer=disc_opt, adv_weight=adv_weight, disc_start=disc_start,
                            reinit_every=reinit_every, grad_clip=schedule.grad_clip, amp=amp,
                            ddp_model=_wrap(vqvae, info), ddp_disc=_wrap(disc, info) if disc is not None else None)
@@ -195,8 +203,9 @@ def default_cache_dir() -> Path:
 
 
 def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule: Schedule, *,
-              label_smoothing: float = 0.1, ema: float | None = None, flip: bool = False, amp: bool = False,
-              cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4) -> dict:
+              label_smoothing: float = 0.0, ema: float | None = None, flip: bool = False, amp: bool = False,
+              cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4,
+              init_adaln_gamma: float | None = None) -> dict:
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
     vqvae, vae_meta = load_vqvae(vae_dir)
@@ -208,10 +217,12 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
                                   "class_names": ds.class_names}, info)
     var = VAR(VARConfig(**cfg["var"])).to(info.device)
+    if init_adaln_gamma is not None:
+        var.init_weights(init_adaln_gamma=init_adaln_gamma)
     torch.manual_seed(schedule.seed + info.rank)  # same initial weights, independent label dropout per process
     tokens = torch.from_numpy(tokenize_dataset(vqvae, ds, cache_dir or default_cache_dir(), info, flip))
     labels = torch.from_numpy(ds.labels)
-    trainer = VARTrainer(var, vqvae, _optimizer(list(var.parameters()), schedule), info.device,
+    trainer = VARTrainer(var, vqvae, make_optimizer(var, schedule, VAR_BETAS), info.device,
                          label_smoothing=label_smoothing, grad_clip=schedule.grad_clip, amp=amp, ema_decay=ema,
                          ddp_model=_wrap(var, info))
     if info.is_main:

@@ -198,7 +198,7 @@ class VARTrainer(_Trainer):
     """Teacher-forced next-scale prediction with label-smoothed cross-entropy and optional EMA weights."""
 
     def __init__(self, var: VAR, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu",
-                 *, label_smoothing: float = 0.1, grad_clip: float = 2.0, amp: bool = False,
+                 *, label_smoothing: float = 0.0, grad_clip: float = 2.0, amp: bool = False,
                  ema_decay: float | None = None, ddp_model: nn.Module | None = None):
         self.ema = copy.deepcopy(var).eval().requires_grad_(False) if ema_decay else None
         modules = {"var": var} | ({"ema": self.ema} if self.ema is not None else {})
