@@ -234,3 +234,24 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(folder, tmp_path):
     saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert saved["step"] == 2
     assert all(torch.isfinite(v).all() for v in saved["models"]["vqvae"].values() if v.is_floating_point())
+
+
+def test_random_crops_are_windows_of_the_enlarged_image_and_repeat_per_step(folder, vae_run, tmp_path, caplog):
+    from var.training.runs import _batch_getter, crop_batch, resize_images
+    x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
+    got = crop_batch(x, torch.tensor([[0, 2], [1, 0]]), 4)
+    assert torch.equal(got[0], x[0, :, 0:4, 2:6]) and torch.equal(got[1], x[1, :, 1:5, 0:4])
+    flat = np.full((3, 8, 8, 1), 77, np.uint8)
+    assert (resize_images(flat, 9) == 77).all() and resize_images(flat, 9).shape == (3, 9, 9, 1)
+    get = _batch_getter(lambda idx, flips, offsets: (idx, flips, offsets), 24, small_schedule(), DistInfo(), True, 2)
+    a, b, c = get(5), get(5), get(6)
+    assert all(torch.equal(torch.as_tensor(u), torch.as_tensor(v)) for u, v in zip(a, b))
+    assert a[2].shape == (8, 2) and 0 <= int(a[2].min()) and int(a[2].max()) <= 2
+    assert not torch.equal(a[2], c[2])
+    out = tmp_path / "crop"
+    caplog.set_level("INFO")
+    assert cli(["train", "--data", str(folder), "--vae", str(vae_run), "--out", str(out), *VAR_ARGS, "--steps", "2",
+                "--batch-size", "8", "--warmup", "1", "--sample-every", "2", "--crop"]) == 0
+    assert "random 16px crops of 18px images" in caplog.text
+    assert json.loads((out / "run.json").read_text())["crop"] is True
+    assert VARPipeline.from_pretrained(out)(class_labels=[0], seed=0).images.shape == (1, 3, 16, 16)

@@ -82,6 +82,9 @@ def register(sub) -> None:
                    help="initial scale of the AdaLN gates (default: the reference's 1e-3 up to depth 20, 1e-4 deeper)")
     p.add_argument("--ema", type=float, default=None, help="keep EMA weights with this decay, e.g. 0.999")
     p.add_argument("--cache-dir", type=Path, default=None, help="token cache (default ~/.cache/var/tokens)")
+    p.add_argument("--crop", action="store_true",
+                   help="random-crop augmentation (the reference's): images resized to 1.125x, a random window "
+                        "cut every step and tokenized on the fly instead of read from the token cache")
     _schedule_args(p, steps=6000, batch=64, lr=4e-4)
     p.set_defaults(run=run_train_var)
 
@@ -128,7 +131,8 @@ def run_train_var(a: argparse.Namespace) -> int:
     cfg.drop_path_rate = a.drop_path
     cfg = VARConfig(**cfg.to_dict())  # re-validate after the overrides
     train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema, flip=a.flip,
-              amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma)
+              amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma,
+              crop=a.crop)
     log.info("pipeline saved in %s (load it with VARPipeline.from_pretrained)", a.out)
     return 0
 

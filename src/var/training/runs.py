@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import ImageArrayDataset, build_dataset, split_holdout
@@ -68,19 +69,39 @@ def _fixed_run_config(out: Path, config: dict, info: DistInfo) -> dict:
     return config
 
 
-def _batch_getter(ds_batch, n: int, schedule: Schedule, info: DistInfo, flip: bool):
-    """get_batch(step) for :func:`fit`: deterministic indices, and flips drawn from (seed, step)."""
+def _batch_getter(ds_batch, n: int, schedule: Schedule, info: DistInfo, flip: bool, crop_margin: int = 0):
+    """get_batch(step) for :func:`fit`: deterministic indices, and flips (and crop offsets, when
+    ``crop_margin`` > 0) drawn from (seed, step). ``ds_batch(idx, flips)`` or, with crops,
+    ``ds_batch(idx, flips, offsets)`` with offsets (B, 2) in [0, crop_margin]."""
     local_batch_size(schedule.batch_size, info.world)  # every process must get an equal share
     def get(step: int):
         idx = batch_indices(step, n, schedule.batch_size, schedule.seed, info.rank, info.world)
-        flips = None
-        if flip:
-            g = torch.Generator().manual_seed(schedule.seed * 1_000_003 + step)
-            flips = (torch.rand(schedule.batch_size, generator=g) < 0.5)[info.rank::info.world]
-        return ds_batch(idx, flips)
+        g = torch.Generator().manual_seed(schedule.seed * 1_000_003 + step)
+        flips = (torch.rand(schedule.batch_size, generator=g) < 0.5)[info.rank::info.world] if flip else None
+        if not crop_margin:
+            return ds_batch(idx, flips)
+        offsets = torch.randint(0, crop_margin + 1, (schedule.batch_size, 2), generator=g)[info.rank::info.world]
+        return ds_batch(idx, flips, offsets)
     return get
 
 
+def resize_images(images_NHWC: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+    """uint8 images resized to size x size (bicubic, antialiased), in chunks to bound memory."""
+    out = []
+    for s in range(0, len(images_NHWC), chunk):
+        x = torch.from_numpy(np.array(images_NHWC[s:s + chunk])).permute(0, 3, 1, 2).float()
+        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
+        out.append(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def crop_batch(x_BCHW: torch.Tensor, offsets_B2: torch.Tensor, size: int) -> torch.Tensor:
+    """A size x size window of each image, at its own (top, left) offset."""
+    return torch.stack([x[:, i:i + size, j:j + size] for x, (i, j) in zip(x_BCHW, offsets_B2.tolist())])
+
+
+# Random-crop augmentation: images resized to this multiple of the model's size, then cropped (the reference's).
+CROP_RATIO = 1.125
 # Adam moments: the reference's for the transformer; VQGAN's for the tokenizer (and its discriminator).
 VAR_BETAS, VQVAE_BETAS = (0.9, 0.95), (0.5, 0.9)
 
@@ -205,7 +226,10 @@ def default_cache_dir() -> Path:
 def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule: Schedule, *,
               label_smoothing: float = 0.0, ema: float | None = None, flip: bool = False, amp: bool = False,
               cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4,
-              init_adaln_gamma: float | None = None) -> dict:
+              init_adaln_gamma: float | None = None, crop: bool = False) -> dict:
+    """Train the transformer on a tokenizer's tokens. Tokens are computed once and cached; with ``crop``
+    (the reference's augmentation) images are kept at ``CROP_RATIO`` times the model's size, a random
+    window of the model's size is cut from each every step, and the tokenizer encodes it on the fly."""
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
     vqvae, vae_meta = load_vqvae(vae_dir)
@@ -215,24 +239,39 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
     var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
-                                  "class_names": ds.class_names}, info)
+                                  "class_names": ds.class_names, "crop": crop}, info)
+    crop = cfg.get("crop", False)  # a resumed run keeps its augmentation
     var = VAR(VARConfig(**cfg["var"])).to(info.device)
     if init_adaln_gamma is not None:
         var.init_weights(init_adaln_gamma=init_adaln_gamma)
     torch.manual_seed(schedule.seed + info.rank)  # same initial weights, independent label dropout per process
-    tokens = torch.from_numpy(tokenize_dataset(vqvae, ds, cache_dir or default_cache_dir(), info, flip))
     labels = torch.from_numpy(ds.labels)
+    size = vqvae.config.image_size
+    if crop:
+        big = resize_images(ds.images, round(size * CROP_RATIO))
+        margin = big.shape[1] - size
+
+        def get_batch(idx, flips, offsets):
+            x = crop_batch(torch.from_numpy(big[idx]).permute(0, 3, 1, 2).float().div_(255), offsets, size)
+            if flips is not None:
+                x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+            return x, labels[torch.as_tensor(idx)]
+    else:
+        margin = 0
+        tokens = torch.from_numpy(tokenize_dataset(vqvae, ds, cache_dir or default_cache_dir(), info, flip))
+
+        def get_batch(idx, flips):
+            idx_t = torch.as_tensor(idx)
+            toks = tokens[flips.long(), idx_t] if flips is not None else tokens[idx_t]
+            return toks, labels[idx_t]
+
     trainer = VARTrainer(var, vqvae, make_optimizer(var, schedule, VAR_BETAS), info.device,
                          label_smoothing=label_smoothing, grad_clip=schedule.grad_clip, amp=amp, ema_decay=ema,
                          ddp_model=_wrap(var, info))
     if info.is_main:
-        log.info("transformer: %.2fM parameters, %d images x %d tokens, %d process(es)",
-                 sum(p.numel() for p in var.parameters()) / 1e6, len(ds), tokens.shape[-1], info.world)
-
-    def get_batch(idx, flips):
-        idx_t = torch.as_tensor(idx)
-        toks = tokens[flips.long(), idx_t] if flips is not None else tokens[idx_t]
-        return toks, labels[idx_t]
+        log.info("transformer: %.2fM parameters, %d images x %d tokens%s, %d process(es)",
+                 sum(p.numel() for p in var.parameters()) / 1e6, len(ds), var.config.seq_len,
+                 f", random {size}px crops of {size + margin}px images" if crop else "", info.world)
 
     def snapshot(step: int) -> None:
         if not info.is_main:
@@ -245,7 +284,7 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         trainer.pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}).save_pretrained(out)
         trainer.var.train()
 
-    last = fit(trainer, schedule, out, info, _batch_getter(get_batch, len(ds), schedule, info, flip),
+    last = fit(trainer, schedule, out, info, _batch_getter(get_batch, len(ds), schedule, info, flip, margin),
                on_snapshot=snapshot)
     _finish(info)
     return dict(last)
