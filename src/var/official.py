@@ -64,7 +64,7 @@ def _read_torch_file(path: str):
     except pickle.UnpicklingError as e:
         raise ValueError(f"{path} is refused: it holds Python objects other than tensors, which loading would "
                          "have to run as code (a plain PyTorch checkpoint / state dict was expected)") from e
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:
+    except Exception as e:  # noqa: BLE001 - the unpickler fails on garbage with any exception (KeyError, IndexError...)
         raise ValueError(f"{path} is not a PyTorch checkpoint / state dict, or is truncated "
                          f"({type(e).__name__}: {e})") from e
 

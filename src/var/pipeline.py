@@ -258,21 +258,21 @@ class VARPipeline:
 
     def _to_model_images(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] user images (B, channels, H, W) to padded [-1, 1] model input, with clear errors."""
-        images = self._match_channels(images)
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != self.channels:
+        converted = self._match_channels(images)
+        if not isinstance(converted, torch.Tensor) or converted.ndim != 4 or converted.shape[1] != self.channels:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"expected images of shape (B, {self.channels}, {self.image_size}, {self.image_size}) "
                              f"in [0, 1], got {shape}")
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]}, this model takes "
                              f"{self.image_size}x{self.image_size}")
-        bad = int((~torch.isfinite(images)).sum())
+        bad = int((~torch.isfinite(images)).sum())  # counted in the images as given, before any conversion
         if bad:
             raise ValueError(f"images hold {bad} non-finite values (NaN or inf); expected values in [0, 1]")
         lo, hi = float(images.min()), float(images.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"image values must be in [0, 1], got [{lo:.3g}, {hi:.3g}]")
-        x = images.to(self.device, torch.float32)
+        x = converted.to(self.device, torch.float32)
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, value=0.0)
         return x * 2 - 1
