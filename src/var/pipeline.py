@@ -326,7 +326,8 @@ class VARPipeline:
     def __call__(self, class_labels=None, num_samples: int | None = None, cfg: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                  smooth: bool = False, seed: int | None = None, batch_size: int | None = None, progress: bool = False) -> VAROutput:
-        """Generate images of ``class_labels`` (or ``num_samples`` of uniformly drawn classes).
+        """Generate images of ``class_labels`` (ids or class names such as ``["Dress"]``; or ``num_samples``
+        of uniformly drawn classes).
 
         ``cfg``, ``top_k``, ``top_p`` and ``temperature`` left at None take the model's defaults
         (``sampling_defaults``: saved with the model, else the reference's 1.5 / 900 / 0.96 / 1.0).
