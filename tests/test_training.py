@@ -14,7 +14,7 @@ from PIL import Image
 from var import VARPipeline, VQVAE, VQVAEConfig
 from var.cli import main as cli
 from var.data import image_folder_dataset
-from var.training.common import NonFiniteLoss, Schedule, fit, DistInfo
+from var.training.common import Interrupted, NonFiniteLoss, Schedule, fit, DistInfo
 
 TINY_VAE = VQVAEConfig(in_channels=3, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=32,
                        patch_nums=(1, 2, 4, 8), using_sa=False, using_mid_sa=False)
@@ -104,7 +104,9 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(folder, vae_run
     t_full = make_trainer()
     fit(t_full, small_schedule(), tmp_path / "full", DistInfo(), get_batch)
     t_a = make_trainer()
-    fit(t_a, small_schedule(), tmp_path / "resumed", DistInfo(), _interrupt_at(2, get_batch))
+    with pytest.raises(Interrupted) as stopped:
+        fit(t_a, small_schedule(), tmp_path / "resumed", DistInfo(), _interrupt_at(2, get_batch))
+    assert stopped.value.exit_code == 128 + signal.SIGINT
     assert t_a.step == 3  # stopped after finishing step index 2
     t_b = make_trainer()  # a fresh process: same command again
     fit(t_b, small_schedule(), tmp_path / "resumed", DistInfo(), get_batch)
@@ -231,7 +233,7 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(folder, tmp_path):
 
     with pytest.raises(NonFiniteLoss, match="step 3"):
         fit(trainer, sched, tmp_path, DistInfo(), get_batch)
-    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    saved = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     assert saved["step"] == 2
     assert all(torch.isfinite(v).all() for v in saved["models"]["vqvae"].values() if v.is_floating_point())
 

@@ -6,14 +6,23 @@ import importlib
 import logging
 import sys
 
+from .training.common import TrainingStopped
+
 # Subcommand modules, in the order ``var --help`` lists them.
 COMMANDS = ["sample", "edit", "train", "evaluate", "bench"]
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (the subcommands' parsers are of this class too)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="var", description="Visual AutoRegressive modeling: generate, edit, "
-                                     "train and evaluate next-scale prediction models.")
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser = Parser(prog="var", description="Visual AutoRegressive modeling: generate, edit, "
+                    "train and evaluate next-scale prediction models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks with errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"var.cmd.{name}").register(sub)
@@ -21,17 +30,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a subcommand. A user error is one line and exit status 2, a training run stopped early (NaN loss,
+    failed checkpoint write, SIGINT/SIGTERM) one line and its own status; tracebacks only with ``-v``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     if args.command is None:
         parser.print_help()
         return 0
+    log = logging.getLogger("var")
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError) as e:
-        logging.getLogger("var").error("error: %s", e)
+        log.error("error: %s", e, exc_info=args.verbose)
         return 2
+    except TrainingStopped as e:
+        log.error("%s", e, exc_info=args.verbose)
+        return e.exit_code
     except KeyboardInterrupt:
         return 130
 

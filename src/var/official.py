@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import pickle
 import re
 from collections import Counter
 from typing import Mapping, Union
@@ -32,9 +33,8 @@ def load_state_dict(src: PathOrStateDict) -> dict[str, torch.Tensor]:
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-        return load_file(path)
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+        return _read_safetensors(path)
+    obj = _read_torch_file(path)
     if isinstance(obj, Mapping) and not all(isinstance(v, torch.Tensor) for v in obj.values()):
         for key in ("state_dict", "model", "ema"):  # common wrappers around a plain state dict
             if isinstance(obj.get(key), Mapping):
@@ -43,6 +43,30 @@ def load_state_dict(src: PathOrStateDict) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path} does not hold a state dict (found {type(obj).__name__})")
     return dict(obj)
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is a ValueError naming it."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path)
+    except (SafetensorError, OSError) as e:
+        raise ValueError(f"{path} is truncated or corrupt, not a readable safetensors file ({e})") from e
+
+
+def _read_torch_file(path: str):
+    """``torch.load`` with ``weights_only=True``. A file that is not a PyTorch checkpoint (or is cut short)
+    and a pickle that would run code both become a ValueError naming the file."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path} is refused: it holds Python objects other than tensors, which loading would "
+                         "have to run as code (a plain PyTorch checkpoint / state dict was expected)") from e
+    except Exception as e:  # noqa: BLE001 - the unpickler fails on garbage with any exception (KeyError, IndexError...)
+        raise ValueError(f"{path} is not a PyTorch checkpoint / state dict, or is truncated "
+                         f"({type(e).__name__}: {e})") from e
 
 
 def _need(sd: StateDict, key: str, what: str) -> torch.Tensor:
@@ -119,15 +143,18 @@ def var_config_from_state_dict(sd: StateDict, num_heads: int | None = None) -> V
     )
 
 
-def _load_strict(module: torch.nn.Module, sd: StateDict, what: str) -> None:
+def load_strict(module: torch.nn.Module, sd: StateDict, context: str) -> None:
+    """Load ``sd`` into ``module`` (built on the meta device), or raise a ValueError that starts with
+    ``context`` and names the missing, unexpected and wrongly shaped keys with both shapes."""
     expected = module.state_dict()
     missing = sorted(set(expected) - set(sd))
     unexpected = sorted(set(sd) - set(expected))
-    wrong = [f"{k}: file {tuple(sd[k].shape)} vs model {tuple(v.shape)}"
+    wrong = [f"{k}: file {tuple(sd[k].shape)} vs expected {tuple(v.shape)}"
              for k, v in expected.items() if k in sd and sd[k].shape != v.shape]
-    if missing or unexpected or wrong:
-        raise ValueError(f"{what} checkpoint does not match the architecture read from it: "
-                         f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shapes {wrong[:5]}")
+    problems = [f"{what} {keys[:5]}" for what, keys in
+                (("wrong shapes", wrong), ("missing keys", missing), ("unexpected keys", unexpected)) if keys]
+    if problems:
+        raise ValueError(f"{context}: {'; '.join(problems)}")
     # The module was built on the meta device: take the file's tensors as they are (no copy).
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in sd.items()},
                            strict=True, assign=True)
@@ -145,6 +172,6 @@ def load_official(vae: PathOrStateDict, var: PathOrStateDict, num_heads: int | N
                          f"(vocab {var_cfg.vocab_size}, {var_cfg.latent_channels} channels) do not belong together")
     with torch.device("meta"):  # no random init of weights that are about to be replaced
         vqvae, model = VQVAE(vae_cfg), VAR(var_cfg)
-    _load_strict(vqvae, vae_sd, "VQ-VAE")
-    _load_strict(model, var_sd, "VAR")
+    load_strict(vqvae, vae_sd, "VQ-VAE checkpoint does not match the architecture read from it")
+    load_strict(model, var_sd, "VAR checkpoint does not match the architecture read from it")
     return vqvae.eval(), model.eval()

@@ -10,6 +10,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
+from numbers import Integral, Real
 from pathlib import Path
 from typing import Sequence
 
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 
 from . import editing, official
 from .packed_linear import PackedLinear, total_memory_bytes
-from .sampling import generate
+from .sampling import check_sampling_options, generate
 from .transformer import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
 
@@ -29,6 +30,8 @@ CONFIG_NAME, VQVAE_WEIGHTS, VAR_WEIGHTS = "config.json", "vqvae.safetensors", "v
 FORMAT_VERSION = 1
 # The reference's settings (its FID settings); a saved model may recommend others (``sampling_defaults``).
 REFERENCE_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0}
+# RGB to grey as Pillow's "L" mode does it (ITU-R 601-2 luma), shaped to weigh (B, 3, H, W) images.
+LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 
 @dataclass
@@ -46,6 +49,19 @@ def _is_pipeline_folder(path: Path) -> bool:
         return json.loads((path / CONFIG_NAME).read_text()).get("format") == "var-pipeline"
     except (OSError, ValueError, AttributeError):
         return False
+
+
+def _read_config(path: Path) -> dict:
+    """A pipeline's config.json, with errors that name the file (and the line of a JSON syntax error)."""
+    try:
+        cfg = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file: {e}") from e
+    if not isinstance(cfg, dict) or cfg.get("format") != "var-pipeline":
+        raise ValueError(f"{path} is not a VAR pipeline config (no \"format\": \"var-pipeline\")")
+    return cfg
 
 
 def bundled_models() -> list[str]:
@@ -140,8 +156,6 @@ class VARPipeline:
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> "VARPipeline":
         """A folder written by :meth:`save_pretrained`, or the name of a bundled model."""
-        from safetensors.torch import load_file
-
         path = Path(name_or_path)
         if not (path / CONFIG_NAME).is_file():
             bundled = BUNDLED_DIR / str(name_or_path)
@@ -150,13 +164,15 @@ class VARPipeline:
             else:
                 raise FileNotFoundError(f"{name_or_path!s} is neither a saved pipeline folder (no {CONFIG_NAME}) "
                                         f"nor a bundled model (bundled: {bundled_models() or 'none'})")
-        cfg = json.loads((path / CONFIG_NAME).read_text())
-        if cfg.get("format") != "var-pipeline":
-            raise ValueError(f"{path / CONFIG_NAME} is not a VAR pipeline config")
-        with torch.device("meta"):
-            vqvae, model = VQVAE(VQVAEConfig(**cfg["vqvae"])), VAR(VARConfig(**cfg["var"]))
-        vqvae.load_state_dict(load_file(path / VQVAE_WEIGHTS), strict=True, assign=True)
-        model.load_state_dict(load_file(path / VAR_WEIGHTS), strict=True, assign=True)
+        cfg = _read_config(path / CONFIG_NAME)
+        try:
+            with torch.device("meta"):
+                vqvae, model = VQVAE(VQVAEConfig(**cfg["vqvae"])), VAR(VARConfig(**cfg["var"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{path / CONFIG_NAME} does not describe a VAR pipeline: {e}") from e
+        for module, name in ((vqvae, VQVAE_WEIGHTS), (model, VAR_WEIGHTS)):
+            official.load_strict(module, official.load_state_dict(path / name),
+                                 f"{path / name} does not match {path / CONFIG_NAME}")
         pipe = cls(vqvae, model, class_names=cfg.get("class_names"), pad=cfg.get("pad", 0), info=cfg.get("info"),
                    sampling_defaults=cfg.get("sampling_defaults"))
         return pipe.to(device) if device is not None else pipe
@@ -177,8 +193,37 @@ class VARPipeline:
 
     # ------------------------------------------------------------------------------ checks
     def sampling(self, **given) -> dict:
-        """The sampling options of a call: each one given, or else this model's default."""
-        return {k: self.sampling_defaults[k] if v is None else v for k, v in given.items()}
+        """The sampling options of a call: each one given, or else this model's default; checked here,
+        before any work, so that a bad value is named instead of failing deep inside sampling."""
+        options = {k: self.sampling_defaults[k] if v is None else v for k, v in given.items()}
+        check_sampling_options(**options)
+        return options
+
+    def class_ids(self, class_labels) -> torch.Tensor:
+        """Class labels as a 1-D LongTensor: ids (ints, an integer tensor) or this model's class names
+        (matched case-insensitively), alone or in a sequence. ValueError names a bad or unknown label."""
+        items = class_labels.reshape(-1).tolist() if isinstance(class_labels, torch.Tensor) else class_labels
+        if isinstance(items, (str, int, float)) or not hasattr(items, "__iter__"):
+            items = [items]
+        ids = [self._class_id(c) for c in items]
+        if not ids:
+            raise ValueError("class_labels is empty: give at least one class id or name")
+        labels = torch.tensor(ids, dtype=torch.long, device=self.device)
+        self.var.check_labels(labels)
+        return labels
+
+    def _class_id(self, label) -> int:
+        """One label as a class id: an integer (a float only when whole, e.g. 3.0) or a class name."""
+        if isinstance(label, str):
+            lookup = {name.lower(): i for i, name in enumerate(self.class_names or [])}
+            if label.strip().lower() not in lookup:
+                known = f"one of {self.class_names}" if self.class_names else "an id: this model has no class names"
+                raise ValueError(f"unknown class {label!r}; expected {known} or an id in [0, {self.num_classes})")
+            return lookup[label.strip().lower()]
+        whole = isinstance(label, Integral) or (isinstance(label, Real) and float(label).is_integer())
+        if isinstance(label, bool) or not whole:
+            raise ValueError(f"class labels must be integers or class names, got {label!r}")
+        return int(label)
 
     def _generator(self, seed: int | None) -> torch.Generator:
         """The one random stream of a call: seeded when ``seed`` is given, so that calls can be repeated."""
@@ -191,42 +236,59 @@ class VARPipeline:
 
     def _labels(self, class_labels, num_samples: int | None, generator: torch.Generator | None) -> torch.Tensor:
         if class_labels is None:
-            n = 1 if num_samples is None else int(num_samples)
+            n = 1 if num_samples is None else num_samples
+            if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
+                raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
             return torch.randint(0, self.num_classes, (n,), generator=generator, device=self.device)
-        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(self.device)
+        labels = self.class_ids(class_labels)
         if num_samples is not None and num_samples != labels.numel():
             raise ValueError(f"num_samples={num_samples} but {labels.numel()} class labels were given")
-        self.var.check_labels(labels)
         return labels
 
     def _edit_labels(self, class_labels, n: int) -> torch.Tensor:
         """Labels of n edited images: the null class when none is given, one label for all, or n labels."""
         if class_labels is None:
             return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
-        labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(self.device)
+        labels = self.class_ids(class_labels)
         if labels.numel() == 1:
             labels = labels.repeat(n)
         if labels.numel() != n:
             raise ValueError(f"{labels.numel()} class labels for {n} images (give one label, or one per image)")
-        self.var.check_labels(labels)
         return labels
 
     def _to_model_images(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] user images (B, channels, H, W) to padded [-1, 1] model input, with clear errors."""
-        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] != self.channels:
+        converted = self._match_channels(images)
+        if not isinstance(converted, torch.Tensor) or converted.ndim != 4 or converted.shape[1] != self.channels:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
             raise ValueError(f"expected images of shape (B, {self.channels}, {self.image_size}, {self.image_size}) "
                              f"in [0, 1], got {shape}")
         if images.shape[-2:] != (self.image_size, self.image_size):
             raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]}, this model takes "
                              f"{self.image_size}x{self.image_size}")
+        bad = int((~torch.isfinite(images)).sum())  # counted in the images as given, before any conversion
+        if bad:
+            raise ValueError(f"images hold {bad} non-finite values (NaN or inf); expected values in [0, 1]")
         lo, hi = float(images.min()), float(images.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             raise ValueError(f"image values must be in [0, 1], got [{lo:.3g}, {hi:.3g}]")
-        x = images.to(self.device, torch.float32)
+        x = converted.to(self.device, torch.float32)
         if self.pad:
             x = F.pad(x, (self.pad,) * 4, value=0.0)
         return x * 2 - 1
+
+    def _match_channels(self, images):
+        """RGB images for a 1-channel model become their luminance, grey images for an RGB model are
+        repeated to 3 channels (with a note); anything else is left for the shape check to report."""
+        if not isinstance(images, torch.Tensor) or images.ndim != 4 or images.shape[1] == self.channels:
+            return images
+        if images.shape[1] == 3 and self.channels == 1:
+            log.info("note: converted RGB images to grey (luminance): this model takes 1 channel")
+            return (images * LUMA.to(images)).sum(dim=1, keepdim=True)
+        if images.shape[1] == 1 and self.channels == 3:
+            log.info("note: repeated grey images to 3 channels: this model takes RGB")
+            return images.expand(-1, 3, -1, -1)
+        return images
 
     def _to_user_images(self, img_m11: torch.Tensor) -> torch.Tensor:
         img = (img_m11.float() + 1) / 2
@@ -264,7 +326,8 @@ class VARPipeline:
     def __call__(self, class_labels=None, num_samples: int | None = None, cfg: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
                  smooth: bool = False, seed: int | None = None, batch_size: int | None = None, progress: bool = False) -> VAROutput:
-        """Generate images of ``class_labels`` (or ``num_samples`` of uniformly drawn classes).
+        """Generate images of ``class_labels`` (ids or class names such as ``["Dress"]``; or ``num_samples``
+        of uniformly drawn classes).
 
         ``cfg``, ``top_k``, ``top_p`` and ``temperature`` left at None take the model's defaults
         (``sampling_defaults``: saved with the model, else the reference's 1.5 / 900 / 0.96 / 1.0).

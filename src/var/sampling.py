@@ -9,6 +9,8 @@ Shape letters: B batch, l one scale's tokens, V vocabulary, C width, Cv latent c
 from __future__ import annotations
 
 import itertools
+import math
+from numbers import Integral, Real
 from typing import Callable, Sequence
 
 import torch
@@ -17,6 +19,32 @@ import torch.nn.functional as F
 from .streams import Streams, stream_count
 from .transformer import VAR, KVCache
 from .vqvae import VQVAE
+
+
+def check_sampling_options(cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                           temperature: float | None = None) -> None:
+    """Raise ValueError naming the first bad option and its valid range; None means "not given" (the
+    pipeline and the command line check their options here before any work starts)."""
+    if cfg is not None and not (_is_real(cfg) and math.isfinite(cfg)):
+        raise ValueError(f"cfg must be a finite number (0 disables guidance), got {cfg!r}")
+    if top_k is not None and not (isinstance(top_k, Integral) and not isinstance(top_k, bool) and top_k >= 0):
+        raise ValueError(f"top_k must be an integer >= 0 (0 keeps every token), got {top_k!r}")
+    if top_p is not None and not (_is_real(top_p) and 0 <= top_p <= 1):
+        raise ValueError(f"top_p must be in [0, 1] (0 or 1 keeps every token), got {top_p!r}")
+    if temperature is not None and not (_is_real(temperature) and 0 < temperature < math.inf):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+
+
+def _is_real(x) -> bool:
+    """A plain real number (bools are ints to Python, not sampling options)."""
+    return isinstance(x, Real) and not isinstance(x, bool)
+
+
+def check_finite_logits(logits: torch.Tensor, k: int, p: int) -> None:
+    """Stop with a clear message where the model's logits hold NaN or inf (sampling cannot draw from them)."""
+    if not torch.isfinite(logits).all():
+        raise ValueError(f"the model produced non-finite logits (NaN or inf) at scale {k} ({p}x{p} tokens): "
+                         "its weights or inputs hold NaN or inf")
 
 
 def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,8 +121,7 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
               keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
               on_scale: Callable[[int], None] | None, streams: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     var.check_labels(label_B, allow_null=True)
-    if temperature <= 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    check_sampling_options(cfg, top_k, top_p, temperature)
     patch_nums, quant = var.patch_nums, vqvae.quantize
     if tuple(patch_nums) != tuple(quant.patch_nums):
         raise ValueError(f"transformer scales {patch_nums} differ from the tokenizer's {quant.patch_nums}")
@@ -116,6 +143,7 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
         for k, p in enumerate(patch_nums):
             ratio = k / (K - 1) if K > 1 else 1.0
             logits_BlV = transformer.logits(x_nlC)
+            check_finite_logits(logits_BlV, k, p)
             if guided:
                 t = cfg * ratio
                 logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]

@@ -7,6 +7,7 @@ import logging
 import torch
 
 from ..pipeline import VARPipeline, bundled_models
+from ..sampling import check_sampling_options
 
 log = logging.getLogger("var")
 DEFAULT_MODEL = "fashion-mnist"
@@ -54,7 +55,29 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def class_list(text: str) -> list[int | str]:
+    """``--classes``/``--class`` values: ids or class names, comma-separated (``0,7`` or ``Dress,Sandal``).
+    Names are resolved by the model (:meth:`VARPipeline.class_ids`), which names an unknown one."""
+    items = [t.strip() for t in text.split(",") if t.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError(f"expected class ids or names such as 0,7 or Dress,Sandal, got {text!r}")
+    return [int(t) if t.lstrip("-").isdigit() else t for t in items]
+
+
+def positive_int(text: str) -> int:
+    """An option that counts something: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
 def sampling_kwargs(args: argparse.Namespace) -> dict:
-    """The options of :func:`add_sampling_args` as keyword arguments of the pipeline's calls."""
+    """The options of :func:`add_sampling_args` as keyword arguments of the pipeline's calls, checked
+    before a model is loaded."""
+    check_sampling_options(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
     return dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                 smooth=args.smooth, seed=args.seed)

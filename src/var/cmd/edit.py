@@ -10,7 +10,7 @@ import torch
 from ..editing import box_mask, load_mask
 from ..images import grid, load_image, save_image
 from ..pipeline import VARPipeline
-from .common import add_model_args, add_sampling_args, load_pipeline, sampling_kwargs
+from .common import add_model_args, add_sampling_args, class_list, load_pipeline, sampling_kwargs
 
 log = logging.getLogger("var")
 
@@ -33,7 +33,8 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_output_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--class", dest="label", type=int, help="class id to condition on; the null class if not given")
+    p.add_argument("--class", dest="label", type=class_list, metavar="ID_OR_NAME",
+                   help="class id or name to condition on; the null class if not given")
     add_sampling_args(p)
     p.add_argument("--panel", action="store_true", help="write the input (and mask) beside the result")
     p.add_argument("--out", required=True, help="PNG to write")
@@ -83,20 +84,22 @@ def _write(args: argparse.Namespace, pipe: VARPipeline, named_images: dict[str, 
 
 
 def run_edit(args: argparse.Namespace) -> int:
+    sampling = sampling_kwargs(args)
     pipe = load_pipeline(args)
     image, size = _load_input(args.image, pipe)
     S = pipe.image_size
     mask_HW = load_mask(args.mask, size=S, expect=size) if args.mask else box_mask(S, S, *args.box)
     if args.outpaint:
         mask_HW = 1 - mask_HW
-    out = pipe.inpaint(image, mask_HW, class_labels=args.label, **sampling_kwargs(args))
+    out = pipe.inpaint(image, mask_HW, class_labels=args.label, **sampling)
     _write(args, pipe, {"input": image, "mask": mask_HW[None, None], "result": out.images})
     return 0
 
 
 def run_vary(args: argparse.Namespace) -> int:
+    sampling = sampling_kwargs(args)
     pipe = load_pipeline(args)
     image, _ = _load_input(args.image, pipe)
-    out = pipe.vary(image, args.keep_scales, class_labels=args.label, **sampling_kwargs(args))
+    out = pipe.vary(image, args.keep_scales, class_labels=args.label, **sampling)
     _write(args, pipe, {"input": image, "result": out.images})
     return 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..images import grid, save_npz
-from .common import add_model_args, add_sampling_args, load_pipeline, sampling_kwargs
+from .common import add_model_args, add_sampling_args, class_list, load_pipeline, positive_int, sampling_kwargs
 
 log = logging.getLogger("var")
 
@@ -18,10 +18,11 @@ def register(sub) -> None:
     p = sub.add_parser("sample", help="generate a grid of samples, a row per class",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_args(p)
-    p.add_argument("--classes", type=int, nargs="+", help="class ids (default: every class, at most 10)")
-    p.add_argument("--per-class", type=int, default=8, help="samples per class")
+    p.add_argument("--classes", type=class_list, nargs="+", metavar="IDS_OR_NAMES",
+                   help="class ids or names, e.g. 0 7 or Dress,Sandal (default: every class, at most 10)")
+    p.add_argument("--per-class", type=positive_int, default=8, help="samples per class")
     add_sampling_args(p)
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     p.add_argument("--out", default="samples/grid.png", help="PNG grid to write")
     p.add_argument("--npz", default=None, help="also write the samples as arr_0 uint8 (N, H, W, 3) + labels (N,)")
     p.add_argument("--progression", default=None, metavar="PNG",
@@ -30,13 +31,14 @@ def register(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    sampling = sampling_kwargs(args)
     pipe = load_pipeline(args)
-    classes = args.classes if args.classes is not None else list(range(min(10, pipe.num_classes)))
-    bad = [c for c in classes if not 0 <= c < pipe.num_classes]
-    if bad:
-        raise ValueError(f"--classes {bad} outside [0, {pipe.num_classes})")
+    if args.classes is None:
+        classes = list(range(min(10, pipe.num_classes)))
+    else:
+        classes = pipe.class_ids([c for group in args.classes for c in group]).tolist()
     labels = torch.tensor(classes).repeat_interleave(args.per_class)
-    out = pipe(class_labels=labels, batch_size=args.batch_size, progress=True, **sampling_kwargs(args))
+    out = pipe(class_labels=labels, batch_size=args.batch_size, progress=True, **sampling)
     names = [pipe.class_names[c] if pipe.class_names else f"class {c}" for c in classes]
     scale = max(1, 64 // pipe.image_size)
     path = Path(args.out)

@@ -9,6 +9,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import random
 import signal
 import time
@@ -26,8 +27,28 @@ CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 
 
-class NonFiniteLoss(RuntimeError):
+class TrainingStopped(RuntimeError):
+    """A run ended early for a reason the command line reports in one line, exiting with ``exit_code``."""
+
+    exit_code = 1
+
+
+class NonFiniteLoss(TrainingStopped):
     """The loss became NaN or inf: the run stops, keeping the last good checkpoint."""
+
+
+class CheckpointWriteFailed(TrainingStopped):
+    """Writing a checkpoint failed (e.g. a full disk): the temporary file is gone, the previous one intact."""
+
+
+class Interrupted(TrainingStopped):
+    """SIGINT or SIGTERM stopped the run after saving a checkpoint. The exit status is the shell's
+    128 + signal (130, 143), so that schedulers see the run did not finish and requeue it."""
+
+    def __init__(self, signum: int, step: int):
+        super().__init__(f"stopped by signal {signum} at step {step}, checkpoint saved; re-run the same command "
+                         "to resume")
+        self.exit_code = 128 + signum
 
 
 @dataclass
@@ -99,31 +120,62 @@ def batch_indices(step: int, n: int, global_batch: int, seed: int, rank: int = 0
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint."""
+    """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint. A failed
+    write (e.g. a full disk) removes the temporary file and raises :class:`CheckpointWriteFailed`."""
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        raise CheckpointWriteFailed(f"writing {path} failed: {e.strerror or e}") from e
 
 
 def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    """Every generator's state as tensors and plain numbers, so checkpoints load with ``weights_only=True``."""
+    np_state = np.random.get_state(legacy=False)
+    state = {"torch": torch.get_rng_state(),
+             "numpy": {"key": torch.from_numpy(np_state["state"]["key"].astype(np.int64)),
+                       "pos": np_state["state"]["pos"], "has_gauss": np_state["has_gauss"], "gauss": np_state["gauss"]},
+             "python": random.getstate()}
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
 
 
 def set_rng_state(state: dict) -> None:
+    """Restore :func:`rng_state`'s states (also the numpy tuple of checkpoints written before it)."""
     torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
+    np_state = state["numpy"]
+    if isinstance(np_state, dict):
+        np_state = ("MT19937", np_state["key"].numpy().astype(np.uint32), np_state["pos"], np_state["has_gauss"],
+                    np_state["gauss"])
+    np.random.set_state(np_state)
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+# What checkpoints written before the states were stored as tensors hold besides tensors: numpy's RNG state.
+_NP_CORE = np._core if hasattr(np, "_core") else np.core  # numpy 2 renamed it
+_LEGACY_CHECKPOINT_GLOBALS = [np.ndarray, np.dtype, type(np.dtype(np.uint32)), _NP_CORE.multiarray._reconstruct]
+
+
 def load_checkpoint_file(path: Path) -> dict:
-    # Our own checkpoints hold numpy/python RNG states as well as tensors: only files this program wrote
-    # are read this way (a user-supplied model goes through safetensors or weights_only loading).
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """A training checkpoint, read with ``weights_only=True``: a run folder from someone else cannot run
+    code. Older checkpoints (numpy arrays inside) load with just those numpy types allowed."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        pass
+    except (RuntimeError, EOFError) as e:
+        raise ValueError(f"{path} is truncated or not a training checkpoint ({e}); move it away to start over") from e
+    try:
+        with torch.serialization.safe_globals(_LEGACY_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path} holds Python objects other than tensors and RNG states (loading it would run "
+                         "code): refused") from e
 
 
 class StopRequest:
@@ -131,6 +183,7 @@ class StopRequest:
 
     def __init__(self):
         self.requested = False
+        self.signum = signal.SIGINT
         self._old: dict[int, Any] = {}
 
     def __enter__(self) -> "StopRequest":
@@ -144,7 +197,7 @@ class StopRequest:
     def _handle(self, signum, frame) -> None:
         if self.requested:  # a second Ctrl-C stops at once
             raise KeyboardInterrupt
-        self.requested = True
+        self.requested, self.signum = True, signum
         log.warning("stop requested (signal %d): saving a checkpoint after this step", signum)
 
     def __exit__(self, *exc) -> None:
@@ -193,15 +246,18 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
         on_snapshot: Callable[[int], None] | None = None, images_per_step: int | None = None) -> dict:
     """Run ``trainer.train_step`` from the checkpointed step (or 0) to ``schedule.steps``.
 
-    Saves a checkpoint every ``save_every`` steps, at the end and on SIGINT/SIGTERM; a non-finite
-    loss raises :class:`NonFiniteLoss` before any weight is changed by it.
+    Saves a checkpoint every ``save_every`` steps, at the end and on SIGINT/SIGTERM (then raises
+    :class:`Interrupted`); a non-finite loss raises :class:`NonFiniteLoss` before any weight is changed by
+    it, a failed checkpoint write :class:`CheckpointWriteFailed` naming the step whose checkpoint is intact.
     """
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / CHECKPOINT
+    saved_step = None  # the step of the checkpoint on disk
     if ckpt.exists():
         trainer.load_checkpoint(ckpt, info.rank)
+        saved_step = trainer.step
         if info.is_main:
             log.info("resuming %s from step %d", ckpt, trainer.step)
     images_per_step = images_per_step or schedule.batch_size
@@ -228,10 +284,20 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
                 check_replicas_in_sync(trainer.modules, info)
                 states = gather_rng_states(info)
                 if info.is_main:
-                    trainer.save_checkpoint(ckpt, states)
+                    _save(trainer, ckpt, states, done, saved_step)
+                saved_step = done
                 if stopping:
-                    if info.is_main:
-                        log.warning("stopped at step %d; re-run the same command to resume", done)
-                    break
+                    if info.world > 1:
+                        dist.barrier()  # every process waits for the checkpoint before any of them exits
+                    raise Interrupted(stop.signum, done)
     return last
+
+
+def _save(trainer, ckpt: Path, states: list[dict], step: int, saved_step: int | None) -> None:
+    """Save the checkpoint of ``step``; when the write fails, say which step's checkpoint is still intact."""
+    try:
+        trainer.save_checkpoint(ckpt, states)
+    except CheckpointWriteFailed as e:
+        intact = f"the checkpoint of step {saved_step} is intact" if saved_step is not None else "no checkpoint exists yet"
+        raise CheckpointWriteFailed(f"{e} (the checkpoint of step {step}); {intact}") from e
 
