@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .aliases import var_config_kwargs
 from .packed_linear import PackedLinear, packing_available
 
 log = logging.getLogger(__name__)
@@ -71,13 +72,6 @@ class VARConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def patch_nums_from_max_scale(max_scale: int) -> tuple[int, ...]:
-    """The schedule (1, 2, ..., N)."""
-    if max_scale < 1:
-        raise ValueError(f"max_scale must be >= 1, got {max_scale}")
-    return tuple(range(1, max_scale + 1))
 
 
 @dataclass
@@ -206,7 +200,7 @@ class VAR(nn.Module):
 
     def __init__(self, cfg: VARConfig | None = None, **overrides):
         super().__init__()
-        cfg = cfg or VARConfig(**overrides)
+        cfg = cfg or VARConfig(**var_config_kwargs(overrides))  # also the educational README's keywords
         self.config = cfg
         C, K = cfg.embed_dim, len(cfg.patch_nums)
         self.patch_nums = cfg.patch_nums

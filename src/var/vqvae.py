@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .aliases import vqvae_config_kwargs
 from .quantizer import MultiScaleQuantizer
 from .streams import split_batch
 from .weight_cache import DerivedWeight
@@ -240,7 +241,7 @@ class VQVAE(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig | None = None, **overrides):
         super().__init__()
-        cfg = cfg or VQVAEConfig(**overrides)
+        cfg = cfg or VQVAEConfig(**vqvae_config_kwargs(overrides))  # also the educational README's keywords
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
