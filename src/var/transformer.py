@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn as nn
@@ -21,6 +21,10 @@ import torch.nn.functional as F
 
 from .aliases import var_config_kwargs
 from .packed_linear import PackedLinear, packing_available
+
+if TYPE_CHECKING:
+    from .quickstart import TokenizerLink
+    from .vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -312,3 +316,38 @@ class VAR(nn.Module):
         x_BLC = x_BLC + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
         x_BLC = self.run_blocks(x_BLC, self.modulations(cond_BC), self.attn_bias_for_masking.to(x_BLC.dtype))
         return self.logits_from_hidden(x_BLC, cond_BC)
+
+    # ------------------------------------------------ the educational VAR README's calls (var.quickstart)
+    _tokenizer_link: "TokenizerLink | None" = None
+
+    def pair_tokenizer(self, vqvae: "VQVAE") -> None:
+        """Remember ``vqvae`` as the tokenizer :meth:`generate` uses when it is given none (VARPipeline and
+        VARTrainer call this). Held weakly and outside the module tree: not in state_dict, not saved."""
+        from .quickstart import TokenizerLink, check_pair  # var.quickstart imports this module
+
+        check_pair(self, vqvae)
+        self._tokenizer_link = TokenizerLink(vqvae)
+
+    @property
+    def paired_tokenizer(self) -> "VQVAE | None":
+        """The tokenizer of the last :meth:`pair_tokenizer`, while it exists."""
+        return None if self._tokenizer_link is None else self._tokenizer_link.get()
+
+    def generate(self, batch_size: int = 1, temperature: float = 1.0, top_k: int = 900, top_p: float = 0.96,
+                 device: str | torch.device | None = None, class_labels=None, cfg: float = 1.5,
+                 seed: int | None = None, vqvae: "VQVAE | None" = None) -> torch.Tensor:
+        """Generate ``batch_size`` samples; returns every scale's token map concatenated coarse to fine,
+        (B, L) int64, so ``tokens[:, -p * p:]`` is the last (p x p) scale. Decode with
+        ``vqvae.decode_from_indices(tokens)``.
+
+        Each scale's input is built from the tokenizer, so one is needed: ``vqvae=``, or the one a
+        VARPipeline or VARTrainer paired this model with. ``class_labels=None`` draws the classes uniformly
+        (with ``seed``); pass ``self.num_classes`` for the null class (unconditional). ``cfg`` is the
+        classifier-free guidance strength (0: none); ``top_k`` / ``top_p`` 0 disable the filters; the
+        defaults are the reference's. ``device`` must be where both models already are (nothing is
+        moved). The model is put in eval mode for the call and returned to its mode after.
+        """
+        from .quickstart import generate_sequence  # var.quickstart imports this module
+
+        return generate_sequence(self, batch_size, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 device=device, class_labels=class_labels, cfg=cfg, seed=seed, vqvae=vqvae)
