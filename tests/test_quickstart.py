@@ -12,6 +12,7 @@ import torch
 
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
 from var.aliases import QUICKSTART_VQVAE, vqvae_config_kwargs
+from var.quickstart import NO_TOKENIZER
 from var.training import VARTrainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,14 +45,24 @@ def test_request_quick_start_runs_and_gives_images():
         assert 0 <= float(images.min()) and float(images.max()) <= 1
 
 
+def test_quick_start_example_runs_as_printed(tmp_path):
+    env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
+    run = subprocess.run([sys.executable, str(ROOT / "examples" / "generate_simple.py")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "samples" / "generate_simple.png").stat().st_size > 0
+
+
 @pytest.mark.parametrize("name", sorted(REQUEST_PRESETS))
-def test_request_presets_have_these_parameter_counts(name):
+def test_request_presets_have_the_parameter_counts_in_the_readme(name):
     kwargs, estimate, count = REQUEST_PRESETS[name]
     with torch.device("meta"):
         model = VAR(**kwargs)
         preset = VAR(VARConfig.from_preset(name))
     assert model.config == preset.config
     assert sum(p.numel() for p in model.parameters()) == count
+    row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| {name} |"))
+    assert estimate in row and f"{count:,}" in row
 
 
 def test_aliases_and_canonical_names_give_identical_models():
@@ -100,6 +111,7 @@ def test_generate_without_a_tokenizer_names_the_fix():
     with pytest.raises(ValueError, match=re.escape("Pass it: var.generate(..., vqvae=vqvae)")):
         var.generate(batch_size=2)
     assert var.generate(batch_size=2, vqvae=vqvae).shape == (2, 30)
+    assert NO_TOKENIZER in (ROOT / "README.md").read_text()        # the README quotes it as it is
 
 
 def test_pipeline_and_trainer_pair_the_tokenizer_weakly_and_outside_the_state_dict(tmp_path):
