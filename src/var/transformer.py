@@ -342,7 +342,7 @@ class VAR(nn.Module):
 
         Each scale's input is built from the tokenizer, so one is needed: ``vqvae=``, or the one a
         VARPipeline or VARTrainer paired this model with. ``class_labels=None`` draws the classes uniformly
-        (with ``seed``); pass ``self.num_classes`` for the null class (unconditional). ``cfg`` is the
+        (with ``seed``); ``[self.num_classes] * batch_size`` is the null class (unconditional). ``cfg`` is the
         classifier-free guidance strength (0: none); ``top_k`` / ``top_p`` 0 disable the filters; the
         defaults are the reference's. ``device`` must be where both models already are (nothing is
         moved). The model is put in eval mode for the call and returned to its mode after.
