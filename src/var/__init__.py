@@ -1,9 +1,10 @@
 """VAR: Visual AutoRegressive modeling, image generation by next-scale prediction (arXiv 2404.02905)."""
+from .aliases import patch_nums_from_max_scale
 from .editing import box_mask, load_mask
 from .pipeline import VAROutput, VARPipeline, bundled_models
 from .quantizer import MultiScaleQuantizer
 from .sampling import generate
-from .transformer import PRESETS, VAR, VARConfig, patch_nums_from_max_scale
+from .transformer import PRESETS, VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
 
 __version__ = "0.1.0"

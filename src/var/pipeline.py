@@ -87,6 +87,7 @@ class VARPipeline:
         if class_names is not None and len(class_names) != var.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model of {var.num_classes} classes")
         self.vqvae, self.var = vqvae.eval(), var.eval()
+        var.pair_tokenizer(vqvae)  # so that var.generate(...) finds its tokenizer
         self.class_names = list(class_names) if class_names is not None else None
         self.pad = int(pad)
         self.info = dict(info or {})

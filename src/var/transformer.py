@@ -13,13 +13,18 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .aliases import patch_nums_from_max_scale, var_config_kwargs  # noqa: F401 (re-exported)
 from .packed_linear import PackedLinear, packing_available
+
+if TYPE_CHECKING:
+    from .quickstart import TokenizerLink
+    from .vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +86,6 @@ class VARConfig:
 def default_adaln_gamma(depth: int) -> float:
     """The reference's initial scale of the AdaLN gates: 1e-3 up to depth 20, 1e-4 deeper."""
     return 1e-3 if depth <= 20 else 1e-4
-
-
-def patch_nums_from_max_scale(max_scale: int) -> tuple[int, ...]:
-    """The schedule (1, 2, ..., N)."""
-    if max_scale < 1:
-        raise ValueError(f"max_scale must be >= 1, got {max_scale}")
-    return tuple(range(1, max_scale + 1))
 
 
 @dataclass
@@ -229,7 +227,7 @@ class VAR(nn.Module):
 
     def __init__(self, cfg: VARConfig | None = None, **overrides):
         super().__init__()
-        cfg = cfg or VARConfig(**overrides)
+        cfg = cfg or VARConfig(**var_config_kwargs(overrides))  # also the educational README's keywords
         self.config = cfg
         C, K = cfg.embed_dim, len(cfg.patch_nums)
         self.patch_nums = cfg.patch_nums
@@ -349,3 +347,38 @@ class VAR(nn.Module):
         x_BLC = x_BLC + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
         x_BLC = self.run_blocks(x_BLC, self.modulations(cond_BC), self.attn_bias_for_masking.to(x_BLC.dtype))
         return self.logits_from_hidden(x_BLC, cond_BC)
+
+    # ------------------------------------------------ the educational VAR README's calls (var.quickstart)
+    _tokenizer_link: "TokenizerLink | None" = None
+
+    def pair_tokenizer(self, vqvae: "VQVAE") -> None:
+        """Remember ``vqvae`` as the tokenizer :meth:`generate` uses when it is given none (VARPipeline and
+        VARTrainer call this). Held weakly and outside the module tree: not in state_dict, not saved."""
+        from .quickstart import TokenizerLink, check_pair  # var.quickstart imports this module
+
+        check_pair(self, vqvae)
+        self._tokenizer_link = TokenizerLink(vqvae)
+
+    @property
+    def paired_tokenizer(self) -> "VQVAE | None":
+        """The tokenizer of the last :meth:`pair_tokenizer`, while it exists."""
+        return None if self._tokenizer_link is None else self._tokenizer_link.get()
+
+    def generate(self, batch_size: int = 1, temperature: float = 1.0, top_k: int = 900, top_p: float = 0.96,
+                 device: str | torch.device | None = None, class_labels=None, cfg: float = 1.5,
+                 seed: int | None = None, vqvae: "VQVAE | None" = None) -> torch.Tensor:
+        """Generate ``batch_size`` samples; returns every scale's token map concatenated coarse to fine,
+        (B, L) int64, so ``tokens[:, -p * p:]`` is the last (p x p) scale. Decode with
+        ``vqvae.decode_from_indices(tokens)``.
+
+        Each scale's input is built from the tokenizer, so one is needed: ``vqvae=``, or the one a
+        VARPipeline or VARTrainer paired this model with. ``class_labels=None`` draws the classes uniformly
+        (with ``seed``); ``[self.num_classes] * batch_size`` is the null class (unconditional). ``cfg`` is the
+        classifier-free guidance strength (0: none); ``top_k`` / ``top_p`` 0 disable the filters; the
+        defaults are the reference's. ``device`` must be where both models already are (nothing is
+        moved). The model is put in eval mode for the call and returned to its mode after.
+        """
+        from .quickstart import generate_sequence  # var.quickstart imports this module
+
+        return generate_sequence(self, batch_size, temperature=temperature, top_k=top_k, top_p=top_p,
+                                 device=device, class_labels=class_labels, cfg=cfg, seed=seed, vqvae=vqvae)

@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .aliases import vqvae_config_kwargs
 from .quantizer import MultiScaleQuantizer
 from .streams import split_batch
 from .weight_cache import DerivedWeight
@@ -244,7 +245,7 @@ class VQVAE(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig | None = None, **overrides):
         super().__init__()
-        cfg = cfg or VQVAEConfig(**overrides)
+        cfg = cfg or VQVAEConfig(**vqvae_config_kwargs(overrides))  # also the educational README's keywords
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
@@ -293,3 +294,16 @@ class VQVAE(nn.Module):
         """Training pass: reconstruction (unclamped, [-1, 1] scale), VQ loss, indices per scale."""
         f_hat, vq_loss, indices = self.quantize(self.encode_latent(img_BCHW))
         return self.decoder(self.post_quant_conv(f_hat)), vq_loss, indices
+
+    @torch.no_grad()
+    def decode_from_indices(self, tokens: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+        """Tokens to images (B, in_channels, H, W) in [0, 1] (the educational VAR README's call).
+
+        ``tokens`` is the (B, L) sequence :meth:`VAR.generate` returns, the list of K per-scale maps (each
+        (B, p_k * p_k) or (B, p_k, p_k)), or the last scale's (B, p, p) map alone. A last-scale map alone
+        is decoded as what it is, the finest residual: the detail the coarser scales left over, not the
+        image. Pass the whole sequence for the image.
+        """
+        from .quickstart import tokens_to_latent  # var.quickstart imports this module
+
+        return (self.decode_latent(tokens_to_latent(self, tokens)) + 1) / 2

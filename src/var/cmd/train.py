@@ -95,9 +95,9 @@ def register(sub) -> None:
 
 
 def run_train_vae(a: argparse.Namespace) -> int:
+    from ..aliases import patch_nums_from_max_scale
     from ..recipes import fashion_mnist_configs
     from ..training.runs import train_vqvae
-    from ..transformer import patch_nums_from_max_scale
     from ..vqvae import VQVAEConfig
 
     if a.preset == "fashion-mnist":

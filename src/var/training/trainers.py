@@ -200,6 +200,7 @@ class VARTrainer(_Trainer):
     def __init__(self, var: VAR, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu",
                  *, label_smoothing: float = 0.0, grad_clip: float = 2.0, amp: bool = False,
                  ema_decay: float | None = None, ddp_model: nn.Module | None = None):
+        var.pair_tokenizer(vqvae)  # var.generate(...) finds it; before the copy, so the EMA model is paired too
         self.ema = copy.deepcopy(var).eval().requires_grad_(False) if ema_decay else None
         modules = {"var": var} | ({"ema": self.ema} if self.ema is not None else {})
         super().__init__(modules, {"var": optimizer}, device, grad_clip, amp)

@@ -1,0 +1,153 @@
+"""The educational VAR README's generation calls on our modules: ``VAR.generate`` and ``VQVAE.decode_from_indices``.
+
+That README's tokens are one (B, L) sequence, every scale's map concatenated coarse to fine. Its transformer
+generates without the tokenizer; ours, like the released one, builds each next scale's input from the
+tokenizer's codebook and phi convolutions, so :meth:`VAR.generate` needs the VQVAE: passed as ``vqvae=``,
+or the one a ``VARPipeline`` or ``VARTrainer`` paired the transformer with (:meth:`VAR.pair_tokenizer`).
+Sampling itself is :func:`var.sampling.generate`.
+
+Shape letters: B batch, L all tokens, p the last scale's side, K scales.
+"""
+from __future__ import annotations
+
+import weakref
+from typing import Sequence
+
+import torch
+
+from .quantizer import MultiScaleQuantizer
+from .sampling import generate
+from .transformer import VAR
+from .vqvae import VQVAE
+
+NO_TOKENIZER = ("VAR.generate needs the tokenizer (the VQVAE) this transformer works with: each scale's input is "
+                "built from its codebook. Pass it: var.generate(..., vqvae=vqvae). A VARPipeline or VARTrainer "
+                "made of the two pairs them, and then it is found without vqvae=.")
+
+
+class TokenizerLink:
+    """A weak reference to the tokenizer a transformer was paired with. Not a module, so it is not in the
+    transformer's state_dict; weak, so it keeps no tokenizer alive. Deep copies (a trainer's EMA model)
+    share it; pickles drop it, since a saved transformer does not carry its tokenizer."""
+
+    def __init__(self, vqvae: VQVAE | None = None):
+        self._ref = None if vqvae is None else weakref.ref(vqvae)
+
+    def get(self) -> VQVAE | None:
+        """The tokenizer, or None when none was paired or it no longer exists."""
+        return None if self._ref is None else self._ref()
+
+    def __deepcopy__(self, memo: dict) -> "TokenizerLink":
+        return self  # immutable: a copied transformer keeps the same tokenizer
+
+    def __reduce__(self):
+        return TokenizerLink, ()
+
+
+def check_pair(var: VAR, vqvae: VQVAE) -> None:
+    """Raise when ``vqvae`` cannot serve ``var``: another vocabulary, latent width or scale schedule."""
+    have = (vqvae.config.vocab_size, vqvae.config.z_channels, tuple(vqvae.patch_nums))
+    want = (var.config.vocab_size, var.config.latent_channels, tuple(var.patch_nums))
+    if have != want:
+        raise ValueError(f"the tokenizer (vocabulary, latent channels, scales) {have} does not fit the "
+                         f"transformer's {want}")
+
+
+def _tokenizer(var: VAR, vqvae: VQVAE | None) -> VQVAE:
+    """``vqvae`` if given, else the paired one; without either, the error that shows the fix."""
+    vqvae = vqvae if vqvae is not None else var.paired_tokenizer
+    if vqvae is None:
+        raise ValueError(NO_TOKENIZER)
+    check_pair(var, vqvae)
+    return vqvae
+
+
+def _device(var: VAR, vqvae: VQVAE, device: str | torch.device | None) -> torch.device:
+    """The device both models are on; ``device``, when given, must be it (nothing is moved)."""
+    have = var.head.weight.device
+    tokenizer_device = vqvae.quantize.embedding.weight.device
+    if tokenizer_device != have:
+        raise ValueError(f"the transformer is on {have} but the tokenizer on {tokenizer_device}: move both")
+    if device is not None:
+        want = torch.device(device)
+        if want.type != have.type or want.index not in (None, have.index):
+            raise ValueError(f"device={want} but the models are on {have}: move them first "
+                             f"(var.to({str(want)!r}); vqvae.to({str(want)!r}))")
+    return have
+
+
+def _generator(seed: int | None, device: torch.device) -> torch.Generator:
+    """The call's random stream: seeded when ``seed`` is given, so that calls can be repeated."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    return generator
+
+
+def _labels(var: VAR, class_labels, batch_size: int, generator: torch.Generator,
+            device: torch.device) -> torch.Tensor:
+    """``class_labels`` as a (batch_size,) tensor; None draws classes uniformly with the call's generator."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if class_labels is None:
+        return torch.randint(0, var.num_classes, (batch_size,), generator=generator, device=device)
+    labels = torch.as_tensor(class_labels, dtype=torch.long).reshape(-1).to(device)
+    if labels.numel() != batch_size:
+        raise ValueError(f"{labels.numel()} class labels for batch_size={batch_size}: give one per sample")
+    return labels
+
+
+def generate_sequence(var: VAR, batch_size: int, *, temperature: float, top_k: int, top_p: float,
+                      device: str | torch.device | None, class_labels, cfg: float, seed: int | None,
+                      vqvae: VQVAE | None) -> torch.Tensor:
+    """What :meth:`VAR.generate` does: every scale's tokens, concatenated coarse to fine, (B, L)."""
+    vqvae = _tokenizer(var, vqvae)
+    on = _device(var, vqvae, device)
+    generator = _generator(seed, on)
+    labels = _labels(var, class_labels, batch_size, generator, on)
+    was_training = var.training
+    var.eval()  # generation is inference, whatever mode training left the model in
+    try:
+        _, tokens = generate(var, vqvae, labels, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+                             generator=generator)
+    finally:
+        var.train(was_training)
+    return torch.cat(tokens, dim=1)
+
+
+def _split_scales(tokens_BL: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
+    """A (B, L) sequence as its K maps (B, p_k * p_k)."""
+    L = sum(p * p for p in patch_nums)
+    if tokens_BL.shape[1] != L:
+        raise ValueError(f"a token sequence of this tokenizer has L = {L} tokens (scales {tuple(patch_nums)}), "
+                         f"got shape {tuple(tokens_BL.shape)}")
+    return list(tokens_BL.split([p * p for p in patch_nums], dim=1))
+
+
+def _last_scale_latent(quant: MultiScaleQuantizer, tokens_Bpp: torch.Tensor) -> torch.Tensor:
+    """The latent the last scale's map (B, p, p) adds on its own: the finest residual."""
+    p, V = quant.patch_nums[-1], quant.vocab_size
+    if tokens_Bpp.shape[1:] != (p, p):
+        raise ValueError(f"a single token map must be the last scale's, (B, {p}, {p}), got {tuple(tokens_Bpp.shape)}")
+    if tokens_Bpp.numel() and (int(tokens_Bpp.min()) < 0 or int(tokens_Bpp.max()) >= V):
+        raise ValueError(f"token ids must be in [0, {V}), got [{int(tokens_Bpp.min())}, {int(tokens_Bpp.max())}]")
+    code_BCpp = quant.embedding(tokens_Bpp).permute(0, 3, 1, 2)
+    return quant.code_map_to_residual(quant.num_scales - 1, code_BCpp, p)
+
+
+def tokens_to_latent(vqvae: VQVAE, tokens: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
+    """The latent f_hat (B, Cvae, p, p) of what :meth:`VQVAE.decode_from_indices` takes: a (B, L) sequence,
+    the K maps (each (B, p_k * p_k) or (B, p_k, p_k)), or the last scale's (B, p, p) map alone."""
+    quant = vqvae.quantize
+    on = quant.embedding.weight.device
+    if not isinstance(tokens, torch.Tensor):
+        return quant.indices_to_latent([t.to(on).long().flatten(1) for t in tokens])
+    tokens = tokens.to(on).long()
+    if tokens.ndim == 3:
+        return _last_scale_latent(quant, tokens)
+    if tokens.ndim != 2:
+        raise ValueError(f"tokens must be (B, L), a list of per-scale maps, or the last scale's (B, p, p) map; "
+                         f"got shape {tuple(tokens.shape)}")
+    return quant.indices_to_latent(_split_scales(tokens, quant.patch_nums))
