@@ -265,12 +265,12 @@ def test_check_mask_expands_zero_one_masks_and_names_other_values(batch, shared,
 # ------------------------------------------------------------------------------------ training
 def tiny_trainer():
     from var import VQVAE
-    from var.training.runs import _optimizer
+    from var.training.runs import VQVAE_BETAS, make_optimizer
     from var.training.trainers import VQVAETrainer
 
     torch.manual_seed(0)
     m = VQVAE(TINY_VAE)
-    return VQVAETrainer(m, _optimizer(list(m.parameters()), Schedule(steps=4, batch_size=2)))
+    return VQVAETrainer(m, make_optimizer(m, Schedule(steps=4, batch_size=2), VQVAE_BETAS))
 
 
 def batch(step: int) -> torch.Tensor:
