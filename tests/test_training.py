@@ -257,3 +257,25 @@ def test_random_crops_are_windows_of_the_enlarged_image_and_repeat_per_step(fold
     assert "random 16px crops of 18px images" in caplog.text
     assert json.loads((out / "run.json").read_text())["crop"] is True
     assert VARPipeline.from_pretrained(out)(class_labels=[0], seed=0).images.shape == (1, 3, 16, 16)
+
+
+def test_transformer_loss_is_plain_cross_entropy_by_default(vae_run):
+    """No label smoothing unless asked (the reference's default): the smoothing floor survived top-k and
+    top-p and put a few noise tokens in every sampled image."""
+    import torch.nn.functional as F
+    from var import VAR, VARConfig
+    from var.cli import build_parser
+    from var.training.runs import load_vqvae
+    from var.training.trainers import VARTrainer
+    assert build_parser().parse_args(["train"]).label_smoothing == 0.0
+    vqvae, _ = load_vqvae(vae_run)
+    torch.manual_seed(0)
+    var = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=2, depth=1, embed_dim=32, num_heads=2,
+                        patch_nums=(1, 2, 4, 8), cond_drop_rate=0.0, drop_path_rate=0.0))
+    trainer = VARTrainer(var, vqvae, torch.optim.SGD(var.parameters(), lr=0.0))
+    tokens = [torch.randint(0, 32, (3, p * p), generator=torch.Generator().manual_seed(p)) for p in (1, 2, 4, 8)]
+    labels = torch.tensor([0, 1, 0])
+    loss = trainer.train_step((tokens, labels))["loss"]
+    with torch.no_grad():
+        logits = var.train()(labels, vqvae.quantize.teacher_forcing_input(tokens))
+    assert loss == pytest.approx(F.cross_entropy(logits.flatten(0, 1), torch.cat(tokens, 1).flatten()).item(), rel=1e-5)
