@@ -145,3 +145,8 @@ def test_inception_weights_path_is_used_or_named_when_missing(tmp_path, monkeypa
     assert cli(["eval", "--per-class", "0", "--npz", str(tmp_path / "a.npz"), "--npz-ref", str(tmp_path / "a.npz"),
                 "--inception-weights", str(weights)]) == 0
     assert seen["feature_extractor_weights_path"] == str(weights)
+
+
+def test_missing_released_checkpoints_say_where_to_get_them(tmp_path, caplog):
+    assert cli(["sample", "--official", str(tmp_path / "vae_ch160v4096z32.pth"), "var_d16.pth"]) == 2
+    assert "vae_ch160v4096z32.pth" in caplog.text and "huggingface.co/FoundationVision/var" in caplog.text

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import torch
 
@@ -11,6 +12,7 @@ from ..sampling import check_sampling_options
 
 log = logging.getLogger("var")
 DEFAULT_MODEL = "fashion-mnist"
+RELEASED_CHECKPOINTS = "https://huggingface.co/FoundationVision/var"   # the reference's model hub page
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -44,7 +46,7 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "(default: %(default)s)")
     p.add_argument("--official", nargs=2, metavar=("VAE", "VAR"),
                    help="the released ImageNet checkpoints instead of --model, e.g. vae_ch160v4096z32.pth "
-                        "var_d16.pth (download: https://huggingface.co/FoundationVision/var)")
+                        "var_d16.pth (download: %s)" % RELEASED_CHECKPOINTS)
     add_device_arg(p)
 
 
@@ -61,6 +63,11 @@ def random_placeholder() -> VARPipeline:
 
 def load_pipeline(args: argparse.Namespace) -> VARPipeline:
     if args.official:
+        missing = [path for path in args.official if not Path(path).is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoint not found: {missing[0]} (the released checkpoints, "
+                                    f"vae_ch160v4096z32.pth and var_d16.pth ... var_d36.pth, are at "
+                                    f"{RELEASED_CHECKPOINTS})")
         pipe = VARPipeline.from_official(*args.official)
     elif args.model == DEFAULT_MODEL and DEFAULT_MODEL not in bundled_models():
         log.warning("the bundled %s model is not in this installation: using a RANDOMLY INITIALISED model of the "
