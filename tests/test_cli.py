@@ -150,3 +150,25 @@ def test_inception_weights_path_is_used_or_named_when_missing(tmp_path, monkeypa
 def test_missing_released_checkpoints_say_where_to_get_them(tmp_path, caplog):
     assert cli(["sample", "--official", str(tmp_path / "vae_ch160v4096z32.pth"), "var_d16.pth"]) == 2
     assert "vae_ch160v4096z32.pth" in caplog.text and "huggingface.co/FoundationVision/var" in caplog.text
+
+
+def test_a_torch_fidelity_that_fails_to_import_is_reported_not_a_traceback(tmp_path, monkeypatch):
+    """PyPI's torchvision on the CPU build of torch raises RuntimeError as torch_fidelity imports it."""
+    import builtins
+    import var.inception
+    from var.inception import InceptionUnavailable, inception_metrics
+
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "torch_fidelity":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(var.inception, "_installed", lambda module: module == "torch_fidelity")
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    arr = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(InceptionUnavailable, match="cannot be imported .*torchvision::nms.*whl/cpu"):
+        inception_metrics(arr, arr, weights=weights)

@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 CLEAN_FID_WEIGHTS = Path("/tmp") / "inception-2015-12-05.pt"  # where clean-fid looks before downloading
+TORCHVISION_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 class InceptionUnavailable(RuntimeError):
@@ -107,7 +108,12 @@ class _UInt8Images(torch.utils.data.Dataset):
 
 
 def _torch_fidelity(images: np.ndarray, reference: np.ndarray, weights: Path, device: str) -> dict:
-    import torch_fidelity
+    try:
+        import torch_fidelity
+    except (ImportError, RuntimeError) as e:  # a torchvision built for another torch fails as it loads
+        raise InceptionUnavailable(f"torch-fidelity is installed but cannot be imported ({e}): its torchvision must "
+                                   f"be built for this torch (for the CPU build, torchvision==0.28.0 from "
+                                   f"{TORCHVISION_CPU_INDEX})") from e
 
     m = torch_fidelity.calculate_metrics(input1=_UInt8Images(images), input2=_UInt8Images(reference), fid=True,
                                          isc=True, cuda=torch.device(device).type == "cuda", cache=False,
