@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+ACTIVATE_HINT := @echo "The var command is in $(VENV)/bin: run 'source $(VENV)/bin/activate' to put it on your PATH."
 
 .PHONY: demo test install clean data
 
@@ -23,9 +24,11 @@ data:
 
 demo: $(STAMP)
 	$(VENV)/bin/var sample --out samples/demo.png
+	$(ACTIVATE_HINT)
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+	$(ACTIVATE_HINT)
 
 clean:
 	rm -rf $(VENV) samples

@@ -1,6 +1,7 @@
 """Zero-shot editing with the bundled model: inpainting, outpainting and variations of test images.
 
-Writes three small PNG panels (the README shows them). Usage: python examples/edit.py [--out docs/images]
+Writes three small PNG panels to samples/ (``--out docs/images`` regenerates the README's figures).
+Usage: python examples/edit.py [--out samples]
 """
 import argparse
 from pathlib import Path
@@ -14,7 +15,7 @@ from var.images import grid
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="docs/images")
+    ap.add_argument("--out", default="samples")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     out = Path(args.out)

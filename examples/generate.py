@@ -1,8 +1,9 @@
 """Samples of every class and the coarse-to-fine progression, drawn with matplotlib.
 
-Usage: python examples/generate.py [--model fashion-mnist] [--per-class 6] [--cfg 1.5] [--seed 0] [--out generate.png]
+Usage: python examples/generate.py [--model fashion-mnist] [--per-class 6] [--cfg 1.5] [--seed 0] [--out samples/generate.png]
 """
 import argparse
+from pathlib import Path
 
 import matplotlib
 
@@ -19,7 +20,7 @@ def main() -> None:
     ap.add_argument("--per-class", type=int, default=6)
     ap.add_argument("--cfg", type=float, default=1.5)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default="generate.png")
+    ap.add_argument("--out", type=Path, default=Path("samples/generate.png"))
     args = ap.parse_args()
 
     pipe = VARPipeline.from_pretrained(args.model)
@@ -50,6 +51,7 @@ def main() -> None:
         ax.spines[:].set_visible(False)
     axes[0, args.per_class // 2].set_title(f"samples (cfg {args.cfg})", fontsize=8)
     fig.tight_layout()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(args.out, dpi=120)
     print(f"wrote {args.out}")
 

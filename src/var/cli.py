@@ -6,6 +6,7 @@ import importlib
 import logging
 import sys
 
+from . import __version__
 from .training.common import TrainingStopped
 
 # Subcommand modules, in the order ``var --help`` lists them.
@@ -23,6 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="var", description="Visual AutoRegressive modeling: generate, edit, "
                     "train and evaluate next-scale prediction models.")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging, and tracebacks with errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"var.cmd.{name}").register(sub)

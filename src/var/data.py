@@ -169,12 +169,18 @@ def image_folder_dataset(root: str | os.PathLike, size: int, channels: int = 3) 
 def build_dataset(data: str, size: int | None = None, channels: int | None = None, split: str = "train",
                   ) -> ImageArrayDataset:
     """``data`` is ``fashion-mnist`` (Debian's files or $VAR_FASHION_MNIST), a folder holding the four
-    Fashion-MNIST IDX files, or an image folder (``size`` and ``channels`` then required)."""
+    Fashion-MNIST IDX files, or an image folder (``size`` and ``channels`` then required).
+
+    An image folder has only a ``train`` split: asking it for another raises ValueError, so that callers
+    hold images out with :func:`split_holdout` instead of measuring on the training images."""
     if data == "fashion-mnist":
         return fashion_mnist_dataset(None, split)
     path = Path(data)
     if path.is_dir() and all(_find_idx(path, s) for s in FASHION_MNIST_FILES["train"]):
         return fashion_mnist_dataset(path, split)
+    if split != "train":
+        raise ValueError(f"the image folder {data} has no {split!r} split (only 'train'); hold images out of it "
+                         f"with split_holdout")
     if size is None:
         raise ValueError("an image folder needs the model's image size (--image-size)")
     return image_folder_dataset(path, size, channels or 3)

@@ -22,10 +22,15 @@ def to_rgb_uint8(images: torch.Tensor) -> np.ndarray:
 
 def save_npz(images: torch.Tensor, labels: torch.Tensor, path: str | Path) -> Path:
     """Samples as the standard FID tools read them: ``arr_0`` uint8 (N, H, W, 3) and ``labels`` (N,)."""
+    return write_npz(to_rgb_uint8(images), labels.cpu().numpy(), path)
+
+
+def write_npz(rgb_NHW3: np.ndarray, labels: np.ndarray, path: str | Path) -> Path:
+    """:func:`save_npz` of images already converted to uint8 (N, H, W, 3)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "wb") as f:  # an open file: np.savez would otherwise append ".npz" to other names
-        np.savez(f, arr_0=to_rgb_uint8(images), labels=labels.cpu().numpy())
+        np.savez(f, arr_0=rgb_NHW3, labels=labels)
     return path
 
 

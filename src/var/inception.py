@@ -1,7 +1,7 @@
 """The standard FID and Inception Score, through a maintained library, only when its Inception weights
 are already on this machine (nothing is downloaded).
 
-torch-fidelity (FID and IS) is used when its weights file is in torch hub's checkpoints folder;
+torch-fidelity (FID and IS) is used when its weights file is given or in torch hub's checkpoints folder;
 otherwise clean-fid (FID only) when its TorchScript Inception is where clean-fid keeps it (/tmp).
 Neither library is a dependency of this package: when neither is usable, :class:`InceptionUnavailable`
 says why.
@@ -21,6 +21,7 @@ log = logging.getLogger(__name__)
 
 TORCH_FIDELITY_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 CLEAN_FID_WEIGHTS = Path("/tmp") / "inception-2015-12-05.pt"  # where clean-fid looks before downloading
+TORCHVISION_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 
 class InceptionUnavailable(RuntimeError):
@@ -36,12 +37,20 @@ def _installed(module: str) -> bool:
     return importlib.util.find_spec(module) is not None
 
 
-def find_backend() -> tuple[str, Path]:
+def find_backend(weights: Path | None = None) -> tuple[str, Path]:
     """The library to use and its local weights file: ``("torch-fidelity", path)`` or ``("clean-fid", path)``.
 
+    ``weights`` is torch-fidelity's Inception weights file where it is not in torch hub's folder.
     Raises :class:`InceptionUnavailable` naming, for each library, whether it is installed and which
     weights file is missing.
     """
+    if weights is not None:
+        if not Path(weights).is_file():
+            raise InceptionUnavailable(f"the Inception weights file {weights} does not exist (expected "
+                                       f"torch-fidelity's {TORCH_FIDELITY_WEIGHTS})")
+        if not _installed("torch_fidelity"):
+            raise InceptionUnavailable("torch-fidelity is not installed (pip install -e '.[fid]')")
+        return "torch-fidelity", Path(weights)
     reasons = []
     for name, module, weights in (("torch-fidelity", "torch_fidelity", torch_fidelity_weights()),
                                   ("clean-fid", "cleanfid", CLEAN_FID_WEIGHTS)):
@@ -51,7 +60,8 @@ def find_backend() -> tuple[str, Path]:
             reasons.append(f"{name} is installed but its Inception weights are not at {weights}")
         else:
             return name, weights
-    raise InceptionUnavailable("; ".join(reasons) + " (nothing is downloaded)")
+    raise InceptionUnavailable("; ".join(reasons) + " (nothing is downloaded; pip install -e '.[fid]' installs "
+                               "torch-fidelity, and var eval --inception-weights PATH names its weights file)")
 
 
 def load_npz_images(path: str | os.PathLike) -> np.ndarray:
@@ -69,13 +79,15 @@ def load_npz_images(path: str | os.PathLike) -> np.ndarray:
     return np.repeat(arr, 3, axis=-1) if arr.shape[-1] == 1 else arr
 
 
-def inception_metrics(images_NHW3: np.ndarray, reference_NHW3: np.ndarray, device: str = "cpu") -> dict:
+def inception_metrics(images_NHW3: np.ndarray, reference_NHW3: np.ndarray, device: str = "cpu",
+                      weights: Path | None = None) -> dict:
     """FID of ``images`` against ``reference`` and, with torch-fidelity, the Inception Score of ``images``.
 
-    Both are uint8 (N, H, W, 3). Returns ``{"backend", "fid"}`` plus ``"is_mean", "is_std"`` when the
-    library computes IS. Raises :class:`InceptionUnavailable` when no library with local weights exists.
+    Both are uint8 (N, H, W, 3); ``weights`` as in :func:`find_backend`. Returns ``{"backend", "fid"}``
+    plus ``"is_mean", "is_std"`` when the library computes IS. Raises :class:`InceptionUnavailable` when
+    no library with local weights exists.
     """
-    backend, weights = find_backend()
+    backend, weights = find_backend(weights)
     log.info("computing FID%s with %s (weights %s)", "/IS" if backend == "torch-fidelity" else "", backend, weights)
     if backend == "torch-fidelity":
         return _torch_fidelity(images_NHW3, reference_NHW3, weights, device)
@@ -96,7 +108,12 @@ class _UInt8Images(torch.utils.data.Dataset):
 
 
 def _torch_fidelity(images: np.ndarray, reference: np.ndarray, weights: Path, device: str) -> dict:
-    import torch_fidelity
+    try:
+        import torch_fidelity
+    except (ImportError, RuntimeError) as e:  # a torchvision built for another torch fails as it loads
+        raise InceptionUnavailable(f"torch-fidelity is installed but cannot be imported ({e}): its torchvision must "
+                                   f"be built for this torch (for the CPU build, torchvision==0.28.0 from "
+                                   f"{TORCHVISION_CPU_INDEX})") from e
 
     m = torch_fidelity.calculate_metrics(input1=_UInt8Images(images), input2=_UInt8Images(reference), fid=True,
                                          isc=True, cuda=torch.device(device).type == "cuda", cache=False,

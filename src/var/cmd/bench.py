@@ -9,27 +9,30 @@ from pathlib import Path
 import torch
 
 from .. import bench
+from .common import add_command, add_device_arg, default_device
 
 log = logging.getLogger("var")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("bench", help="measure generation and training speed on this device",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, "bench", "measure generation and training speed on this device")
     p.add_argument("--config", default="d16", choices=bench.CONFIGS,
-                   help="model shape; random weights (fashion-mnist: the bundled model when installed)")
+                   help="model shape, with random weights (fashion-mnist: the bundled model when installed); "
+                        "the default d16 needs about 10 GiB of memory on a CPU (its training step; "
+                        "--train-batch-size 0 skips it, and --config fashion-mnist needs under 1 GiB) "
+                        "(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=2, help="images per generation call")
     p.add_argument("--train-batch-size", type=int, help="images per training step (default: --batch-size; 0 skips)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs after one warm-up; medians are reported")
-    p.add_argument("--cfg", type=float, default=1.5)
-    p.add_argument("--top-k", type=int, default=900)
-    p.add_argument("--top-p", type=float, default=0.96)
+    p.add_argument("--cfg", type=float, default=1.5, help="classifier-free guidance strength")
+    p.add_argument("--top-k", type=int, default=900, help="top-k sampling (0 disables)")
+    p.add_argument("--top-p", type=float, default=0.96, help="top-p sampling (0 disables)")
     p.add_argument("--dtype", default="fp32", choices=sorted(bench.DTYPES),
                    help="autocast dtype (bf16 also pays on CPUs with AMX); only fp32 keeps results exact")
     p.add_argument("--compile", action="store_true", help="torch.compile the tokenizer's decoder (on CPU it then uses direct convolutions instead of Winograd: 3.6 s instead of 2.0 s for d16 on the 2-core development CPU)")
     p.add_argument("--streams", type=int, help="batch streams on CPU (default: one per thread; 1 turns them off)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_device_arg(p)
     p.add_argument("--json", type=Path, help="also write the full report (every run) here")
     p.set_defaults(run=run)
 
@@ -41,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     settings = bench.GenerationSettings(batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
                                         top_p=args.top_p, dtype=bench.DTYPES[args.dtype], streams=args.streams)
-    report = bench.run_benchmark(args.config, args.device, settings, repeats=args.repeats,
+    report = bench.run_benchmark(args.config, args.device or default_device(), settings, repeats=args.repeats,
                                  train_batch_size=args.train_batch_size, compile=args.compile)
     print(bench.format_table(report))
     if args.json:

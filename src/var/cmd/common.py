@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from pathlib import Path
 
 import torch
 
@@ -11,14 +12,42 @@ from ..sampling import check_sampling_options
 
 log = logging.getLogger("var")
 DEFAULT_MODEL = "fashion-mnist"
+RELEASED_CHECKPOINTS = "https://huggingface.co/FoundationVision/var"   # the reference's model hub page
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Each option's default shown once: appended to its help unless the help already states it, the
+    option is a flag (its "default" is only the flag's absence), or there is no default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if ("(default" in text or action.nargs == 0 or not action.option_strings
+                or action.default in (None, argparse.SUPPRESS)):
+            return text
+        return super()._get_help_string(action)
+
+
+def add_command(sub, name: str, summary: str) -> argparse.ArgumentParser:
+    """A subcommand whose ``--help`` opens with ``summary``, the line ``var --help`` lists."""
+    return sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def add_device_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available, else cpu)")
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="bundled model name or a folder written by save_pretrained (default: %(default)s)")
+                   help="bundled model name or a folder written by save_pretrained or var train "
+                        "(default: %(default)s)")
     p.add_argument("--official", nargs=2, metavar=("VAE", "VAR"),
-                   help="the released checkpoints instead, e.g. vae_ch160v4096z32.pth var_d16.pth")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+                   help="the released ImageNet checkpoints instead of --model, e.g. vae_ch160v4096z32.pth "
+                        "var_d16.pth (download: %s)" % RELEASED_CHECKPOINTS)
+    add_device_arg(p)
 
 
 def random_placeholder() -> VARPipeline:
@@ -34,6 +63,11 @@ def random_placeholder() -> VARPipeline:
 
 def load_pipeline(args: argparse.Namespace) -> VARPipeline:
     if args.official:
+        missing = [path for path in args.official if not Path(path).is_file()]
+        if missing:
+            raise FileNotFoundError(f"checkpoint not found: {missing[0]} (the released checkpoints, "
+                                    f"vae_ch160v4096z32.pth and var_d16.pth ... var_d36.pth, are at "
+                                    f"{RELEASED_CHECKPOINTS})")
         pipe = VARPipeline.from_official(*args.official)
     elif args.model == DEFAULT_MODEL and DEFAULT_MODEL not in bundled_models():
         log.warning("the bundled %s model is not in this installation: using a RANDOMLY INITIALISED model of the "
@@ -41,7 +75,7 @@ def load_pipeline(args: argparse.Namespace) -> VARPipeline:
         pipe = random_placeholder()
     else:
         pipe = VARPipeline.from_pretrained(args.model)
-    return pipe.to(args.device)
+    return pipe.to(args.device or default_device())
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -50,9 +84,10 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
                    help="classifier-free guidance strength (default: the model's; the reference uses 1.5)")
     p.add_argument("--top-k", type=int, default=None, help="0 disables (default: the model's; reference 900)")
     p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's; reference 0.96)")
-    p.add_argument("--temperature", type=float, default=None, help="(default: the model's; reference 1.0)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="softmax temperature (default: the model's; reference 1.0)")
     p.add_argument("--smooth", action="store_true", help="Gumbel-softmax smoothing (looks, not FID)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images")
 
 
 def class_list(text: str) -> list[int | str]:

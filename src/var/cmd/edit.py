@@ -10,7 +10,7 @@ import torch
 from ..editing import box_mask, load_mask
 from ..images import grid, load_image, save_image
 from ..pipeline import VARPipeline
-from .common import add_model_args, add_sampling_args, class_list, load_pipeline, sampling_kwargs
+from .common import add_command, add_model_args, add_sampling_args, class_list, load_pipeline, sampling_kwargs
 
 log = logging.getLogger("var")
 
@@ -32,33 +32,32 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image", required=True, help="input image (resized to the model's resolution if needed)")
 
 
-def _add_output_args(p: argparse.ArgumentParser) -> None:
+def _add_output_args(p: argparse.ArgumentParser, panel: str) -> None:
     p.add_argument("--class", dest="label", type=class_list, metavar="ID_OR_NAME",
-                   help="class id or name to condition on; the null class if not given")
+                   help="class id or name to condition on (default: the null class, unconditional)")
     add_sampling_args(p)
-    p.add_argument("--panel", action="store_true", help="write the input (and mask) beside the result")
+    p.add_argument("--panel", action="store_true", help=f"write {panel} side by side instead of the result alone")
     p.add_argument("--out", required=True, help="PNG to write")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("edit", help="inpaint or outpaint an image: regenerate the masked part, keep the rest",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, "edit", "inpaint or outpaint an image: regenerate the masked part, keep the rest")
     _add_input_args(p)
     where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--mask", help="mask image of the input's size: white is regenerated, black is kept")
+    where.add_argument("--mask", help="mask image of the input's size: white is regenerated, black is kept (paint one in any image "
+                            "editor, or write one from Python as the README shows)")
     where.add_argument("--box", type=parse_box, metavar="Y0,X0,Y1,X1",
                        help="box to regenerate, as fractions of the height and width")
     p.add_argument("--outpaint", action="store_true",
                    help="invert the mask: keep the masked part and regenerate around it")
-    _add_output_args(p)
+    _add_output_args(p, "input | mask | result")
     p.set_defaults(run=run_edit)
 
-    p = sub.add_parser("vary", help="a variation of an image: keep its coarse scales, regenerate the details",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, "vary", "a variation of an image: keep its coarse scales, regenerate the details")
     _add_input_args(p)
     p.add_argument("--keep-scales", type=int, required=True,
                    help="coarse scales kept from the image: 0 is a new image, the number of scales the reconstruction")
-    _add_output_args(p)
+    _add_output_args(p, "input | result")
     p.set_defaults(run=run_vary)
 
 

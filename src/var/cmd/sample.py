@@ -1,65 +1,100 @@
-"""``var sample``: a labelled grid of samples (a row per class), optionally an npz and the
-coarse-to-fine progression figure."""
+"""``var sample``: a labelled grid of samples (a row per class), optionally every sample as a PNG file and
+an npz for FID tools, and the coarse-to-fine progression figure."""
 from __future__ import annotations
 
 import argparse
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
-from ..images import grid, save_npz
-from .common import add_model_args, add_sampling_args, class_list, load_pipeline, positive_int, sampling_kwargs
+from ..images import grid, to_rgb_uint8, write_npz
+from .common import (add_command, add_model_args, add_sampling_args, class_list, load_pipeline, positive_int,
+                     sampling_kwargs)
 
 log = logging.getLogger("var")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("sample", help="generate a grid of samples, a row per class",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, "sample", "generate a grid of samples, a row per class (and PNG files / an npz for FID)")
     add_model_args(p)
-    p.add_argument("--classes", type=class_list, nargs="+", metavar="IDS_OR_NAMES",
-                   help="class ids or names, e.g. 0 7 or Dress,Sandal (default: every class, at most 10)")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--classes", type=class_list, nargs="+", metavar="IDS_OR_NAMES",
+                       help="class ids or names, e.g. 0 7 or Dress,Sandal (default: every class, at most 10)")
+    which.add_argument("--all-classes", action="store_true",
+                       help="every class of the model (1000 for the released ones), for FID")
     p.add_argument("--per-class", type=positive_int, default=8, help="samples per class")
     add_sampling_args(p)
-    p.add_argument("--batch-size", type=positive_int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64,
+                   help="images generated per call; call i uses seed + i, so results depend on it")
     p.add_argument("--out", default="samples/grid.png", help="PNG grid to write")
-    p.add_argument("--npz", default=None, help="also write the samples as arr_0 uint8 (N, H, W, 3) + labels (N,)")
+    p.add_argument("--no-grid", dest="grid", action="store_false",
+                   help="write no grid (for many samples: the files below are what FID tools read)")
+    p.add_argument("--png-dir", metavar="DIR", type=Path,
+                   help="also write every sample as DIR/NNNNNN_cCCCC.png (index, class)")
+    p.add_argument("--npz", metavar="FILE", help="also write the samples as arr_0 uint8 (N, H, W, 3) + labels (N,)")
     p.add_argument("--progression", default=None, metavar="PNG",
                    help="also write the coarse-to-fine figure: each scale's decoded image, for a few samples")
     p.set_defaults(run=run)
 
 
+def _classes(args: argparse.Namespace, pipe) -> list[int]:
+    if args.all_classes:
+        return list(range(pipe.num_classes))
+    if args.classes is None:
+        return list(range(min(10, pipe.num_classes)))
+    return pipe.class_ids([c for group in args.classes for c in group]).tolist()
+
+
+def _write_pngs(images_NHW3: np.ndarray, labels: torch.Tensor, folder: Path, start: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (img, c) in enumerate(zip(images_NHW3, labels.tolist())):
+        Image.fromarray(img).save(folder / f"{start + i:06d}_c{c:04d}.png")
+
+
 def run(args: argparse.Namespace) -> int:
     sampling = sampling_kwargs(args)
     pipe = load_pipeline(args)
-    if args.classes is None:
-        classes = list(range(min(10, pipe.num_classes)))
-    else:
-        classes = pipe.class_ids([c for group in args.classes for c in group]).tolist()
+    classes = _classes(args, pipe)
     labels = torch.tensor(classes).repeat_interleave(args.per_class)
-    out = pipe(class_labels=labels, batch_size=args.batch_size, progress=True, **sampling)
+    firsts = set(range(0, len(labels), args.per_class)[:10])      # the rows of the progression figure
+    images, first_tokens = [], []
+    from tqdm.auto import tqdm
+    for i, start in enumerate(tqdm(range(0, len(labels), args.batch_size), desc="generating", unit="batch")):
+        part = labels[start:start + args.batch_size]
+        out = pipe(class_labels=part, **{**sampling, "seed": args.seed + i})
+        rgb = to_rgb_uint8(out.images)                              # uint8: 50,000 samples fit in memory
+        if args.png_dir:
+            _write_pngs(rgb, part, args.png_dir, start)
+        images.append(rgb)
+        rows = [r for r in range(len(part)) if start + r in firsts]
+        first_tokens.append([t[rows] for t in out.tokens])
+    images_NHW3 = np.concatenate(images)
+    if args.png_dir:
+        log.info("wrote %d PNG files to %s", len(labels), args.png_dir)
+    if args.npz:
+        log.info("wrote %s (arr_0 %s uint8, labels)", write_npz(images_NHW3, labels.numpy(), args.npz),
+                 images_NHW3.shape)
     names = [pipe.class_names[c] if pipe.class_names else f"class {c}" for c in classes]
     scale = max(1, 64 // pipe.image_size)
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    grid(out.images, nrow=args.per_class, scale=scale, row_labels=names).save(path)
-    log.info("wrote %d samples (%d classes x %d) to %s", len(labels), len(classes), args.per_class, path)
-    if args.npz:
-        log.info("wrote %s (arr_0 %s uint8, labels)", save_npz(out.images, out.labels, args.npz),
-                 tuple(out.images.shape[i] for i in (0, 2, 3)) + (3,))
+    if args.grid:
+        as_float = torch.from_numpy(images_NHW3).permute(0, 3, 1, 2).float() / 255
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid(as_float, nrow=args.per_class, scale=scale, row_labels=names).save(path)
+        log.info("wrote %d samples (%d classes x %d) to %s", len(labels), len(classes), args.per_class, path)
     if args.progression:
-        write_progression(pipe, out, classes, args.per_class, Path(args.progression), scale)
+        tokens = [torch.cat(t) for t in zip(*first_tokens)]
+        write_progression(pipe, tokens, names[:len(firsts)], Path(args.progression), scale)
     return 0
 
 
-def write_progression(pipe, out, classes: list[int], per_class: int, path: Path, scale: int) -> None:
+def write_progression(pipe, tokens: list[torch.Tensor], names: list[str], path: Path, scale: int) -> None:
     """One row per sample (the first of each class, at most 10): the image after 1, 2, ..., K scales."""
-    rows = [i * per_class for i in range(min(10, len(classes)))]
-    tokens = [t[rows] for t in out.tokens]
     stages = pipe.decode_per_scale(tokens)                  # K tensors (R, C, H, W)
     images = torch.stack(stages, dim=1).flatten(0, 1)       # row-major: sample r, scale k
-    names = [pipe.class_names[classes[i]] if pipe.class_names else f"class {classes[i]}" for i in range(len(rows))]
     cols = [f"{p}x{p}" for p in pipe.patch_nums]
     path.parent.mkdir(parents=True, exist_ok=True)
     grid(images, nrow=len(stages), scale=scale, row_labels=names, col_labels=cols).save(path)

@@ -5,6 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from .common import add_command, add_device_arg
+
 log = logging.getLogger("var")
 
 
@@ -12,20 +14,44 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.replace(",", " ").split())
 
 
-def _schedule_args(p: argparse.ArgumentParser, steps: int, batch: int, lr: float) -> None:
+# Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
+# (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
+VAE_RECIPES = {"fashion-mnist": dict(steps=1200, lr=3e-4, warmup=100, save_every=200, sample_every=400),
+               "custom": dict(steps=3000, lr=2e-4, warmup=200, save_every=500, sample_every=1000)}
+_GENERIC_VAR = dict(steps=6000, lr=4e-4, warmup=200, save_every=500, sample_every=1000, ema=0)
+VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998),
+               "small": _GENERIC_VAR, "medium": _GENERIC_VAR, "large": _GENERIC_VAR}
+
+
+def _by_preset(recipes: dict[str, dict], key: str) -> str:
+    """Help text of a preset-dependent default: the fashion-mnist preset's value and the others'."""
+    others = {str(r[key]) for name, r in recipes.items() if name != "fashion-mnist"}
+    return f"(default: {recipes['fashion-mnist'][key]} with --preset fashion-mnist, else {', '.join(sorted(others))})"
+
+
+def resolve_preset_defaults(a: argparse.Namespace, recipes: dict[str, dict]) -> None:
+    """Fill the options left unset (None) with the chosen preset's values."""
+    for key, value in recipes[a.preset].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+
+
+def _schedule_args(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None:
     g = p.add_argument_group("schedule")
-    g.add_argument("--steps", type=int, default=steps)
-    g.add_argument("--batch-size", type=int, default=batch, help="global batch (split over torchrun processes)")
-    g.add_argument("--lr", type=float, default=lr)
-    g.add_argument("--warmup", type=int, default=200)
-    g.add_argument("--min-lr-ratio", type=float, default=0.1)
-    g.add_argument("--weight-decay", type=float, default=0.05)
-    g.add_argument("--grad-clip", type=float, default=2.0)
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--save-every", type=int, default=500)
-    g.add_argument("--sample-every", type=int, default=1000)
-    g.add_argument("--log-every", type=int, default=20)
-    g.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    g.add_argument("--steps", type=int, help="optimizer steps " + _by_preset(recipes, "steps"))
+    g.add_argument("--batch-size", type=int, default=64, help="global batch (split over torchrun processes)")
+    g.add_argument("--lr", type=float, help="peak learning rate " + _by_preset(recipes, "lr"))
+    g.add_argument("--warmup", type=int, help="linear warm-up steps " + _by_preset(recipes, "warmup"))
+    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr x this")
+    g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay of the weight matrices")
+    g.add_argument("--grad-clip", type=float, default=2.0, help="gradient norm clipping (0: off)")
+    g.add_argument("--seed", type=int, default=0, help="random seed: initial weights and the batch of every step")
+    g.add_argument("--save-every", type=int,
+                   help="checkpoint and export every N steps " + _by_preset(recipes, "save_every"))
+    g.add_argument("--sample-every", type=int,
+                   help="write samples (or reconstructions) every N steps " + _by_preset(recipes, "sample_every"))
+    g.add_argument("--log-every", type=int, default=20, help="log and append to metrics.jsonl every N steps")
+    add_device_arg(g)
     g.add_argument("--amp", action="store_true", help="bf16 autocast")
     g.add_argument("--flip", action="store_true", help="random horizontal flips")
 
@@ -38,41 +64,48 @@ def _schedule(a: argparse.Namespace):
 
 
 def register(sub) -> None:
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = sub.add_parser("train-vae", help="train the multi-scale VQ-VAE tokenizer", formatter_class=fmt)
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, a folder of its IDX files, or an image folder")
-    p.add_argument("--out", type=Path, default=Path("runs/vae"))
-    p.add_argument("--preset", choices=["fashion-mnist", "custom"], default="fashion-mnist",
-                   help="fashion-mnist: the bundled model's tokenizer; custom: the options below")
+    p = add_command(sub, "train-vae", "train the multi-scale VQ-VAE tokenizer")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="fashion-mnist, a folder of its IDX files, or an image folder (5%% of it held out)")
+    p.add_argument("--out", type=Path, default=Path("runs/vae"), help="run folder: checkpoint, metrics, weights")
+    p.add_argument("--preset", choices=sorted(VAE_RECIPES), default="fashion-mnist",
+                   help="fashion-mnist: the bundled model's tokenizer and recipe; custom: the model options below")
     g = p.add_argument_group("model (--preset custom)")
-    g.add_argument("--image-size", type=int, default=32)
-    g.add_argument("--channels", type=int, default=3)
-    g.add_argument("--ch", type=int, default=64)
-    g.add_argument("--ch-mult", type=_ints, default=(1, 2, 2), help="e.g. 1,2,2 (4x down-sampling)")
-    g.add_argument("--num-res-blocks", type=int, default=1)
-    g.add_argument("--z-channels", type=int, default=16)
-    g.add_argument("--vocab-size", type=int, default=512)
-    g.add_argument("--patch-nums", type=_ints, default=None, help="scale schedule, e.g. 1,2,3,4,6,8")
-    g.add_argument("--max-scale", type=int, default=None, help="schedule 1,2,...,N")
+    g.add_argument("--image-size", type=int, default=32, help="image side in pixels (images are resized to it)")
+    g.add_argument("--channels", type=int, default=3, help="1 (grayscale) or 3 (RGB)")
+    g.add_argument("--ch", type=int, default=64, help="base channel width of the encoder and decoder")
+    g.add_argument("--ch-mult", type=_ints, default=(1, 2, 2),
+                   help="channel multiplier per level; N levels down-sample 2^(N-1)x, e.g. 1,2,2 is 4x")
+    g.add_argument("--num-res-blocks", type=int, default=1, help="residual blocks per level")
+    g.add_argument("--z-channels", type=int, default=16, help="latent (and codebook) width")
+    g.add_argument("--vocab-size", type=int, default=512, help="codebook size")
+    g.add_argument("--patch-nums", type=_ints, default=None,
+                   help="scale schedule, e.g. 1,2,3,4,6,8 (default: 1,2,...,N from --max-scale)")
+    g.add_argument("--max-scale", type=int, default=None,
+                   help="schedule 1,2,...,N (default: N = image size / down-sampling)")
     g.add_argument("--no-attn", action="store_true", help="no attention blocks")
     l = p.add_argument_group("losses")
-    l.add_argument("--l1", type=float, default=1.0)
-    l.add_argument("--l2", type=float, default=1.0)
+    l.add_argument("--l1", type=float, default=1.0, help="L1 reconstruction loss weight")
+    l.add_argument("--l2", type=float, default=1.0, help="L2 reconstruction loss weight")
     l.add_argument("--beta", type=float, default=0.25, help="commitment weight")
     l.add_argument("--adv-weight", type=float, default=0.0, help="patch-GAN loss weight (0: off)")
-    l.add_argument("--disc-start", type=int, default=0)
+    l.add_argument("--disc-start", type=int, default=0, help="step at which the patch-GAN loss starts")
     l.add_argument("--reinit-every", type=int, default=200, help="re-initialise dead codes every N steps (0: never)")
-    _schedule_args(p, steps=3000, batch=64, lr=2e-4)
+    _schedule_args(p, VAE_RECIPES)
     p.set_defaults(run=run_train_vae)
 
-    p = sub.add_parser("train", help="train the VAR transformer on a trained tokenizer's tokens", formatter_class=fmt)
-    p.add_argument("--data", default="fashion-mnist")
+    p = add_command(sub, "train", "train the VAR transformer on a trained tokenizer's tokens")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="the tokenizer's data: fashion-mnist, a folder of its IDX files, or an image folder")
     p.add_argument("--vae", type=Path, default=Path("runs/vae"), help="a train-vae run folder")
-    p.add_argument("--out", type=Path, default=Path("runs/var"))
-    p.add_argument("--preset", choices=["fashion-mnist", "small", "medium", "large"], default="fashion-mnist")
-    p.add_argument("--depth", type=int)
-    p.add_argument("--embed-dim", type=int)
-    p.add_argument("--num-heads", type=int)
+    p.add_argument("--out", type=Path, default=Path("runs/var"),
+                   help="run folder; it becomes a VARPipeline.from_pretrained folder")
+    p.add_argument("--preset", choices=sorted(VAR_RECIPES), default="fashion-mnist",
+                   help="transformer size and recipe: fashion-mnist is the bundled model's (depth 6, width 192); "
+                        "small, medium, large are VARConfig.from_preset's")
+    p.add_argument("--depth", type=int, help="override the preset's number of blocks")
+    p.add_argument("--embed-dim", type=int, help="override the preset's width")
+    p.add_argument("--num-heads", type=int, help="override the preset's attention heads")
     p.add_argument("--cond-drop", type=float, default=0.1, help="label dropout for classifier-free guidance")
     p.add_argument("--label-smoothing", type=float, default=0.0,
                    help="cross-entropy label smoothing (the reference trains without)")
@@ -80,17 +113,20 @@ def register(sub) -> None:
                    help="stochastic depth rate of the last block (default: the reference's 0.1 x depth / 24)")
     p.add_argument("--init-adaln-gamma", type=float, default=None,
                    help="initial scale of the AdaLN gates (default: the reference's 1e-3 up to depth 20, 1e-4 deeper)")
-    p.add_argument("--ema", type=float, default=None, help="keep EMA weights with this decay, e.g. 0.999")
-    p.add_argument("--cache-dir", type=Path, default=None, help="token cache (default ~/.cache/var/tokens)")
+    p.add_argument("--ema", type=float, default=None,
+                   help="keep EMA weights with this decay for sampling and export; 0 turns EMA off "
+                        + _by_preset(VAR_RECIPES, "ema"))
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="token cache (default: %s)" % "$XDG_CACHE_HOME/var/tokens, else ~/.cache/var/tokens")
     p.add_argument("--crop", action="store_true",
                    help="random-crop augmentation (the reference's): images resized to 1.125x, a random window "
                         "cut every step and tokenized on the fly instead of read from the token cache")
-    _schedule_args(p, steps=6000, batch=64, lr=4e-4)
+    _schedule_args(p, VAR_RECIPES)
     p.set_defaults(run=run_train_var)
 
-    p = sub.add_parser("plot", help="draw a run's loss curves to a PNG")
-    p.add_argument("run_dir", type=Path)
-    p.add_argument("--out", type=Path, default=None, help="default RUN/loss.png")
+    p = add_command(sub, "plot", "draw a run's loss curves to a PNG")
+    p.add_argument("run_dir", type=Path, help="a var train or var train-vae run folder (it holds metrics.jsonl)")
+    p.add_argument("--out", type=Path, default=None, help="PNG to write (default: RUN_DIR/loss.png)")
     p.set_defaults(run=run_plot)
 
 
@@ -100,6 +136,7 @@ def run_train_vae(a: argparse.Namespace) -> int:
     from ..training.runs import train_vqvae
     from ..vqvae import VQVAEConfig
 
+    resolve_preset_defaults(a, VAE_RECIPES)
     if a.preset == "fashion-mnist":
         cfg = fashion_mnist_configs()[0]
     else:
@@ -120,9 +157,10 @@ def run_train_vae(a: argparse.Namespace) -> int:
 
 def run_train_var(a: argparse.Namespace) -> int:
     from ..recipes import fashion_mnist_configs
-    from ..training.runs import train_var
+    from ..training.runs import default_cache_dir, train_var
     from ..transformer import VARConfig
 
+    resolve_preset_defaults(a, VAR_RECIPES)
     cfg = fashion_mnist_configs()[1] if a.preset == "fashion-mnist" else VARConfig.from_preset(a.preset)
     for name in ("depth", "embed_dim", "num_heads"):
         if getattr(a, name) is not None:
@@ -130,11 +168,22 @@ def run_train_var(a: argparse.Namespace) -> int:
     cfg.cond_drop_rate = a.cond_drop
     cfg.drop_path_rate = a.drop_path
     cfg = VARConfig(**cfg.to_dict())  # re-validate after the overrides
-    train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema, flip=a.flip,
-              amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma,
+    if not a.crop:
+        _note_tokenizing(a.data, a.cache_dir or default_cache_dir())
+    train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema or None,
+              flip=a.flip, amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma,
               crop=a.crop)
     log.info("pipeline saved in %s (load it with VARPipeline.from_pretrained)", a.out)
     return 0
+
+
+def _note_tokenizing(data: str, cache_dir: Path) -> None:
+    """Say before it happens that every training image is tokenized before the first step: a short
+    trial run on Fashion-MNIST otherwise seems to hang for minutes."""
+    count = "all 60,000 Fashion-MNIST images, about 4 minutes on a 2-core CPU" if data == "fashion-mnist" else \
+        "every image of the data set"
+    log.info("before its first step, var train tokenizes %s, once: the tokens are cached in %s and reused by "
+             "every later run with the same tokenizer and images", count, cache_dir)
 
 
 def run_plot(a: argparse.Namespace) -> int:

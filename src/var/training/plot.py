@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from .common import METRICS
+
+log = logging.getLogger(__name__)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
@@ -31,11 +34,12 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     panels = [(t, ks) for t, ks in panels if ks]
     if not panels:
         raise ValueError(f"{run_dir}/{METRICS} holds no metric to plot")
+    _warn_if_too_short(run_dir, rows)
     fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
     for ax, (title, ks) in zip(axes[0], panels):
         for k in ks:
             pts = [(r["step"], r[k]) for r in rows if k in r]
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, lw=1)
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], label=k, lw=1, marker="o" if len(pts) < 2 else None)
         ax.set_title(title)
         ax.set_xlabel("step")
         if len(ks) > 1:
@@ -45,3 +49,12 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+def _warn_if_too_short(run_dir: Path, rows: list[dict]) -> None:
+    """A curve needs two logged steps; with fewer the panels show a lone marker or nothing, so say why."""
+    steps = sorted({r["step"] for r in rows})
+    if len(steps) < 2:
+        log.warning("%s/%s holds %d logged step(s) (%s): a curve needs at least two, so the plot shows single "
+                    "points; train longer or log more often (--log-every)", run_dir, METRICS, len(steps),
+                    ", ".join(map(str, steps)) or "none")

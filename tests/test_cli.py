@@ -1,0 +1,174 @@
+"""The command line as a newcomer meets it: help, version, the recipe defaults, held-out images of a
+folder, sample files for FID tools, and the warnings that explain short trial runs."""
+import argparse
+import json
+import sys
+import types
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from var import __version__
+from var.cli import build_parser, main as cli
+from var.cmd.common import HelpFormatter
+from var.cmd.train import VAE_RECIPES, VAR_RECIPES, resolve_preset_defaults
+from var.data import build_dataset
+
+from test_training import VAE_ARGS, VAR_ARGS
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+@pytest.mark.parametrize("name", sorted(subcommands()))
+def test_every_option_says_what_it_does_and_its_default_once(name):
+    parser = subcommands()[name]
+    assert parser.description, f"var {name} --help has no description line"
+    formatter = HelpFormatter(parser.prog)
+    for action in parser._actions:
+        if action.help == argparse.SUPPRESS or "-h" in action.option_strings:
+            continue
+        text = formatter._expand_help(action) if action.help else ""
+        label = "/".join(action.option_strings) or action.dest
+        assert text and text.strip(), f"var {name} {label} has no help"
+        assert text.count("(default") <= 1 and "(default: None)" not in text, f"var {name} {label}: {text}"
+        shown = action.option_strings and action.nargs != 0 and action.default not in (None, argparse.SUPPRESS)
+        assert not shown or "(default" in text, f"var {name} {label} hides its default {action.default!r}"
+        assert action.nargs != 0 or "(default: True)" not in text, f"var {name} {label}: {text}"
+
+
+def test_vary_panel_help_does_not_mention_a_mask():
+    help_text = subcommands()["vary"].format_help()
+    assert "mask" not in help_text.lower()
+
+
+def test_version(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli(["--version"])
+    assert e.value.code == 0 and capsys.readouterr().out.strip() == f"var {__version__}"
+
+
+def parse(argv: list[str], recipes: dict) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
+    resolve_preset_defaults(args, recipes)
+    return args
+
+
+def test_fashion_mnist_preset_defaults_are_the_bundled_models_recipe():
+    """docs/model-card.md's commands, with the options they give left out, are the defaults."""
+    vae = parse(["train-vae"], VAE_RECIPES)
+    assert (vae.steps, vae.batch_size, vae.lr, vae.warmup, vae.save_every, vae.sample_every) == \
+        (1200, 64, 3e-4, 100, 200, 400)
+    var = parse(["train"], VAR_RECIPES)
+    assert (var.steps, var.batch_size, var.lr, var.warmup, var.ema, var.save_every, var.sample_every) == \
+        (2500, 64, 5e-4, 150, 0.998, 250, 500)
+
+
+def test_other_presets_keep_the_generic_schedule_and_options_override_presets():
+    small = parse(["train", "--preset", "small"], VAR_RECIPES)
+    assert (small.steps, small.lr, small.ema) == (6000, 4e-4, 0)
+    custom = parse(["train-vae", "--preset", "custom"], VAE_RECIPES)
+    assert (custom.steps, custom.lr) == (3000, 2e-4)
+    given = parse(["train", "--steps", "2", "--ema", "0", "--lr", "1e-3"], VAR_RECIPES)
+    assert (given.steps, given.ema, given.lr, given.warmup) == (2, 0, 1e-3, 150)
+
+
+def flat_folder(root, n: int):
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        Image.fromarray((rng.random((16, 16, 3)) * 255).astype(np.uint8)).save(root / f"{i:02d}.png")
+    return root
+
+
+def test_an_image_folder_has_no_test_split(tmp_path):
+    folder = flat_folder(tmp_path / "imgs", 3)
+    assert len(build_dataset(str(folder), 16, 3, "train")) == 3
+    with pytest.raises(ValueError, match="no 'test' split"):
+        build_dataset(str(folder), 16, 3, "test")
+
+
+def test_tokenizer_on_a_folder_holds_images_out_and_train_says_it_tokenizes_first(tmp_path, caplog):
+    folder = flat_folder(tmp_path / "imgs", 40)
+    common = ["--data", str(folder), "--steps", "2", "--batch-size", "4", "--warmup", "1", "--device", "cpu"]
+    with caplog.at_level("INFO"):
+        assert cli(["train-vae", *common, "--out", str(tmp_path / "vae"), *VAE_ARGS]) == 0
+    assert "38 training images, held-out 2" in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert cli(["train", *common, "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "var"),
+                    "--cache-dir", str(tmp_path / "cache"), *VAR_ARGS]) == 0
+    note = caplog.text.index("before its first step, var train tokenizes every image")
+    assert str(tmp_path / "cache") in caplog.text[note:] and note < caplog.text.index("cached tokens")
+
+
+def test_plot_of_a_single_logged_step_says_why_it_shows_no_curve(tmp_path, caplog):
+    pytest.importorskip("matplotlib")
+    (tmp_path / "metrics.jsonl").write_text(json.dumps({"step": 2, "loss": 1.0, "lr": 1e-4}) + "\n")
+    with caplog.at_level("WARNING"):
+        assert cli(["plot", str(tmp_path)]) == 0
+    assert "holds 1 logged step(s) (2): a curve needs at least two" in caplog.text
+    assert (tmp_path / "loss.png").is_file()
+
+
+def test_sample_writes_every_image_for_fid_tools(tmp_path):
+    npz, pngs = tmp_path / "s.npz", tmp_path / "pngs"
+    assert cli(["sample", "--classes", "0,7", "--per-class", "3", "--batch-size", "4", "--no-grid", "--npz",
+                str(npz), "--png-dir", str(pngs), "--out", str(tmp_path / "grid.png"), "--device", "cpu"]) == 0
+    with np.load(npz) as f:
+        arr, labels = f["arr_0"], f["labels"]
+    assert arr.shape == (6, 28, 28, 3) and arr.dtype == np.uint8 and labels.tolist() == [0, 0, 0, 7, 7, 7]
+    files = sorted(p.name for p in pngs.iterdir())
+    assert files[0] == "000000_c0000.png" and files[-1] == "000005_c0007.png"
+    assert (np.asarray(Image.open(pngs / files[4]).convert("RGB")) == arr[4]).all()
+    assert not (tmp_path / "grid.png").exists()
+
+
+def test_inception_weights_path_is_used_or_named_when_missing(tmp_path, monkeypatch):
+    import var.inception
+    from var.inception import InceptionUnavailable, find_backend
+
+    monkeypatch.setattr(var.inception, "_installed", lambda module: module == "torch_fidelity")
+    with pytest.raises(InceptionUnavailable, match="nowhere.pth does not exist"):
+        find_backend(tmp_path / "nowhere.pth")
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    assert find_backend(weights) == ("torch-fidelity", weights)
+    seen = {}
+    monkeypatch.setitem(sys.modules, "torch_fidelity", types.SimpleNamespace(calculate_metrics=lambda **kw: seen.update(
+        kw) or {"frechet_inception_distance": 1.0, "inception_score_mean": 1.0, "inception_score_std": 0.0}))
+    arr = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", arr_0=arr)
+    assert cli(["eval", "--per-class", "0", "--npz", str(tmp_path / "a.npz"), "--npz-ref", str(tmp_path / "a.npz"),
+                "--inception-weights", str(weights)]) == 0
+    assert seen["feature_extractor_weights_path"] == str(weights)
+
+
+def test_missing_released_checkpoints_say_where_to_get_them(tmp_path, caplog):
+    assert cli(["sample", "--official", str(tmp_path / "vae_ch160v4096z32.pth"), "var_d16.pth"]) == 2
+    assert "vae_ch160v4096z32.pth" in caplog.text and "huggingface.co/FoundationVision/var" in caplog.text
+
+
+def test_a_torch_fidelity_that_fails_to_import_is_reported_not_a_traceback(tmp_path, monkeypatch):
+    """PyPI's torchvision on the CPU build of torch raises RuntimeError as torch_fidelity imports it."""
+    import builtins
+    import var.inception
+    from var.inception import InceptionUnavailable, inception_metrics
+
+    weights = tmp_path / "inception.pth"
+    weights.write_bytes(b"")
+    real_import = builtins.__import__
+
+    def failing_import(name, *args, **kwargs):
+        if name == "torch_fidelity":
+            raise RuntimeError("operator torchvision::nms does not exist")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(var.inception, "_installed", lambda module: module == "torch_fidelity")
+    monkeypatch.setattr(builtins, "__import__", failing_import)
+    arr = np.zeros((2, 8, 8, 3), dtype=np.uint8)
+    with pytest.raises(InceptionUnavailable, match="cannot be imported .*torchvision::nms.*whl/cpu"):
+        inception_metrics(arr, arr, weights=weights)
