@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..images import grid, save_npz
+from ..images import grid, progression_grid, save_npz
 from .common import add_model_args, add_sampling_args, class_list, load_pipeline, positive_int, sampling_kwargs
 
 log = logging.getLogger("var")
@@ -19,7 +19,8 @@ def register(sub) -> None:
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     add_model_args(p)
     p.add_argument("--classes", type=class_list, nargs="+", metavar="IDS_OR_NAMES",
-                   help="class ids or names, e.g. 0 7 or Dress,Sandal (default: every class, at most 10)")
+                   help="class ids or names, e.g. 0 7 or Dress,Sandal; the id num_classes is the null class "
+                        "(unconditional) (default: every class, at most 10)")
     p.add_argument("--per-class", type=positive_int, default=8, help="samples per class")
     add_sampling_args(p)
     p.add_argument("--batch-size", type=positive_int, default=64)
@@ -36,10 +37,10 @@ def run(args: argparse.Namespace) -> int:
     if args.classes is None:
         classes = list(range(min(10, pipe.num_classes)))
     else:
-        classes = pipe.class_ids([c for group in args.classes for c in group]).tolist()
+        classes = pipe.class_ids([c for group in args.classes for c in group], allow_null=True).tolist()
     labels = torch.tensor(classes).repeat_interleave(args.per_class)
     out = pipe(class_labels=labels, batch_size=args.batch_size, progress=True, **sampling)
-    names = [pipe.class_names[c] if pipe.class_names else f"class {c}" for c in classes]
+    names = [pipe.label_name(c) for c in classes]
     scale = max(1, 64 // pipe.image_size)
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -56,11 +57,8 @@ def run(args: argparse.Namespace) -> int:
 def write_progression(pipe, out, classes: list[int], per_class: int, path: Path, scale: int) -> None:
     """One row per sample (the first of each class, at most 10): the image after 1, 2, ..., K scales."""
     rows = [i * per_class for i in range(min(10, len(classes)))]
-    tokens = [t[rows] for t in out.tokens]
-    stages = pipe.decode_per_scale(tokens)                  # K tensors (R, C, H, W)
-    images = torch.stack(stages, dim=1).flatten(0, 1)       # row-major: sample r, scale k
-    names = [pipe.class_names[classes[i]] if pipe.class_names else f"class {classes[i]}" for i in range(len(rows))]
-    cols = [f"{p}x{p}" for p in pipe.patch_nums]
+    stages = pipe.decode_per_scale([t[rows] for t in out.tokens])
+    names = [pipe.label_name(classes[i]) for i in range(len(rows))]
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid(images, nrow=len(stages), scale=scale, row_labels=names, col_labels=cols).save(path)
+    progression_grid(stages, pipe.patch_nums, names, scale).save(path)
     log.info("wrote the coarse-to-fine progression to %s", path)
