@@ -9,7 +9,7 @@ import sys
 from .training.common import TrainingStopped
 
 # Subcommand modules, in the order ``var --help`` lists them.
-COMMANDS = ["sample", "edit", "train", "evaluate", "bench"]
+COMMANDS = ["sample", "edit", "train", "evaluate", "bench", "serve"]
 
 
 class Parser(argparse.ArgumentParser):
