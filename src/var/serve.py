@@ -36,7 +36,9 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PAINTED, BOX = "painted", "box"
 INPAINT, OUTPAINT = "inpaint", "outpaint"
 # Results are small (28x28 for the bundled model): the page enlarges them without blurring.
-CSS = ".var-pixels img, .var-pixels canvas { image-rendering: pixelated; }"
+BUTTONS = ["download", "fullscreen"]  # no "share": nothing leaves this machine
+CSS = (".var-pixels img, .var-pixels canvas { image-rendering: pixelated; }\n"
+       ".var-fill img { width: 100%; height: 100%; object-fit: contain; }")
 
 
 def import_gradio():
@@ -330,10 +332,11 @@ def build_app(pipe: VARPipeline, model_args: Sequence[str] = ("--model", "fashio
                     gen_sampling = _sampling_controls(gr, demo)
                     gen_button = gr.Button("Generate", variant="primary", elem_id="generate-button")
                 with gr.Column(scale=2):
-                    gen_gallery = gr.Gallery(label="results", 
-                                             format="png", columns=4, height="auto", object_fit="contain",
+                    gen_gallery = gr.Gallery(label="results (click one: its coarse-to-fine progression is shown below)",
+                                             format="png", columns=4, height=300, object_fit="contain", buttons=BUTTONS,
                                              elem_id="generate-gallery", elem_classes="var-pixels")
-                    gen_progression = gr.Image(label=f"coarse to fine: after each of the {K} scales (click a result)", format="png",
+                    gen_progression = gr.Image(label=f"coarse to fine: after each of the {K} scales", format="png",
+                                               show_label=False, buttons=BUTTONS,
                                                elem_id="generate-progression", elem_classes="var-pixels")
                     gen_info = gr.Markdown(label="seed", elem_id="generate-info")
             last = gr.State(None)
@@ -347,7 +350,7 @@ def build_app(pipe: VARPipeline, model_args: Sequence[str] = ("--model", "fashio
                 with gr.Column(scale=1):
                     editor = _checked_uploads(gr, gr.ImageEditor(label="image: paint the region with the brush", type="filepath",
                                             format="png", sources=("upload", "clipboard"), layers=False,
-                                            brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed"),
+                                            brush=gr.Brush(colors=["#ff3b30"], color_mode="fixed", default_size=max(1, S // 14)),
                                             transforms=(), elem_id="edit-editor", elem_classes="var-pixels"))
                     region = gr.Radio([PAINTED, BOX], value=PAINTED, label="region", elem_id="edit-region")
                     with gr.Row():
@@ -361,8 +364,8 @@ def build_app(pipe: VARPipeline, model_args: Sequence[str] = ("--model", "fashio
                     edit_button = gr.Button("Edit", variant="primary", elem_id="edit-button")
                 with gr.Column(scale=2):
                     with gr.Row():
-                        edit_out = [gr.Image(label=name, format="png", elem_id=f"edit-{name}",
-                                             elem_classes="var-pixels") for name in ("input", "mask", "result")]
+                        edit_out = [gr.Image(label=name, format="png", elem_id=f"edit-{name}", buttons=BUTTONS, height=240,
+                                             elem_classes=["var-pixels", "var-fill"]) for name in ("input", "mask", "result")]
                     edit_info = gr.Markdown(label="seed", elem_id="edit-info")
             edit_button.click(_page_action(gr, demo.edit), [editor, region, *box, operation, edit_class, *edit_sampling],
                               [*edit_out, edit_info], api_name="edit", **run)
@@ -380,7 +383,7 @@ def build_app(pipe: VARPipeline, model_args: Sequence[str] = ("--model", "fashio
                     vary_sampling = _sampling_controls(gr, demo)
                     vary_button = gr.Button("Vary", variant="primary", elem_id="vary-button")
                 with gr.Column(scale=2):
-                    vary_gallery = gr.Gallery(label="variations", format="png", columns=4, height="auto",
+                    vary_gallery = gr.Gallery(label="variations", format="png", columns=4, height=300, buttons=BUTTONS,
                                               object_fit="contain", elem_id="vary-gallery", elem_classes="var-pixels")
                     vary_info = gr.Markdown(label="seed", elem_id="vary-info")
             vary_button.click(_page_action(gr, demo.vary), [vary_image, keep, vary_n, vary_class, *vary_sampling],
