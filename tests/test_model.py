@@ -107,8 +107,8 @@ def test_save_and_load_pretrained_roundtrip(tmp_path):
 
 def test_clear_errors():
     pipe = small_pipe()
-    with pytest.raises(ValueError, match=r"class labels must be in \[0, 5\)"):
-        pipe(class_labels=[5])
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 5\) or 5 \(the null class\), got \[6\]"):
+        pipe(class_labels=[6])                                  # 5, the null class, generates unconditionally
     with pytest.raises(ValueError, match="takes 8x8"):
         pipe.encode(torch.rand(1, 3, 20, 20))
     with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\)"):
