@@ -5,12 +5,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 ACTIVATE_HINT := @echo "The var command is in $(VENV)/bin: run 'source $(VENV)/bin/activate' to put it on your PATH."
 
-.PHONY: demo test install clean data
+.PHONY: demo test install clean data serve
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e ".[dev,plot]"
+	$(PY) -m pip install -q -e ".[dev,plot,web]"
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,6 +25,10 @@ data:
 demo: $(STAMP)
 	$(VENV)/bin/var sample --out samples/demo.png
 	$(ACTIVATE_HINT)
+
+# The web demo on http://127.0.0.1:7860 (var serve --help for the options).
+serve: $(STAMP)
+	$(VENV)/bin/var serve
 
 test: $(STAMP)
 	$(PY) -m pytest tests

@@ -4,6 +4,7 @@ import torch
 
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig, patch_nums_from_max_scale
 from var.sampling import filter_logits, sample_tokens
+from var.sampling import generate as sample_generate
 
 
 def small_pipe(shared_aln=False, attn_l2_norm=True, share_quant_resi=4, patch_nums=(1, 2, 3, 4), channels=3, seed=0):
@@ -106,8 +107,8 @@ def test_save_and_load_pretrained_roundtrip(tmp_path):
 
 def test_clear_errors():
     pipe = small_pipe()
-    with pytest.raises(ValueError, match=r"class labels must be in \[0, 5\)"):
-        pipe(class_labels=[5])
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 5\) or 5 \(the null class\), got \[6\]"):
+        pipe(class_labels=[6])                                  # 5, the null class, generates unconditionally
     with pytest.raises(ValueError, match="takes 8x8"):
         pipe.encode(torch.rand(1, 3, 20, 20))
     with pytest.raises(ValueError, match=r"\(B, 3, 8, 8\)"):
@@ -264,3 +265,17 @@ def test_quantizer_runs_in_float32_under_autocast():
     assert f_hat_amp.dtype == torch.float32
     assert all(torch.equal(a, b) for a, b in zip(idx, idx_amp))
     torch.testing.assert_close(f_hat_amp, f_hat)
+
+
+def test_the_null_class_generates_unconditionally_and_on_scale_reports_every_scale():
+    pipe = small_pipe()
+    null = pipe.num_classes
+    seen = []
+    out = pipe(class_labels=[null, null], seed=4, on_scale=seen.append)
+    _, expected = sample_generate(pipe.var, pipe.vqvae, torch.full((2,), null), cfg=pipe.sampling_defaults["cfg"],
+                                  top_k=900, top_p=0.96, generator=torch.Generator().manual_seed(4))
+    assert out.labels.tolist() == [null, null] and all(torch.equal(a, b) for a, b in zip(out.tokens, expected))
+    assert seen == list(range(len(pipe.patch_nums)))           # once per scale, in order
+    assert pipe.label_name(null) == "null class" and pipe.label_name(2) == "class 2"
+    with pytest.raises(ValueError, match=r"class labels must be in \[0, 5\)"):
+        pipe.class_ids([null])                                  # only generation takes the null class

@@ -91,3 +91,12 @@ def grid(images: torch.Tensor, nrow: int, pad: int = 2, scale: int = 1, row_labe
     for c, text in enumerate(col_labels or []):
         draw.text((left + pad + c * (w + pad) + 2, 2), text, fill=(0, 0, 0), font=font)
     return canvas
+
+
+def progression_grid(stages: Sequence[torch.Tensor], patch_nums: Sequence[int], row_labels: Sequence[str],
+                     scale: int = 1) -> Image.Image:
+    """The coarse-to-fine figure: a row per sample, a column per scale. ``stages`` holds K tensors
+    (R, C, H, W), the images after 1, 2, ..., K scales (``VARPipeline.decode_per_scale``)."""
+    images = torch.stack(list(stages), dim=1).flatten(0, 1)    # row-major: sample r, scale k
+    return grid(images, nrow=len(stages), scale=scale, row_labels=row_labels,
+                col_labels=[f"{p}x{p}" for p in patch_nums])

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass
 from numbers import Integral, Real
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -200,9 +200,10 @@ class VARPipeline:
         check_sampling_options(**options)
         return options
 
-    def class_ids(self, class_labels) -> torch.Tensor:
+    def class_ids(self, class_labels, allow_null: bool = False) -> torch.Tensor:
         """Class labels as a 1-D LongTensor: ids (ints, an integer tensor) or this model's class names
-        (matched case-insensitively), alone or in a sequence. ValueError names a bad or unknown label."""
+        (matched case-insensitively), alone or in a sequence. ValueError names a bad or unknown label.
+        ``allow_null`` also accepts the null class's id, ``num_classes`` (what generation takes)."""
         items = class_labels.reshape(-1).tolist() if isinstance(class_labels, torch.Tensor) else class_labels
         if isinstance(items, (str, int, float)) or not hasattr(items, "__iter__"):
             items = [items]
@@ -210,8 +211,14 @@ class VARPipeline:
         if not ids:
             raise ValueError("class_labels is empty: give at least one class id or name")
         labels = torch.tensor(ids, dtype=torch.long, device=self.device)
-        self.var.check_labels(labels)
+        self.var.check_labels(labels, allow_null=allow_null)
         return labels
+
+    def label_name(self, label: int) -> str:
+        """How figures and the web demo name a class id: its name, ``class N`` without names, or ``null class``."""
+        if label == self.num_classes:
+            return "null class"
+        return self.class_names[label] if self.class_names else f"class {label}"
 
     def _class_id(self, label) -> int:
         """One label as a class id: an integer (a float only when whole, e.g. 3.0) or a class name."""
@@ -241,7 +248,7 @@ class VARPipeline:
             if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
                 raise ValueError(f"num_samples must be an integer >= 1, got {num_samples!r}")
             return torch.randint(0, self.num_classes, (n,), generator=generator, device=self.device)
-        labels = self.class_ids(class_labels)
+        labels = self.class_ids(class_labels, allow_null=True)
         if num_samples is not None and num_samples != labels.numel():
             raise ValueError(f"num_samples={num_samples} but {labels.numel()} class labels were given")
         return labels
@@ -250,7 +257,7 @@ class VARPipeline:
         """Labels of n edited images: the null class when none is given, one label for all, or n labels."""
         if class_labels is None:
             return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
-        labels = self.class_ids(class_labels)
+        labels = self.class_ids(class_labels, allow_null=True)
         if labels.numel() == 1:
             labels = labels.repeat(n)
         if labels.numel() != n:
@@ -326,23 +333,26 @@ class VARPipeline:
 
     def __call__(self, class_labels=None, num_samples: int | None = None, cfg: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
-                 smooth: bool = False, seed: int | None = None, batch_size: int | None = None, progress: bool = False) -> VAROutput:
+                 smooth: bool = False, seed: int | None = None, batch_size: int | None = None, progress: bool = False,
+                 on_scale: Callable[[int], None] | None = None) -> VAROutput:
         """Generate images of ``class_labels`` (ids or class names such as ``["Dress"]``; or ``num_samples``
-        of uniformly drawn classes).
+        of uniformly drawn classes; the id ``num_classes`` is the null class: unconditional).
 
         ``cfg``, ``top_k``, ``top_p`` and ``temperature`` left at None take the model's defaults
         (``sampling_defaults``: saved with the model, else the reference's 1.5 / 900 / 0.96 / 1.0).
         ``seed`` makes the call reproducible (for a given batch size); ``batch_size`` bounds memory by
-        generating in chunks. Returns images in [0, 1] with the token maps of every scale.
+        generating in chunks; ``on_scale(k)`` is called after each scale k of each chunk (progress reports).
+        Returns images in [0, 1] with the token maps of every scale.
         """
         generator = self._generator(seed)
         labels = self._labels(class_labels, num_samples, generator)
         return self._generate_batched(labels, batch_size, progress, generator=generator, smooth=smooth,
-                                      **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                                      on_scale=on_scale, **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
     def inpaint(self, images: torch.Tensor, mask, class_labels=None, *, cfg: float | None = None,
                 top_k: int | None = None, top_p: float | None = None, temperature: float | None = None, smooth: bool = False, seed: int | None = None,
-                batch_size: int | None = None, progress: bool = False) -> VAROutput:
+                batch_size: int | None = None, progress: bool = False,
+                on_scale: Callable[[int], None] | None = None) -> VAROutput:
         """Regenerate the masked part of ``images`` (B, channels, H, W) in [0, 1] and keep the rest.
 
         ``mask`` is (H, W) or (B, 1, H, W), 1 where new content is generated and 0 where the image is kept
@@ -351,18 +361,19 @@ class VARPipeline:
         its area is kept, the 1x1 scale whenever anything is (:func:`var.editing.keep_masks_from_mask`).
         Kept tokens are teacher-forced from the image's own. The model's border (``pad``) follows the
         mask of the nearest image pixel. Without ``class_labels`` the null class conditions the model;
-        with them the edit is class-conditional. Sampling options are those of ``__call__``; the seed
-        draws the same numbers.
+        with them the edit is class-conditional. Sampling options (and ``on_scale``) are those of
+        ``__call__``; the seed draws the same numbers.
         """
         tokens = self.encode(images)
         gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_size).to(self.device)
         keep_masks = editing.keep_masks_from_mask(gen_B1HW, self.patch_nums, self.pad)
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
-                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                          on_scale=on_scale, **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
     def vary(self, images: torch.Tensor, keep_scales: int, class_labels=None, *, cfg: float | None = None,
              top_k: int | None = None, top_p: float | None = None, temperature: float | None = None, smooth: bool = False, seed: int | None = None,
-             batch_size: int | None = None, progress: bool = False) -> VAROutput:
+             batch_size: int | None = None, progress: bool = False,
+             on_scale: Callable[[int], None] | None = None) -> VAROutput:
         """Variations of ``images``: keep their first ``keep_scales`` token maps and regenerate the finer ones.
 
         The coarse scales fix the layout, so the results share it with new details. ``keep_scales = 0`` is
@@ -371,7 +382,7 @@ class VARPipeline:
         tokens = self.encode(images)
         keep_masks = editing.keep_masks_for_scales(images.shape[0], self.patch_nums, keep_scales, self.device)
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
-                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                          on_scale=on_scale, **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
     def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels, seed: int | None,
               batch_size: int | None, progress: bool, **sampling) -> VAROutput:
@@ -383,7 +394,8 @@ class VARPipeline:
 
     def _generate_batched(self, labels: torch.Tensor, batch_size: int | None, progress: bool,
                           keep_tokens: Sequence[torch.Tensor] | None = None,
-                          keep_masks: Sequence[torch.Tensor] | None = None, **sampling) -> VAROutput:
+                          keep_masks: Sequence[torch.Tensor] | None = None,
+                          on_scale: Callable[[int], None] | None = None, **sampling) -> VAROutput:
         """Run :func:`generate` over chunks of the batch and decode; editing passes per-scale keeps."""
         from tqdm.auto import tqdm
 
@@ -396,7 +408,7 @@ class VARPipeline:
                 keeps = {}
                 if keep_masks is not None:
                     keeps = dict(keep_tokens=[t[part] for t in keep_tokens], keep_masks=[m[part] for m in keep_masks])
-                f_hat, toks = generate(self.var, self.vqvae, labels[part], **sampling, **keeps)
+                f_hat, toks = generate(self.var, self.vqvae, labels[part], on_scale=on_scale, **sampling, **keeps)
                 with torch.no_grad():
                     images.append(self._to_user_images(self.vqvae.decode_latent(f_hat)))
                 tokens.append(toks)

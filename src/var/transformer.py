@@ -306,7 +306,8 @@ class VAR(nn.Module):
         if labels.ndim != 1:
             raise ValueError(f"class labels must be a 1-D tensor, got shape {tuple(labels.shape)}")
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= hi):
-            raise ValueError(f"class labels must be in [0, {hi}), got {labels.tolist()}")
+            null = f" or {self.num_classes} (the null class)" if allow_null else ""
+            raise ValueError(f"class labels must be in [0, {self.num_classes}){null}, got {labels.tolist()}")
 
     def modulations(self, cond_BC: torch.Tensor) -> list[torch.Tensor]:
         """Every block's (B, 1, 6, C) AdaLN modulation for the class embeddings cond_BC."""

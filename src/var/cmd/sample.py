@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import grid, to_rgb_uint8, write_npz
+from ..images import grid, progression_grid, to_rgb_uint8, write_npz
 from .common import (add_command, add_model_args, add_sampling_args, class_list, load_pipeline, positive_int,
                      sampling_kwargs)
 
@@ -22,7 +22,8 @@ def register(sub) -> None:
     add_model_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--classes", type=class_list, nargs="+", metavar="IDS_OR_NAMES",
-                       help="class ids or names, e.g. 0 7 or Dress,Sandal (default: every class, at most 10)")
+                       help="class ids or names, e.g. 0 7 or Dress,Sandal; the id num_classes is the null class "
+                            "(unconditional) (default: every class, at most 10)")
     which.add_argument("--all-classes", action="store_true",
                        help="every class of the model (1000 for the released ones), for FID")
     p.add_argument("--per-class", type=positive_int, default=8, help="samples per class")
@@ -45,7 +46,7 @@ def _classes(args: argparse.Namespace, pipe) -> list[int]:
         return list(range(pipe.num_classes))
     if args.classes is None:
         return list(range(min(10, pipe.num_classes)))
-    return pipe.class_ids([c for group in args.classes for c in group]).tolist()
+    return pipe.class_ids([c for group in args.classes for c in group], allow_null=True).tolist()
 
 
 def _write_pngs(images_NHW3: np.ndarray, labels: torch.Tensor, folder: Path, start: int) -> None:
@@ -77,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     if args.npz:
         log.info("wrote %s (arr_0 %s uint8, labels)", write_npz(images_NHW3, labels.numpy(), args.npz),
                  images_NHW3.shape)
-    names = [pipe.class_names[c] if pipe.class_names else f"class {c}" for c in classes]
+    names = [pipe.label_name(c) for c in classes]
     scale = max(1, 64 // pipe.image_size)
     if args.grid:
         as_float = torch.from_numpy(images_NHW3).permute(0, 3, 1, 2).float() / 255
@@ -94,8 +95,6 @@ def run(args: argparse.Namespace) -> int:
 def write_progression(pipe, tokens: list[torch.Tensor], names: list[str], path: Path, scale: int) -> None:
     """One row per sample (the first of each class, at most 10): the image after 1, 2, ..., K scales."""
     stages = pipe.decode_per_scale(tokens)                  # K tensors (R, C, H, W)
-    images = torch.stack(stages, dim=1).flatten(0, 1)       # row-major: sample r, scale k
-    cols = [f"{p}x{p}" for p in pipe.patch_nums]
     path.parent.mkdir(parents=True, exist_ok=True)
-    grid(images, nrow=len(stages), scale=scale, row_labels=names, col_labels=cols).save(path)
+    progression_grid(stages, pipe.patch_nums, names, scale).save(path)
     log.info("wrote the coarse-to-fine progression to %s", path)

@@ -1,0 +1,45 @@
+"""``var serve``: the web demo (Gradio) of a model: generate, edit and vary images in the browser."""
+from __future__ import annotations
+
+import argparse
+import logging
+
+from .common import add_model_args, load_pipeline, positive_int
+
+log = logging.getLogger("var")
+
+
+def register(sub) -> None:
+    p = sub.add_parser("serve", help="a web demo in the browser (Gradio): generate, edit and vary images",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_model_args(p)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on; 0.0.0.0 makes the demo reachable from other machines")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16 runs the models under bf16 autocast (faster on CPUs with AMX and on GPUs), "
+                        "with slightly different images than var sample's fp32")
+    p.add_argument("--concurrency", type=positive_int, default=1,
+                   help="requests that run at once on the model; the others wait in the queue")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .. import serve
+
+    try:
+        serve.import_gradio()
+    except ImportError:
+        log.error('error: var serve needs Gradio, an optional extra: pip install -e ".[web]"')
+        return 2
+    pipe = load_pipeline(args)
+    model_args = ["--official", *args.official] if args.official else ["--model", args.model]
+    app = serve.build_app(pipe, model_args, dtype=args.dtype, concurrency=args.concurrency)
+    log.info("serving the demo at http://%s:%d (Ctrl-C stops it)",
+             f"[{args.host}]" if ":" in args.host else args.host, args.port)
+    try:
+        serve.launch(app, args.host, args.port)
+    except OSError as e:  # the port is taken, or the address is not this machine's
+        log.error("error: cannot serve on %s port %d: %s", args.host, args.port, e)
+        return 2
+    return 0
