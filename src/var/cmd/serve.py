@@ -4,18 +4,17 @@ from __future__ import annotations
 import argparse
 import logging
 
-from .common import add_model_args, load_pipeline, positive_int
+from .common import add_command, add_model_args, load_pipeline, positive_int
 
 log = logging.getLogger("var")
 
 
 def register(sub) -> None:
-    p = sub.add_parser("serve", help="a web demo in the browser (Gradio): generate, edit and vary images",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = add_command(sub, "serve", "a web demo in the browser (Gradio): generate, edit and vary images")
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 makes the demo reachable from other machines")
-    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--port", type=int, default=7860, help="port to listen on")
     p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
                    help="bf16 runs the models under bf16 autocast (faster on CPUs with AMX and on GPUs), "
                         "with slightly different images than var sample's fp32")
