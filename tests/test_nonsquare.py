@@ -177,3 +177,10 @@ def test_train_vae_names_a_size_that_does_not_fit_the_schedule(tmp_path, caplog)
     assert "--image-size 32x64 does not match the schedule: last scale 8x8 x 4 = 32x32" in caplog.text
     with pytest.raises(SystemExit):
         cli([*args, "--patch-nums", "1x2,2x2"])
+
+
+def test_the_web_demo_says_it_takes_square_models_only():
+    pytest.importorskip("gradio")
+    from var.serve import build_app
+    with pytest.raises(ValueError, match="8x16 .*not square.*square models only"):
+        build_app(small_pipe(patch_nums=WIDE))

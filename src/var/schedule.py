@@ -84,14 +84,6 @@ def check_schedule(scales: Sequence[Scale]) -> None:
                              f"ratio must stay the same across scales (up to rounding), schedule {tuple(scales)}")
 
 
-def schedule_str(patch_nums: Any) -> str:
-    """A schedule as the command line writes it: ``1,2,3`` (square) or ``1x2,2x4`` (height x width)."""
-    scales = normalize_patch_nums(patch_nums)
-    if all(h == w for h, w in scales):
-        return ",".join(str(h) for h, _ in scales)
-    return ",".join(f"{h}x{w}" for h, w in scales)
-
-
 def patch_nums_from_max_scale(max_scale: int | Sequence[int]) -> tuple[int, ...] | tuple[Scale, ...]:
     """The schedule ending at ``max_scale``: N gives (1, 2, ..., N); a pair (H, W) steps the short side
     through 1, 2, ..., min(H, W) with the long side at the rounded aspect ratio, e.g. (8, 16) gives
