@@ -6,10 +6,10 @@ import pytest
 import torch
 from PIL import Image
 
-from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
+from var import VAR, VARConfig, VARPipeline, VQVAEConfig
 from var.cli import main as cli
 from var.editing import area_weights, keep_masks_from_mask
-from var.schedule import normalize_patch_nums, patch_nums_from_max_scale, schedule_for
+from var.schedule import patch_nums_from_max_scale, schedule_for
 
 from test_model import small_pipe
 
