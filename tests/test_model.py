@@ -27,17 +27,19 @@ def guided_argmax(pipe, tokens, labels, cfg):
     with torch.no_grad():
         null = pipe.var(torch.full_like(labels, pipe.num_classes), x)
     out, start = [], 0
-    for k, p in enumerate(pipe.patch_nums):
+    for k, (h, w) in enumerate(pipe.scales):
         t = cfg * k / (K - 1)
-        sl = slice(start, start + p * p)
+        sl = slice(start, start + h * w)
         out.append(((1 + t) * cond[:, sl] - t * null[:, sl]).argmax(-1))
-        start += p * p
+        start += h * w
     return out
 
 
 @pytest.mark.parametrize("variant", [dict(), dict(shared_aln=True), dict(attn_l2_norm=False),
                                      dict(share_quant_resi=0), dict(share_quant_resi=1),
-                                     dict(patch_nums=(1, 2, 4, 6, 8))])
+                                     dict(patch_nums=(1, 2, 4, 6, 8)),
+                                     dict(patch_nums=((1, 2), (2, 4), (3, 6), (4, 8))),     # 8x16 images
+                                     dict(patch_nums=((1, 1), (2, 1), (3, 2), (6, 4)))])    # 12x8 images
 @pytest.mark.parametrize("cfg", [0.0, 3.0])
 def test_kv_cached_generation_equals_teacher_forced_pass(variant, cfg):
     pipe = small_pipe(**variant)

@@ -4,6 +4,7 @@ from .editing import box_mask, load_mask
 from .pipeline import VAROutput, VARPipeline, bundled_models
 from .quantizer import MultiScaleQuantizer
 from .sampling import generate
+from .schedule import schedule_for
 from .transformer import PRESETS, VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
 
@@ -11,5 +12,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "VAR", "VARConfig", "VQVAE", "VQVAEConfig", "MultiScaleQuantizer", "VARPipeline", "VAROutput",
-    "PRESETS", "generate", "box_mask", "load_mask", "bundled_models", "patch_nums_from_max_scale", "__version__",
+    "PRESETS", "generate", "box_mask", "load_mask", "bundled_models", "patch_nums_from_max_scale",
+    "schedule_for", "__version__",
 ]

@@ -4,23 +4,18 @@ Readers of that README write ``VAR(vocab_size=512, d_model=256, n_layers=6, n_he
 ``VQVAE(num_embeddings=512)``. Each function here turns such keywords into ``VARConfig`` / ``VQVAEConfig``
 keywords, so both spellings build the same model. Giving a keyword under both names is an error.
 
-This module imports nothing from the package: the transformer and the tokenizer both import it.
+This module imports only :mod:`var.schedule` from the package: the transformer and the tokenizer both import it.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .schedule import patch_nums_from_max_scale
 # request keyword -> our keyword
 VAR_ALIASES = {"d_model": "embed_dim", "n_layers": "depth", "n_heads": "num_heads", "d_ff": "mlp_ratio",
                "max_scale": "patch_nums"}
 VQVAE_ALIASES = {"num_embeddings": "vocab_size", "embedding_dim": "z_channels", "max_scale": "patch_nums"}
 
-
-def patch_nums_from_max_scale(max_scale: int) -> tuple[int, ...]:
-    """The schedule (1, 2, ..., N)."""
-    if max_scale < 1:
-        raise ValueError(f"max_scale must be >= 1, got {max_scale}")
-    return tuple(range(1, max_scale + 1))
 
 
 # The tokenizer ``VQVAE(num_embeddings=512)`` builds: small enough to run in seconds on a CPU, and fitting
@@ -40,7 +35,8 @@ def _rename(given: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, A
 
 
 def _max_scale_to_patch_nums(kw: dict[str, Any], given: Mapping[str, Any]) -> None:
-    """max_scale=N (already renamed to patch_nums) becomes the schedule (1, ..., N)."""
+    """max_scale=N (already renamed to patch_nums) becomes the schedule (1, ..., N); max_scale=(H, W) the
+    non-square one ending at (H, W) (:func:`var.schedule.patch_nums_from_max_scale`)."""
     if "max_scale" in given:
         kw["patch_nums"] = patch_nums_from_max_scale(given["max_scale"])
 

@@ -16,6 +16,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .schedule import as_hw
+
 log = logging.getLogger(__name__)
 
 FASHION_MNIST_DIRS = ["/usr/share/datasets/fashion-mnist"]
@@ -122,22 +124,25 @@ def fashion_mnist_dataset(root: str | os.PathLike | None = None, split: str = "t
     return ImageArrayDataset(images, labels, list(FASHION_MNIST_CLASSES), name=f"fashion-mnist-{split}")
 
 
-def _load_resized(path: Path, size: int, channels: int) -> np.ndarray:
-    """Decode, resize the short side to ``size`` and centre-crop to size x size: (size, size, C) uint8."""
+def _load_resized(path: Path, size: int | tuple[int, int], channels: int) -> np.ndarray:
+    """Decode, resize to cover ``size`` (a side, or (H, W)) keeping the aspect ratio, and centre-crop to
+    H x W: (H, W, C) uint8. For a square size this resizes the short side to it."""
+    H, W = as_hw(size)
     with Image.open(path) as im:
         im = im.convert("L" if channels == 1 else "RGB")
         w, h = im.size
-        s = size / min(w, h)
-        im = im.resize((max(size, round(w * s)), max(size, round(h * s))), Image.BICUBIC)
+        s = max(W / w, H / h)
+        im = im.resize((max(W, round(w * s)), max(H, round(h * s))), Image.BICUBIC)
         w, h = im.size
-        left, top = (w - size) // 2, (h - size) // 2
-        arr = np.asarray(im.crop((left, top, left + size, top + size)), dtype=np.uint8)
+        left, top = (w - W) // 2, (h - H) // 2
+        arr = np.asarray(im.crop((left, top, left + W, top + H)), dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def image_folder_dataset(root: str | os.PathLike, size: int, channels: int = 3) -> ImageArrayDataset:
+def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], channels: int = 3) -> ImageArrayDataset:
     """A folder with one sub-folder per class (class-conditional) or a flat folder of images
-    (unconditional: one class). Files that cannot be decoded are skipped with one warning naming them."""
+    (unconditional: one class), at ``size`` (a side, or (H, W)). Files that cannot be decoded are skipped
+    with one warning naming them."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
@@ -166,7 +171,7 @@ def image_folder_dataset(root: str | os.PathLike, size: int, channels: int = 3) 
                              skipped=skipped)
 
 
-def build_dataset(data: str, size: int | None = None, channels: int | None = None, split: str = "train",
+def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels: int | None = None, split: str = "train",
                   ) -> ImageArrayDataset:
     """``data`` is ``fashion-mnist`` (Debian's files or $VAR_FASHION_MNIST), a folder holding the four
     Fashion-MNIST IDX files, or an image folder (``size`` and ``channels`` then required).

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .schedule import Scale, as_hw, normalize_patch_nums
+
 
 def box_mask(h: int, w: int, y0: float, x0: float, y1: float, x1: float) -> torch.Tensor:
     """An (h, w) mask, 1 inside the box (top, left, bottom, right as fractions of the height and width)
@@ -33,18 +35,18 @@ def box_mask(h: int, w: int, y0: float, x0: float, y1: float, x1: float) -> torc
     return mask
 
 
-def cover(mask_B1HW: torch.Tensor, size: int) -> torch.Tensor:
-    """Resize a 0/1 mask to (size, size) so that an output cell is 1 when ANY input pixel it overlaps is 1
-    (adaptive max-pooling): shrinking or enlarging never loses a pixel to generate."""
-    return F.adaptive_max_pool2d(mask_B1HW.float(), (size, size))
+def cover(mask_B1HW: torch.Tensor, size: int | Scale) -> torch.Tensor:
+    """Resize a 0/1 mask to ``size`` (a side or (h, w)) so that an output cell is 1 when ANY input pixel it
+    overlaps is 1 (adaptive max-pooling): shrinking or enlarging never loses a pixel to generate."""
+    return F.adaptive_max_pool2d(mask_B1HW.float(), as_hw(size))
 
 
-def load_mask(path: str | Path, size: int | None = None, expect: tuple[int, int] | None = None) -> torch.Tensor:
+def load_mask(path: str | Path, size: int | Scale | None = None, expect: tuple[int, int] | None = None) -> torch.Tensor:
     """A mask image as an (H, W) 0/1 float tensor: pixels of at least mid-grey (128 of 255) are 1 (generate).
 
-    ``expect`` (width, height) is the size the file must have (its image's); ``size`` resizes the mask to
-    size x size with :func:`cover`. Raises ValueError naming the file when it cannot be read or has the
-    wrong size.
+    ``expect`` (width, height) is the size the file must have (its image's); ``size`` (a side or
+    (height, width)) resizes the mask with :func:`cover`. Raises ValueError naming the file when it cannot
+    be read or has the wrong size.
     """
     try:
         with Image.open(path) as im:
@@ -56,49 +58,51 @@ def load_mask(path: str | Path, size: int | None = None, expect: tuple[int, int]
         raise ValueError(f"mask {path} is {w}x{h} (width x height) but its image is {expect[0]}x{expect[1]}: "
                          "they must have the same size")
     mask_HW = torch.from_numpy(gray_HW >= 128).float()
-    if size is None or (h, w) == (size, size):
+    if size is None or (h, w) == as_hw(size):
         return mask_HW
     return cover(mask_HW[None, None], size)[0, 0]
 
 
-def check_mask(mask, batch: int, size: int) -> torch.Tensor:
-    """The user's mask as (batch, 1, size, size) bools, True = generate.
+def check_mask(mask, batch: int, size: int | Scale) -> torch.Tensor:
+    """The user's mask as (batch, 1, H, W) bools, True = generate, for images of ``size`` (a side or (H, W)).
 
     Takes (H, W) or (1, 1, H, W) (one mask for every image) or (batch, 1, H, W), of bools or of the
     numbers 0 and 1; anything else raises ValueError naming the bad shape or value.
     """
+    H, W = as_hw(size)
     mask = torch.as_tensor(mask)
     if mask.ndim == 2:
         mask = mask[None, None]
-    expected = f"(H, W), (1, 1, H, W) or ({batch}, 1, H, W) with H = W = {size}"
+    expected = f"(H, W), (1, 1, H, W) or ({batch}, 1, H, W) with " + (f"H = W = {H}" if H == W else f"H = {H}, W = {W}")
     if mask.ndim != 4 or mask.shape[0] not in (1, batch) or mask.shape[1] != 1:
         raise ValueError(f"mask must have shape {expected}, got {tuple(mask.shape)}")
-    if mask.shape[-2:] != (size, size):
-        raise ValueError(f"mask is {mask.shape[-2]}x{mask.shape[-1]}, expected {size}x{size} (the image size)")
+    if mask.shape[-2:] != (H, W):
+        raise ValueError(f"mask is {mask.shape[-2]}x{mask.shape[-1]}, expected {H}x{W} (the image size)")
     if mask.dtype != torch.bool:
         bad = mask[(mask != 0) & (mask != 1)]
         if bad.numel():
             raise ValueError(f"mask values must be 0 (keep) or 1 (generate), got {bad.flatten()[0].item()}")
         mask = mask != 0
-    return mask.expand(batch, 1, size, size)
+    return mask.expand(batch, 1, H, W)
 
 
 def area_weights(n_out: int, n_in: int) -> torch.Tensor:
     """(n_out, n_in) box-filter weights: entry (i, j) is the fraction of output cell i (of n_out equal
-    cells spanning the axis) that input cell j covers. ``W @ m @ W.T`` area-averages an (n_in, n_in) map
-    exactly, also where n_in / n_out is not whole (adaptive pooling rounds its windows outwards there)."""
+    cells spanning the axis) that input cell j covers. ``W_h @ m @ W_w.T`` area-averages an (h_in, w_in)
+    map to (h_out, w_out) exactly, also where n_in / n_out is not whole (adaptive pooling rounds its windows outwards there)."""
     edges_out = torch.arange(n_out + 1, dtype=torch.float64) * (n_in / n_out)
     lo = torch.maximum(edges_out[:-1, None], torch.arange(n_in, dtype=torch.float64)[None])
     hi = torch.minimum(edges_out[1:, None], torch.arange(1, n_in + 1, dtype=torch.float64)[None])
     return ((hi - lo).clamp_min(0) * (n_out / n_in)).float()
 
 
-def keep_masks_from_mask(gen_B1HW: torch.Tensor, patch_nums: Sequence[int], pad: int = 0) -> list[torch.Tensor]:
-    """Per-scale keep masks (B, p_k^2) for a checked user-size mask (True = generate).
+def keep_masks_from_mask(gen_B1HW: torch.Tensor, patch_nums: Sequence, pad: int = 0) -> list[torch.Tensor]:
+    """Per-scale keep masks (B, h_k * w_k) for a checked user-size mask (True = generate); ``patch_nums``
+    in any spelling of :mod:`var.schedule`.
 
     At the finest scale a token is generated when ANY pixel it covers is, so nothing in the hole is kept.
-    A coarser token is kept when more than half of its area is kept at the finest scale, and a 1x1 first
-    scale whenever anything is kept: the reference's zero-shot editing rule. Regenerating every coarse
+    A coarser token is kept when more than half of its area is kept at the finest scale (area weights per
+    axis), and a single-token first scale whenever anything is kept: the reference's zero-shot editing rule. Regenerating every coarse
     token that touches the hole would put the kept area's fine residuals on new coarse content (a centred
     hole then kept 12 dB of the image; this rule keeps 28 dB). The model's border ``pad`` takes the mask
     value of the nearest image pixel: an all-ones mask is then plain generation, all-zeros the
@@ -106,25 +110,28 @@ def keep_masks_from_mask(gen_B1HW: torch.Tensor, patch_nums: Sequence[int], pad:
     """
     if pad:
         gen_B1HW = F.pad(gen_B1HW.float(), (pad,) * 4, mode="replicate")
-    finest = patch_nums[-1]
-    keep_Bpp = 1 - cover(gen_B1HW, finest)[:, 0]
+    scales = normalize_patch_nums(patch_nums)
+    H, W = scales[-1]
+    keep_BHW = 1 - cover(gen_B1HW, (H, W))[:, 0]
     masks = []
-    for k, p in enumerate(patch_nums):
-        if k == 0 and p == 1:
-            kept_B1 = keep_Bpp.flatten(1).amax(1, keepdim=True)
+    for k, (h, w) in enumerate(scales):
+        if k == 0 and h * w == 1:
+            kept_Bl = keep_BHW.flatten(1).amax(1, keepdim=True)
         else:
-            w_pP = area_weights(p, finest).to(keep_Bpp.device)
-            kept_B1 = (w_pP @ keep_Bpp @ w_pP.T).flatten(1)
-        masks.append(kept_B1 > 0.5)
+            w_hH = area_weights(h, H).to(keep_BHW.device)
+            w_wW = area_weights(w, W).to(keep_BHW.device)
+            kept_Bl = (w_hH @ keep_BHW @ w_wW.T).flatten(1)
+        masks.append(kept_Bl > 0.5)
     return masks
 
 
-def keep_masks_for_scales(batch: int, patch_nums: Sequence[int], keep_scales: int,
+def keep_masks_for_scales(batch: int, patch_nums: Sequence, keep_scales: int,
                           device: torch.device | str | None = None) -> list[torch.Tensor]:
-    """Per-scale keep masks (B, p_k^2) that keep the first ``keep_scales`` scales whole and generate the
+    """Per-scale keep masks (B, h_k * w_k) that keep the first ``keep_scales`` scales whole and generate the
     finer ones: the layout of an image with new details (variations)."""
-    K = len(patch_nums)
+    scales = normalize_patch_nums(patch_nums)
+    K = len(scales)
     if not 0 <= keep_scales <= K:
         raise ValueError(f"keep_scales must be in [0, {K}] (this model has {K} scales), got {keep_scales}")
-    return [torch.full((batch, p * p), k < keep_scales, dtype=torch.bool, device=device)
-            for k, p in enumerate(patch_nums)]
+    return [torch.full((batch, h * w), k < keep_scales, dtype=torch.bool, device=device)
+            for k, (h, w) in enumerate(scales)]

@@ -8,6 +8,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .schedule import as_hw, normalize_patch_nums
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) floats in [0, 1] to (B, H, W, C) uint8."""
@@ -34,15 +36,18 @@ def write_npz(rgb_NHW3: np.ndarray, labels: np.ndarray, path: str | Path) -> Pat
     return path
 
 
-def load_image(path: str | Path, channels: int, size: int | None = None) -> tuple[torch.Tensor, tuple[int, int]]:
-    """An image file as (1, channels, size, size) in [0, 1] (resized when ``size`` differs) and its
-    original (width, height). Raises ValueError naming the file when it cannot be decoded."""
+def load_image(path: str | Path, channels: int, size: int | tuple[int, int] | None = None
+               ) -> tuple[torch.Tensor, tuple[int, int]]:
+    """An image file as (1, channels, H, W) in [0, 1] (resized when ``size``, a side or (H, W), differs)
+    and its original (width, height). Raises ValueError naming the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
             im = im.convert("L" if channels == 1 else "RGB")
             original = im.size
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
+            if size is not None:
+                H, W = as_hw(size)
+                if im.size != (W, H):
+                    im = im.resize((W, H), Image.BICUBIC)
             arr = np.asarray(im, dtype=np.float32) / 255.0
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
@@ -93,10 +98,10 @@ def grid(images: torch.Tensor, nrow: int, pad: int = 2, scale: int = 1, row_labe
     return canvas
 
 
-def progression_grid(stages: Sequence[torch.Tensor], patch_nums: Sequence[int], row_labels: Sequence[str],
+def progression_grid(stages: Sequence[torch.Tensor], patch_nums: Sequence, row_labels: Sequence[str],
                      scale: int = 1) -> Image.Image:
-    """The coarse-to-fine figure: a row per sample, a column per scale. ``stages`` holds K tensors
-    (R, C, H, W), the images after 1, 2, ..., K scales (``VARPipeline.decode_per_scale``)."""
+    """The coarse-to-fine figure: a row per sample, a column per scale (labelled height x width). ``stages``
+    holds K tensors (R, C, H, W), the images after 1, 2, ..., K scales (``VARPipeline.decode_per_scale``)."""
     images = torch.stack(list(stages), dim=1).flatten(0, 1)    # row-major: sample r, scale k
     return grid(images, nrow=len(stages), scale=scale, row_labels=row_labels,
-                col_labels=[f"{p}x{p}" for p in patch_nums])
+                col_labels=[f"{h}x{w}" for h, w in normalize_patch_nums(patch_nums)])

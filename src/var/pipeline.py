@@ -1,7 +1,7 @@
 """``VARPipeline``: the tokenizer and the transformer behind one user-facing object.
 
 Images cross this boundary in [0, 1] as (B, channels, H, W); tokens as a list of K LongTensors
-(B, p_k * p_k), row-major. A pipeline saved with ``save_pretrained`` is a folder holding ``config.json``
+(B, h_k * w_k), row-major (scale k is an h_k x w_k map; square models have h_k = w_k). A pipeline saved with ``save_pretrained`` is a folder holding ``config.json``
 and one safetensors file per model; ``from_pretrained`` also takes the name of a bundled model.
 """
 from __future__ import annotations
@@ -20,8 +20,9 @@ import torch.nn.functional as F
 from . import editing, official
 from .packed_linear import PackedLinear, total_memory_bytes
 from .sampling import check_sampling_options, generate
+from .schedule import Scale
 from .transformer import VAR, VARConfig
-from .vqvae import VQVAE, VQVAEConfig
+from .vqvae import VQVAE, VQVAEConfig, square_side
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +40,7 @@ class VAROutput:
     """What generation and editing return."""
 
     images: torch.Tensor               # (B, channels, H, W) in [0, 1]
-    tokens: list[torch.Tensor]         # K maps, (B, p_k * p_k)
+    tokens: list[torch.Tensor]         # K maps, (B, h_k * w_k)
     labels: torch.Tensor               # (B,) the class of each image (num_classes = the null class)
 
 
@@ -104,8 +105,14 @@ class VARPipeline:
         return self.var.head.weight.device
 
     @property
-    def patch_nums(self) -> tuple[int, ...]:
+    def patch_nums(self) -> tuple[int, ...] | tuple[Scale, ...]:
+        """The schedule as configs spell it: ints for square scales, else (h, w) pairs."""
         return tuple(self.var.patch_nums)
+
+    @property
+    def scales(self) -> tuple[Scale, ...]:
+        """The schedule as (h, w) pairs."""
+        return self.var.scales
 
     @property
     def num_classes(self) -> int:
@@ -116,9 +123,15 @@ class VARPipeline:
         return self.vqvae.config.in_channels
 
     @property
+    def image_hw(self) -> Scale:
+        """(height, width) of the images this pipeline takes and returns (the model's, minus the padding)."""
+        H, W = self.vqvae.config.image_hw
+        return H - 2 * self.pad, W - 2 * self.pad
+
+    @property
     def image_size(self) -> int:
-        """Side of the images this pipeline takes and returns (the model's, minus the padding)."""
-        return self.vqvae.config.image_size - 2 * self.pad
+        """Side of the (square) images this pipeline takes and returns; ValueError for a non-square model."""
+        return square_side(self.image_hw)
 
     def to(self, device: str | torch.device) -> "VARPipeline":
         self.vqvae.to(device)
@@ -267,13 +280,13 @@ class VARPipeline:
     def _to_model_images(self, images: torch.Tensor) -> torch.Tensor:
         """[0, 1] user images (B, channels, H, W) to padded [-1, 1] model input, with clear errors."""
         converted = self._match_channels(images)
+        H, W = self.image_hw
         if not isinstance(converted, torch.Tensor) or converted.ndim != 4 or converted.shape[1] != self.channels:
             shape = tuple(images.shape) if isinstance(images, torch.Tensor) else type(images).__name__
-            raise ValueError(f"expected images of shape (B, {self.channels}, {self.image_size}, {self.image_size}) "
-                             f"in [0, 1], got {shape}")
-        if images.shape[-2:] != (self.image_size, self.image_size):
-            raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]}, this model takes "
-                             f"{self.image_size}x{self.image_size}")
+            raise ValueError(f"expected images of shape (B, {self.channels}, {H}, {W}) in [0, 1], got {shape}")
+        if images.shape[-2:] != (H, W):
+            raise ValueError(f"images are {images.shape[-2]}x{images.shape[-1]}, this model takes {H}x{W} "
+                             "(height x width)")
         bad = int((~torch.isfinite(images)).sum())  # counted in the images as given, before any conversion
         if bad:
             raise ValueError(f"images hold {bad} non-finite values (NaN or inf); expected values in [0, 1]")
@@ -307,7 +320,7 @@ class VARPipeline:
     # --------------------------------------------------------------------------- the calls
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """Images (B, channels, H, W) in [0, 1] to K token maps (B, p_k * p_k)."""
+        """Images (B, channels, H, W) in [0, 1] to K token maps (B, h_k * w_k)."""
         return self.vqvae.img_to_indices(self._to_model_images(images))
 
     @torch.no_grad()
@@ -358,14 +371,14 @@ class VARPipeline:
         ``mask`` is (H, W) or (B, 1, H, W), 1 where new content is generated and 0 where the image is kept
         (outpainting: 1 outside the region to keep; see :func:`var.editing.box_mask`). The finest scale
         generates every token that covers a masked pixel; a coarser token is kept when more than half of
-        its area is kept, the 1x1 scale whenever anything is (:func:`var.editing.keep_masks_from_mask`).
+        its area is kept, a 1x1 first scale whenever anything is (:func:`var.editing.keep_masks_from_mask`).
         Kept tokens are teacher-forced from the image's own. The model's border (``pad``) follows the
         mask of the nearest image pixel. Without ``class_labels`` the null class conditions the model;
         with them the edit is class-conditional. Sampling options (and ``on_scale``) are those of
         ``__call__``; the seed draws the same numbers.
         """
         tokens = self.encode(images)
-        gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_size).to(self.device)
+        gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_hw).to(self.device)
         keep_masks = editing.keep_masks_from_mask(gen_B1HW, self.patch_nums, self.pad)
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
                           on_scale=on_scale, **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))

@@ -5,7 +5,7 @@ have not explained yet; its codes are upsampled (bicubic) back to the full laten
 3x3 "phi" conv before being added to the running reconstruction ``f_hat``.
 
 Shape letters: B batch, C latent channels (Cvae), H W full latent size, h w one scale's size,
-V codebook size, K number of scales, N flattened positions.
+V codebook size, K number of scales, N flattened positions. A scale is an (h, w) pair (see :mod:`var.schedule`).
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 
 class Phi(nn.Conv2d):
     """3x3 conv mixed with its input: ``(1 - r) * h + r * conv(h)``, r = ``resi_ratio``."""
@@ -75,12 +76,13 @@ class PhiBank(nn.Module):
 class MultiScaleQuantizer(nn.Module):
     """Residual quantization over the scales ``patch_nums`` with one shared codebook."""
 
-    def __init__(self, vocab_size: int, channels: int, patch_nums: Sequence[int], share_quant_resi: int = 4,
+    def __init__(self, vocab_size: int, channels: int, patch_nums: Sequence, share_quant_resi: int = 4,
                  beta: float = 0.25, resi_ratio: float = 0.5):
         super().__init__()
         self.vocab_size = vocab_size
         self.channels = channels
-        self.patch_nums = tuple(int(p) for p in patch_nums)
+        self.scales = normalize_patch_nums(patch_nums)
+        self.patch_nums = compact_patch_nums(self.scales)
         self.beta = beta
         self.embedding = nn.Embedding(vocab_size, channels)
         # Uniform(+-1/V), as VQGAN: codes start near the origin, inside the latents' spread, so that most of
@@ -101,49 +103,57 @@ class MultiScaleQuantizer(nn.Module):
         d_NV = (z_NC.square().sum(dim=1, keepdim=True) + w_VC.square().sum(dim=1)).addmm_(z_NC, w_VC.T, alpha=-2)
         return d_NV.argmin(dim=1)
 
-    def _upsampled_code(self, k: int, idx_Bl: torch.Tensor, H: int) -> torch.Tensor:
-        """phi_k(bicubic(embedding(idx))) at the full latent size: what scale k adds to f_hat."""
-        p = self.patch_nums[k]
-        h_BChw = self.embedding(idx_Bl).transpose(1, 2).reshape(idx_Bl.shape[0], self.channels, p, p)
-        return self.code_map_to_residual(k, h_BChw, H)
+    @property
+    def latent_hw(self) -> Scale:
+        """The full latent size (H, W): the last scale's."""
+        return self.scales[-1]
 
-    def code_map_to_residual(self, k: int, h_BChw: torch.Tensor, H: int) -> torch.Tensor:
-        """Upsample one scale's code map (B, C, p, p) to H and apply that scale's phi conv."""
+    def _upsampled_code(self, k: int, idx_Bl: torch.Tensor) -> torch.Tensor:
+        """phi_k(bicubic(embedding(idx))) at the full latent size: what scale k adds to f_hat."""
+        h, w = self.scales[k]
+        h_BChw = self.embedding(idx_Bl).transpose(1, 2).reshape(idx_Bl.shape[0], self.channels, h, w)
+        return self.code_map_to_residual(k, h_BChw)
+
+    def code_map_to_residual(self, k: int, h_BChw: torch.Tensor) -> torch.Tensor:
+        """Upsample one scale's code map (B, C, h, w) to the latent size and apply that scale's phi conv."""
         if k != self.num_scales - 1:
-            h_BChw = F.interpolate(h_BChw, size=(H, H), mode="bicubic")
+            h_BChw = F.interpolate(h_BChw, size=self.latent_hw, mode="bicubic")
         return self.quant_resi.forward_scale(k, h_BChw)
+
+    def _area(self, f_BCHW: torch.Tensor, k: int) -> torch.Tensor:
+        """``f`` area-averaged to scale k's size (the last scale's is the latent's own)."""
+        return f_BCHW if k == self.num_scales - 1 else F.interpolate(f_BCHW, size=self.scales[k], mode="area")
 
     def _check_latent(self, f_BChw: torch.Tensor) -> None:
         if f_BChw.ndim != 4 or f_BChw.shape[1] != self.channels:
             raise ValueError(f"expected a latent of shape (B, {self.channels}, H, W), got {tuple(f_BChw.shape)}")
         H, W = f_BChw.shape[-2:]
-        if H != W or H != self.patch_nums[-1]:
+        if (H, W) != self.latent_hw:
             raise ValueError(f"latent is {H}x{W} but the last scale of patch_nums {self.patch_nums} is "
-                             f"{self.patch_nums[-1]}: the image size does not fit this tokenizer")
+                             f"{self.latent_hw[0]}x{self.latent_hw[1]}: the image size does not fit this tokenizer")
 
     @torch.no_grad()
     def latent_to_indices(self, f_BChw: torch.Tensor) -> list[torch.Tensor]:
-        """Quantize a latent into K index maps, each (B, p_k * p_k), row-major."""
+        """Quantize a latent into K index maps, each (B, h_k * w_k), row-major."""
         self._check_latent(f_BChw)
-        B, C, H, _ = f_BChw.shape
+        B, C = f_BChw.shape[:2]
         f_rest = f_BChw.float().clone()
         indices = []
-        for k, p in enumerate(self.patch_nums):
-            z_BChw = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
-            idx_Bl = self.nearest_code(z_BChw.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
-            f_rest -= self._upsampled_code(k, idx_Bl, H)
+        for k, (h, w) in enumerate(self.scales):
+            z_BChw = self._area(f_rest, k)
+            idx_Bl = self.nearest_code(z_BChw.permute(0, 2, 3, 1).reshape(-1, C)).view(B, h * w)
+            f_rest -= self._upsampled_code(k, idx_Bl)
             indices.append(idx_Bl)
         return indices
 
     def indices_to_latent(self, indices: Sequence[torch.Tensor], upto: int | None = None) -> torch.Tensor:
-        """Sum of the first ``upto`` scales' contributions (all by default): f_hat, (B, C, H, H)."""
+        """Sum of the first ``upto`` scales' contributions (all by default): f_hat, (B, C, H, W)."""
         self._check_indices(indices, allow_prefix=upto is not None)
-        H = self.patch_nums[-1]
         n = len(indices) if upto is None else upto
         f_hat = None
         for k in range(n):
-            h = self._upsampled_code(k, indices[k], H)
-            f_hat = h if f_hat is None else f_hat + h
+            r_BCHW = self._upsampled_code(k, indices[k])
+            f_hat = r_BCHW if f_hat is None else f_hat + r_BCHW
         return f_hat
 
     def _check_indices(self, indices: Sequence[torch.Tensor], allow_prefix: bool = False) -> None:
@@ -152,36 +162,32 @@ class MultiScaleQuantizer(nn.Module):
                              f"got {len(indices)}")
         B = indices[0].shape[0] if len(indices) else 0
         for k, idx in enumerate(indices):
-            p = self.patch_nums[k]
-            if idx.ndim != 2 or idx.shape != (B, p * p):
-                raise ValueError(f"token map of scale {k} must have shape ({B}, {p * p}), got {tuple(idx.shape)}")
+            h, w = self.scales[k]
+            if idx.ndim != 2 or idx.shape != (B, h * w):
+                raise ValueError(f"token map of scale {k} must have shape ({B}, {h * w}), got {tuple(idx.shape)}")
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
                 raise ValueError(f"token map of scale {k} has ids outside [0, {self.vocab_size})")
 
     def teacher_forcing_input(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
-        """The transformer's input for scales 2..K from ground-truth indices: (B, L - p_1^2, C).
+        """The transformer's input for scales 2..K from ground-truth indices: (B, L - h_1 w_1, C).
 
-        Entry k is ``area(f_hat after scales 1..k, p_{k+1})``, flattened row-major.
+        Entry k is ``area(f_hat after scales 1..k, (h_{k+1}, w_{k+1}))``, flattened row-major.
         """
         self._check_indices(indices)
         B = indices[0].shape[0]
-        H = self.patch_nums[-1]
-        f_hat = torch.zeros(B, self.channels, H, H, device=self.embedding.weight.device)
+        f_hat = torch.zeros(B, self.channels, *self.latent_hw, device=self.embedding.weight.device)
         inputs = []
         for k in range(self.num_scales - 1):
-            f_hat = f_hat + self._upsampled_code(k, indices[k], H)
-            p = self.patch_nums[k + 1]
-            inputs.append(F.interpolate(f_hat, size=(p, p), mode="area").flatten(2).transpose(1, 2))
+            f_hat = f_hat + self._upsampled_code(k, indices[k])
+            inputs.append(F.interpolate(f_hat, size=self.scales[k + 1], mode="area").flatten(2).transpose(1, 2))
         return torch.cat(inputs, dim=1)
 
     def next_input(self, k: int, f_hat: torch.Tensor, h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add scale k's code map (B, C, p_k, p_k) to f_hat; return f_hat and the next scale's input map."""
-        H = self.patch_nums[-1]
-        f_hat = f_hat + self.code_map_to_residual(k, h_BChw, H)
+        """Add scale k's code map (B, C, h_k, w_k) to f_hat; return f_hat and the next scale's input map."""
+        f_hat = f_hat + self.code_map_to_residual(k, h_BChw)
         if k == self.num_scales - 1:
             return f_hat, f_hat
-        p = self.patch_nums[k + 1]
-        return f_hat, F.interpolate(f_hat, size=(p, p), mode="area")
+        return f_hat, F.interpolate(f_hat, size=self.scales[k + 1], mode="area")
 
     def forward(self, f_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Training pass: straight-through f_hat, the multi-scale VQ loss, and the indices per scale.
@@ -194,19 +200,19 @@ class MultiScaleQuantizer(nn.Module):
             return self._quantize(f_BChw.float())
 
     def _quantize(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-        B, C, H, _ = f.shape
+        B, C = f.shape[:2]
         f_detached = f.detach()
         f_rest = f_detached.clone()
         f_hat = torch.zeros_like(f)
         vq_loss = f.new_zeros(())
         indices = []
-        for k, p in enumerate(self.patch_nums):
-            z_BChw = f_rest if k == self.num_scales - 1 else F.interpolate(f_rest, size=(p, p), mode="area")
+        for k, (h, w) in enumerate(self.scales):
+            z_BChw = self._area(f_rest, k)
             with torch.no_grad():
-                idx_Bl = self.nearest_code(z_BChw.permute(0, 2, 3, 1).reshape(-1, C)).view(B, p * p)
-            h = self._upsampled_code(k, idx_Bl, H)
-            f_hat = f_hat + h
-            f_rest = f_rest - h.detach()
+                idx_Bl = self.nearest_code(z_BChw.permute(0, 2, 3, 1).reshape(-1, C)).view(B, h * w)
+            r_BCHW = self._upsampled_code(k, idx_Bl)
+            f_hat = f_hat + r_BCHW
+            f_rest = f_rest - r_BCHW.detach()
             vq_loss = vq_loss + self.beta * F.mse_loss(f_hat.detach(), f) + F.mse_loss(f_hat, f_detached)
             indices.append(idx_Bl)
         if self.training:

@@ -117,29 +117,29 @@ def generate_sequence(var: VAR, batch_size: int, *, temperature: float, top_k: i
     return torch.cat(tokens, dim=1)
 
 
-def _split_scales(tokens_BL: torch.Tensor, patch_nums: Sequence[int]) -> list[torch.Tensor]:
-    """A (B, L) sequence as its K maps (B, p_k * p_k)."""
-    L = sum(p * p for p in patch_nums)
-    if tokens_BL.shape[1] != L:
-        raise ValueError(f"a token sequence of this tokenizer has L = {L} tokens (scales {tuple(patch_nums)}), "
+def _split_scales(tokens_BL: torch.Tensor, quant: MultiScaleQuantizer) -> list[torch.Tensor]:
+    """A (B, L) sequence as its K maps (B, h_k * w_k)."""
+    sizes = [h * w for h, w in quant.scales]
+    if tokens_BL.shape[1] != sum(sizes):
+        raise ValueError(f"a token sequence of this tokenizer has L = {sum(sizes)} tokens (scales {quant.patch_nums}), "
                          f"got shape {tuple(tokens_BL.shape)}")
-    return list(tokens_BL.split([p * p for p in patch_nums], dim=1))
+    return list(tokens_BL.split(sizes, dim=1))
 
 
-def _last_scale_latent(quant: MultiScaleQuantizer, tokens_Bpp: torch.Tensor) -> torch.Tensor:
-    """The latent the last scale's map (B, p, p) adds on its own: the finest residual."""
-    p, V = quant.patch_nums[-1], quant.vocab_size
-    if tokens_Bpp.shape[1:] != (p, p):
-        raise ValueError(f"a single token map must be the last scale's, (B, {p}, {p}), got {tuple(tokens_Bpp.shape)}")
-    if tokens_Bpp.numel() and (int(tokens_Bpp.min()) < 0 or int(tokens_Bpp.max()) >= V):
-        raise ValueError(f"token ids must be in [0, {V}), got [{int(tokens_Bpp.min())}, {int(tokens_Bpp.max())}]")
-    code_BCpp = quant.embedding(tokens_Bpp).permute(0, 3, 1, 2)
-    return quant.code_map_to_residual(quant.num_scales - 1, code_BCpp, p)
+def _last_scale_latent(quant: MultiScaleQuantizer, tokens_Bhw: torch.Tensor) -> torch.Tensor:
+    """The latent the last scale's map (B, h, w) adds on its own: the finest residual."""
+    (h, w), V = quant.latent_hw, quant.vocab_size
+    if tokens_Bhw.shape[1:] != (h, w):
+        raise ValueError(f"a single token map must be the last scale's, (B, {h}, {w}), got {tuple(tokens_Bhw.shape)}")
+    if tokens_Bhw.numel() and (int(tokens_Bhw.min()) < 0 or int(tokens_Bhw.max()) >= V):
+        raise ValueError(f"token ids must be in [0, {V}), got [{int(tokens_Bhw.min())}, {int(tokens_Bhw.max())}]")
+    code_BChw = quant.embedding(tokens_Bhw).permute(0, 3, 1, 2)
+    return quant.code_map_to_residual(quant.num_scales - 1, code_BChw)
 
 
 def tokens_to_latent(vqvae: VQVAE, tokens: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-    """The latent f_hat (B, Cvae, p, p) of what :meth:`VQVAE.decode_from_indices` takes: a (B, L) sequence,
-    the K maps (each (B, p_k * p_k) or (B, p_k, p_k)), or the last scale's (B, p, p) map alone."""
+    """The latent f_hat (B, Cvae, H, W) of what :meth:`VQVAE.decode_from_indices` takes: a (B, L) sequence,
+    the K maps (each (B, h_k * w_k) or (B, h_k, w_k)), or the last scale's (B, h, w) map alone."""
     quant = vqvae.quantize
     on = quant.embedding.weight.device
     if not isinstance(tokens, torch.Tensor):
@@ -148,6 +148,6 @@ def tokens_to_latent(vqvae: VQVAE, tokens: torch.Tensor | Sequence[torch.Tensor]
     if tokens.ndim == 3:
         return _last_scale_latent(quant, tokens)
     if tokens.ndim != 2:
-        raise ValueError(f"tokens must be (B, L), a list of per-scale maps, or the last scale's (B, p, p) map; "
+        raise ValueError(f"tokens must be (B, L), a list of per-scale maps, or the last scale's (B, h, w) map; "
                          f"got shape {tuple(tokens.shape)}")
-    return quant.indices_to_latent(_split_scales(tokens, quant.patch_nums))
+    return quant.indices_to_latent(_split_scales(tokens, quant))

@@ -40,10 +40,10 @@ def _is_real(x) -> bool:
     return isinstance(x, Real) and not isinstance(x, bool)
 
 
-def check_finite_logits(logits: torch.Tensor, k: int, p: int) -> None:
+def check_finite_logits(logits: torch.Tensor, k: int, hw: tuple[int, int]) -> None:
     """Stop with a clear message where the model's logits hold NaN or inf (sampling cannot draw from them)."""
     if not torch.isfinite(logits).all():
-        raise ValueError(f"the model produced non-finite logits (NaN or inf) at scale {k} ({p}x{p} tokens): "
+        raise ValueError(f"the model produced non-finite logits (NaN or inf) at scale {k} ({hw[0]}x{hw[1]} tokens): "
                          "its weights or inputs hold NaN or inf")
 
 
@@ -103,7 +103,7 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
     """Generate the token maps of every scale for ``label_B`` (null class allowed).
 
     At scale k of K the guided logits are ``(1 + t) * cond - t * null`` with ``t = cfg * k / (K - 1)``
-    (the paper's linear ramp). Where ``keep_masks[k]`` (B, p_k^2) is True the token is taken from
+    (the paper's linear ramp). Where ``keep_masks[k]`` (B, h_k * w_k) is True the token is taken from
     ``keep_tokens[k]`` instead of being sampled. ``streams`` splits the transformer's batch into that many
     concurrent streams (see :mod:`var.streams`); by default one per CPU thread on CPU, one elsewhere.
     Returns the final latent f_hat and the K token maps.
@@ -122,10 +122,10 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
               on_scale: Callable[[int], None] | None, streams: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     var.check_labels(label_B, allow_null=True)
     check_sampling_options(cfg, top_k, top_p, temperature)
-    patch_nums, quant = var.patch_nums, vqvae.quantize
-    if tuple(patch_nums) != tuple(quant.patch_nums):
-        raise ValueError(f"transformer scales {patch_nums} differ from the tokenizer's {quant.patch_nums}")
-    K, B = len(patch_nums), label_B.shape[0]
+    scales, quant = var.scales, vqvae.quantize
+    if scales != quant.scales:
+        raise ValueError(f"transformer scales {var.patch_nums} differ from the tokenizer's {quant.patch_nums}")
+    K, B = len(scales), label_B.shape[0]
     guided = cfg != 0  # with cfg == 0 the null-class half would get weight 0: skip it
     labels = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
     n = labels.shape[0]
@@ -134,16 +134,16 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
     mods = var.modulations(cond_nC)                           # once per call: the condition is fixed
     lvl_pos_1LC = var.lvl_embed(var.lvl_1L) + var.pos_1LC
     x_nlC = cond_nC.unsqueeze(1) + var.pos_start + lvl_pos_1LC[:, :var.first_l]
-    f_hat = cond_nC.new_zeros(B, quant.channels, patch_nums[-1], patch_nums[-1])
+    f_hat = cond_nC.new_zeros(B, quant.channels, *quant.latent_hw)
     codebook_VC = quant.embedding.weight
     tokens: list[torch.Tensor] = []
     with Streams(stream_count(cond_nC.device, n, streams), cond_nC.device.type) as pool:
         transformer = _BatchStreams(var, cond_nC, mods, pool)
         cur = 0
-        for k, p in enumerate(patch_nums):
+        for k, (h, w) in enumerate(scales):
             ratio = k / (K - 1) if K > 1 else 1.0
             logits_BlV = transformer.logits(x_nlC)
-            check_finite_logits(logits_BlV, k, p)
+            check_finite_logits(logits_BlV, k, (h, w))
             if guided:
                 t = cfg * ratio
                 logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
@@ -162,14 +162,14 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
                 idx_Bl = torch.where(keep_Bl, keep_tokens[k], idx_Bl)
                 h_BlC = torch.where(keep_Bl.unsqueeze(-1), F.embedding(idx_Bl, codebook_VC), h_BlC)
             tokens.append(idx_Bl)
-            f_hat, next_map = quant.next_input(k, f_hat, h_BlC.transpose(1, 2).reshape(B, -1, p, p))
-            cur += p * p
+            f_hat, next_map = quant.next_input(k, f_hat, h_BlC.transpose(1, 2).reshape(B, -1, h, w))
+            cur += h * w
             if on_scale is not None:
                 on_scale(k)
             if k == K - 1:
                 break
-            q = patch_nums[k + 1]
-            x_BlC = var.word_embed(next_map.flatten(2).transpose(1, 2)) + lvl_pos_1LC[:, cur:cur + q * q]
+            l_next = next_map.shape[-2] * next_map.shape[-1]
+            x_BlC = var.word_embed(next_map.flatten(2).transpose(1, 2)) + lvl_pos_1LC[:, cur:cur + l_next]
             x_nlC = torch.cat((x_BlC, x_BlC)) if guided else x_BlC
     return f_hat, tokens
 

@@ -1,7 +1,8 @@
 """The VAR transformer: next-scale prediction with AdaLN-conditioned blocks.
 
-The sequence holds every scale's token map, coarse to fine: L = sum(p_k^2) tokens. A token attends to
-all tokens of its own and earlier scales (block-causal). The first p_1^2 positions carry the class
+The sequence holds every scale's (h_k, w_k) token map, row-major, coarse to fine: L = sum(h_k * w_k)
+tokens. A token attends to all tokens of its own and earlier scales (block-causal). The first h_1 * w_1
+positions carry the class
 condition (start token); position i of the rest carries the tokenizer's f_hat after the earlier scales,
 area-resized to the scale being predicted. Module and parameter names follow the released checkpoints.
 
@@ -21,6 +22,7 @@ import torch.nn.functional as F
 
 from .aliases import patch_nums_from_max_scale, var_config_kwargs  # noqa: F401 (re-exported)
 from .packed_linear import PackedLinear, packing_available
+from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 
 if TYPE_CHECKING:
     from .quickstart import TokenizerLink
@@ -47,7 +49,7 @@ class VARConfig:
     embed_dim: int = 1024
     num_heads: int = 16
     mlp_ratio: float = 4.0
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    patch_nums: tuple[int, ...] | tuple[Scale, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)  # ints or (h, w)
     shared_aln: bool = False
     attn_l2_norm: bool = True
     cond_drop_rate: float = 0.1
@@ -55,15 +57,13 @@ class VARConfig:
     drop_path_rate: float | None = None  # stochastic depth in training; None: the reference's 0.1 * depth / 24
 
     def __post_init__(self):
-        self.patch_nums = tuple(int(p) for p in self.patch_nums)
+        self.patch_nums = compact_patch_nums(normalize_patch_nums(self.patch_nums))
         if self.drop_path_rate is None:
             self.drop_path_rate = 0.1 * self.depth / 24
         if not 0 <= self.drop_path_rate < 1:
             raise ValueError(f"drop_path_rate must be in [0, 1), got {self.drop_path_rate}")
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
-        if list(self.patch_nums) != sorted(set(self.patch_nums)) or self.patch_nums[0] < 1:
-            raise ValueError(f"patch_nums must be strictly increasing positive sizes, got {self.patch_nums}")
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VARConfig":
@@ -72,12 +72,17 @@ class VARConfig:
         kw = dict(PRESETS[name])
         kw.update(overrides)
         max_scale = kw.pop("max_scale")
-        kw.setdefault("patch_nums", tuple(range(1, max_scale + 1)))
+        kw.setdefault("patch_nums", patch_nums_from_max_scale(max_scale))
         return cls(**kw)
 
     @property
+    def scales(self) -> tuple[Scale, ...]:
+        """The schedule as (h, w) pairs."""
+        return normalize_patch_nums(self.patch_nums)
+
+    @property
     def seq_len(self) -> int:
-        return sum(p * p for p in self.patch_nums)
+        return sum(h * w for h, w in self.scales)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -230,8 +235,8 @@ class VAR(nn.Module):
         cfg = cfg or VARConfig(**var_config_kwargs(overrides))  # also the educational README's keywords
         self.config = cfg
         C, K = cfg.embed_dim, len(cfg.patch_nums)
-        self.patch_nums = cfg.patch_nums
-        self.first_l = cfg.patch_nums[0] ** 2
+        self.patch_nums, self.scales = cfg.patch_nums, cfg.scales
+        self.first_l = self.scales[0][0] * self.scales[0][1]
         self.num_classes = cfg.num_classes
         L = cfg.seq_len
         self.word_embed = PackedLinear(cfg.latent_channels, C)
@@ -246,7 +251,7 @@ class VAR(nn.Module):
         self.blocks = nn.ModuleList(AdaLNBlock(cfg, rate) for rate in rates)
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
         self.head = PackedLinear(C, cfg.vocab_size)
-        lvl_1L = torch.cat([torch.full((p * p,), k) for k, p in enumerate(cfg.patch_nums)]).view(1, L)
+        lvl_1L = torch.cat([torch.full((h * w,), k) for k, (h, w) in enumerate(self.scales)]).view(1, L)
         self.register_buffer("lvl_1L", lvl_1L)
         # Block-causal mask as an additive bias: 0 where a token may look, -inf elsewhere.
         allowed = lvl_1L.view(L, 1) >= lvl_1L.view(1, L)
@@ -369,7 +374,7 @@ class VAR(nn.Module):
                  device: str | torch.device | None = None, class_labels=None, cfg: float = 1.5,
                  seed: int | None = None, vqvae: "VQVAE | None" = None) -> torch.Tensor:
         """Generate ``batch_size`` samples; returns every scale's token map concatenated coarse to fine,
-        (B, L) int64, so ``tokens[:, -p * p:]`` is the last (p x p) scale. Decode with
+        (B, L) int64, so ``tokens[:, -h * w:]`` is the last (h x w) scale. Decode with
         ``vqvae.decode_from_indices(tokens)``.
 
         Each scale's input is built from the tokenizer, so one is needed: ``vqvae=``, or the one a

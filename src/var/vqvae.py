@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from .aliases import vqvae_config_kwargs
 from .quantizer import MultiScaleQuantizer
+from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 from .streams import split_batch
 from .weight_cache import DerivedWeight
 from .winograd import WinogradConv2d
@@ -24,7 +25,10 @@ from .winograd import WinogradConv2d
 
 @dataclass
 class VQVAEConfig:
-    """Sizes of the tokenizer. Defaults are the released ImageNet tokenizer (16x down-sampling)."""
+    """Sizes of the tokenizer. Defaults are the released ImageNet tokenizer (16x down-sampling).
+
+    ``patch_nums`` takes ints (square scales) or (h, w) pairs; it is stored in the compact spelling of
+    :func:`var.schedule.compact_patch_nums` (ints when square) and :attr:`scales` gives the pairs."""
 
     in_channels: int = 3
     ch: int = 160
@@ -32,7 +36,7 @@ class VQVAEConfig:
     num_res_blocks: int = 2
     z_channels: int = 32
     vocab_size: int = 4096
-    patch_nums: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+    patch_nums: tuple[int, ...] | tuple[Scale, ...] = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
     share_quant_resi: int = 4
     using_sa: bool = True       # attention blocks at the lowest-resolution level
     using_mid_sa: bool = True   # attention block in the middle
@@ -41,9 +45,7 @@ class VQVAEConfig:
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
-        self.patch_nums = tuple(int(p) for p in self.patch_nums)
-        if list(self.patch_nums) != sorted(set(self.patch_nums)):
-            raise ValueError(f"patch_nums must be strictly increasing, got {self.patch_nums}")
+        self.patch_nums = compact_patch_nums(normalize_patch_nums(self.patch_nums))
         widths = {self.ch * m for m in self.ch_mult}
         if any(w % self.norm_groups for w in widths):
             raise ValueError(f"every width ch*ch_mult {sorted(widths)} must be divisible by norm_groups={self.norm_groups}")
@@ -54,12 +56,31 @@ class VQVAEConfig:
         return 2 ** (len(self.ch_mult) - 1)
 
     @property
+    def scales(self) -> tuple[Scale, ...]:
+        """The schedule as (h, w) pairs."""
+        return normalize_patch_nums(self.patch_nums)
+
+    @property
+    def image_hw(self) -> Scale:
+        """The image (height, width) the scale schedule implies (last scale times the down-sampling)."""
+        h, w = self.scales[-1]
+        return h * self.downsample, w * self.downsample
+
+    @property
     def image_size(self) -> int:
-        """The image side the scale schedule implies (last scale times the down-sampling)."""
-        return self.patch_nums[-1] * self.downsample
+        """The image side of a square schedule; a non-square one raises ValueError (use :attr:`image_hw`)."""
+        return square_side(self.image_hw)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def square_side(hw: Scale) -> int:
+    """The side of a square (H, W); ValueError for a non-square one, for callers that take squares only."""
+    if hw[0] != hw[1]:
+        raise ValueError(f"this model's images are {hw[0]}x{hw[1]} (height x width), not square: "
+                         "use image_hw (this call takes square models only)")
+    return hw[0]
 
 
 def _norm(channels: int, groups: int) -> nn.GroupNorm:
@@ -255,30 +276,35 @@ class VQVAE(nn.Module):
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
 
     @property
-    def patch_nums(self) -> tuple[int, ...]:
+    def patch_nums(self) -> tuple[int, ...] | tuple[Scale, ...]:
         return self.config.patch_nums
+
+    @property
+    def scales(self) -> tuple[Scale, ...]:
+        return self.quantize.scales
 
     def check_images(self, img_BCHW: torch.Tensor) -> None:
         cfg = self.config
         if img_BCHW.ndim != 4 or img_BCHW.shape[1] != cfg.in_channels:
             raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {tuple(img_BCHW.shape)}")
         H, W = img_BCHW.shape[-2:]
-        if H != W or H != cfg.image_size:
-            raise ValueError(f"images are {H}x{W} but this tokenizer takes {cfg.image_size}x{cfg.image_size} "
-                             f"(last scale {cfg.patch_nums[-1]} x {cfg.downsample}x down-sampling)")
+        if (H, W) != cfg.image_hw:
+            h, w = cfg.scales[-1]
+            raise ValueError(f"images are {H}x{W} but this tokenizer takes {cfg.image_hw[0]}x{cfg.image_hw[1]} "
+                             f"(last scale {h}x{w} x {cfg.downsample}x down-sampling)")
 
     def encode_latent(self, img_BCHW: torch.Tensor) -> torch.Tensor:
         self.check_images(img_BCHW)
         return self.quant_conv(self.encoder(img_BCHW))
 
     def decode_latent(self, f_hat: torch.Tensor, streams: int | None = None) -> torch.Tensor:
-        """Latent f_hat (B, Cvae, p_K, p_K) to an image in [-1, 1]. On CPU the batch is decoded in
+        """Latent f_hat (B, Cvae, h_K, w_K) to an image in [-1, 1]. On CPU the batch is decoded in
         concurrent streams (see :mod:`var.streams`), ``streams`` of them if given."""
         return split_batch(lambda f: self.decoder(self.post_quant_conv(f)).clamp(-1, 1), f_hat, streams)
 
     @torch.no_grad()
     def img_to_indices(self, img_BCHW: torch.Tensor) -> list[torch.Tensor]:
-        """Image in [-1, 1] to K index maps, each (B, p_k * p_k)."""
+        """Image in [-1, 1] to K index maps, each (B, h_k * w_k)."""
         return self.quantize.latent_to_indices(self.encode_latent(img_BCHW))
 
     def indices_to_img(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -300,7 +326,7 @@ class VQVAE(nn.Module):
         """Tokens to images (B, in_channels, H, W) in [0, 1] (the educational VAR README's call).
 
         ``tokens`` is the (B, L) sequence :meth:`VAR.generate` returns, the list of K per-scale maps (each
-        (B, p_k * p_k) or (B, p_k, p_k)), or the last scale's (B, p, p) map alone. A last-scale map alone
+        (B, h_k * w_k) or (B, h_k, w_k)), or the last scale's (B, h, w) map alone. A last-scale map alone
         is decoded as what it is, the finest residual: the detail the coarser scales left over, not the
         image. Pass the whole sequence for the image.
         """

@@ -62,11 +62,14 @@ def register(sub) -> None:
 
 
 def _load_input(path: str, pipe: VARPipeline) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The input image at the model's resolution, with a note when it had to be resized."""
-    image, (w, h) = load_image(path, pipe.channels, pipe.image_size)
-    if (w, h) != (pipe.image_size, pipe.image_size):
-        log.info("note: resized %s from %dx%d to %dx%d, the model's resolution", path, w, h,
-                 pipe.image_size, pipe.image_size)
+    """The input image at the model's resolution, with a note when it had to be resized (and one more
+    when that changed its aspect ratio)."""
+    H, W = pipe.image_hw
+    image, (w, h) = load_image(path, pipe.channels, (H, W))
+    if (w, h) != (W, H):
+        stretched = " (its aspect ratio changed: the model's images are width x height %dx%d)" % (W, H) \
+            if w * H != h * W else ""
+        log.info("note: resized %s from %dx%d to %dx%d, the model's resolution%s", path, w, h, W, H, stretched)
     return image.to(pipe.device), (w, h)
 
 
@@ -76,7 +79,7 @@ def _write(args: argparse.Namespace, pipe: VARPipeline, named_images: dict[str, 
     if args.panel:
         tiles = torch.cat([t.expand(1, pipe.channels, -1, -1).cpu() for t in named_images.values()])
         path.parent.mkdir(parents=True, exist_ok=True)
-        grid(tiles, nrow=len(tiles), scale=max(1, 64 // pipe.image_size), col_labels=list(named_images)).save(path)
+        grid(tiles, nrow=len(tiles), scale=max(1, 64 // max(pipe.image_hw)), col_labels=list(named_images)).save(path)
     else:
         save_image(named_images["result"], path)
     log.info("wrote %s", path)
@@ -86,8 +89,8 @@ def run_edit(args: argparse.Namespace) -> int:
     sampling = sampling_kwargs(args)
     pipe = load_pipeline(args)
     image, size = _load_input(args.image, pipe)
-    S = pipe.image_size
-    mask_HW = load_mask(args.mask, size=S, expect=size) if args.mask else box_mask(S, S, *args.box)
+    H, W = pipe.image_hw
+    mask_HW = load_mask(args.mask, size=(H, W), expect=size) if args.mask else box_mask(H, W, *args.box)
     if args.outpaint:
         mask_HW = 1 - mask_HW
     out = pipe.inpaint(image, mask_HW, class_labels=args.label, **sampling)

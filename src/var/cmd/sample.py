@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
         log.info("wrote %s (arr_0 %s uint8, labels)", write_npz(images_NHW3, labels.numpy(), args.npz),
                  images_NHW3.shape)
     names = [pipe.label_name(c) for c in classes]
-    scale = max(1, 64 // pipe.image_size)
+    scale = max(1, 64 // max(pipe.image_hw))
     if args.grid:
         as_float = torch.from_numpy(images_NHW3).permute(0, 3, 1, 2).float() / 255
         path = Path(args.out)

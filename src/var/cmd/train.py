@@ -5,6 +5,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..schedule import parse_patch_nums, parse_size
 from .common import add_command, add_device_arg
 
 log = logging.getLogger("var")
@@ -12,6 +13,17 @@ log = logging.getLogger("var")
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.replace(",", " ").split())
+
+
+def _argument(parse):
+    """``parse`` as an argparse type: its ValueError becomes the usage error that names the option."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
 
 
 # Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
@@ -71,7 +83,9 @@ def register(sub) -> None:
     p.add_argument("--preset", choices=sorted(VAE_RECIPES), default="fashion-mnist",
                    help="fashion-mnist: the bundled model's tokenizer and recipe; custom: the model options below")
     g = p.add_argument_group("model (--preset custom)")
-    g.add_argument("--image-size", type=int, default=32, help="image side in pixels (images are resized to it)")
+    g.add_argument("--image-size", type=_argument(parse_size), default=32,
+                   help="image side, or HxW (height x width) such as 32x64, in pixels: images are resized to cover "
+                        "it and centre-cropped")
     g.add_argument("--channels", type=int, default=3, help="1 (grayscale) or 3 (RGB)")
     g.add_argument("--ch", type=int, default=64, help="base channel width of the encoder and decoder")
     g.add_argument("--ch-mult", type=_ints, default=(1, 2, 2),
@@ -79,10 +93,12 @@ def register(sub) -> None:
     g.add_argument("--num-res-blocks", type=int, default=1, help="residual blocks per level")
     g.add_argument("--z-channels", type=int, default=16, help="latent (and codebook) width")
     g.add_argument("--vocab-size", type=int, default=512, help="codebook size")
-    g.add_argument("--patch-nums", type=_ints, default=None,
-                   help="scale schedule, e.g. 1,2,3,4,6,8 (default: 1,2,...,N from --max-scale)")
-    g.add_argument("--max-scale", type=int, default=None,
-                   help="schedule 1,2,...,N (default: N = image size / down-sampling)")
+    g.add_argument("--patch-nums", type=_argument(parse_patch_nums), default=None,
+                   help="scale schedule, e.g. 1,2,3,4,6,8, or height x width per scale, e.g. 1x2,2x4,4x8,8x16 "
+                        "(default: from --max-scale)")
+    g.add_argument("--max-scale", type=_argument(parse_size), default=None,
+                   help="schedule 1,2,...,N, or HxW: the short side steps 1,2,... at the image's aspect ratio "
+                        "(default: the image size / down-sampling)")
     g.add_argument("--no-attn", action="store_true", help="no attention blocks")
     l = p.add_argument_group("losses")
     l.add_argument("--l1", type=float, default=1.0, help="L1 reconstruction loss weight")
@@ -130,23 +146,35 @@ def register(sub) -> None:
     p.set_defaults(run=run_plot)
 
 
-def run_train_vae(a: argparse.Namespace) -> int:
-    from ..aliases import patch_nums_from_max_scale
-    from ..recipes import fashion_mnist_configs
-    from ..training.runs import train_vqvae
+def _custom_vae_config(a: argparse.Namespace):
+    """The tokenizer of ``--preset custom``; ValueError when the schedule does not make ``--image-size``."""
+    from ..schedule import as_hw, patch_nums_from_max_scale, schedule_for
     from ..vqvae import VQVAEConfig
 
-    resolve_preset_defaults(a, VAE_RECIPES)
-    if a.preset == "fashion-mnist":
-        cfg = fashion_mnist_configs()[0]
+    downsample = 2 ** (len(a.ch_mult) - 1)
+    image_hw = as_hw(a.image_size)
+    if a.patch_nums:
+        patch_nums = a.patch_nums
+    elif a.max_scale:
+        patch_nums = patch_nums_from_max_scale(a.max_scale)
     else:
-        patch_nums = a.patch_nums or patch_nums_from_max_scale(a.max_scale or a.image_size // 2 ** (len(a.ch_mult) - 1))
-        cfg = VQVAEConfig(in_channels=a.channels, ch=a.ch, ch_mult=a.ch_mult, num_res_blocks=a.num_res_blocks,
-                          z_channels=a.z_channels, vocab_size=a.vocab_size, patch_nums=patch_nums,
-                          using_sa=not a.no_attn, using_mid_sa=not a.no_attn, norm_groups=min(32, a.ch))
-        if cfg.image_size != a.image_size:
-            raise ValueError(f"--image-size {a.image_size} does not match the schedule: last scale "
-                             f"{patch_nums[-1]} x {cfg.downsample} = {cfg.image_size}")
+        patch_nums = schedule_for(image_hw, downsample)
+    cfg = VQVAEConfig(in_channels=a.channels, ch=a.ch, ch_mult=a.ch_mult, num_res_blocks=a.num_res_blocks,
+                      z_channels=a.z_channels, vocab_size=a.vocab_size, patch_nums=patch_nums,
+                      using_sa=not a.no_attn, using_mid_sa=not a.no_attn, norm_groups=min(32, a.ch))
+    if cfg.image_hw != image_hw:
+        (h, w), (H, W) = cfg.scales[-1], cfg.image_hw
+        raise ValueError(f"--image-size {image_hw[0]}x{image_hw[1]} does not match the schedule: last scale "
+                         f"{h}x{w} x {downsample} = {H}x{W} (height x width)")
+    return cfg
+
+
+def run_train_vae(a: argparse.Namespace) -> int:
+    from ..recipes import fashion_mnist_configs
+    from ..training.runs import train_vqvae
+
+    resolve_preset_defaults(a, VAE_RECIPES)
+    cfg = fashion_mnist_configs()[0] if a.preset == "fashion-mnist" else _custom_vae_config(a)
     cfg.beta = a.beta
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device)

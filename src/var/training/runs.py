@@ -129,12 +129,12 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
                 flip: bool = False, amp: bool = False, device: str | None = None) -> dict:
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
-    ds = build_dataset(data, vqvae_cfg.image_size, vqvae_cfg.in_channels, "train")
+    ds = build_dataset(data, vqvae_cfg.image_hw, vqvae_cfg.in_channels, "train")
     try:
-        heldout = build_dataset(data, vqvae_cfg.image_size, vqvae_cfg.in_channels, "test")
+        heldout = build_dataset(data, vqvae_cfg.image_hw, vqvae_cfg.in_channels, "test")
     except (ValueError, FileNotFoundError):
         ds, heldout = split_holdout(ds)
-    _check_geometry(ds, vqvae_cfg.image_size, vqvae_cfg.in_channels)
+    _check_geometry(ds, vqvae_cfg.image_hw, vqvae_cfg.in_channels)
     cfg = _fixed_run_config(out, {"kind": "vqvae", "data": data, "vqvae": vqvae_cfg.to_dict(),
                                   "class_names": ds.class_names}, info)
     vqvae = VQVAE(VQVAEConfig(**cfg["vqvae"])).to(info.device)
@@ -234,8 +234,11 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     torch.manual_seed(schedule.seed)
     vqvae, vae_meta = load_vqvae(vae_dir)
     vqvae = vqvae.to(info.device)
-    ds = build_dataset(data, vqvae.config.image_size, vqvae.config.in_channels, "train")
-    _check_geometry(ds, vqvae.config.image_size, vqvae.config.in_channels)
+    H, W = vqvae.config.image_hw
+    if crop and H != W:
+        raise ValueError(f"random crops (--crop) take square models only; this tokenizer makes {H}x{W} images")
+    ds = build_dataset(data, vqvae.config.image_hw, vqvae.config.in_channels, "train")
+    _check_geometry(ds, vqvae.config.image_hw, vqvae.config.in_channels)
     var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
     var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
@@ -246,8 +249,8 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         var.init_weights(init_adaln_gamma=init_adaln_gamma)
     torch.manual_seed(schedule.seed + info.rank)  # same initial weights, independent label dropout per process
     labels = torch.from_numpy(ds.labels)
-    size = vqvae.config.image_size
     if crop:
+        size = vqvae.config.image_size
         big = resize_images(ds.images, round(size * CROP_RATIO))
         margin = big.shape[1] - size
 
@@ -290,10 +293,11 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     return dict(last)
 
 
-def _check_geometry(ds: ImageArrayDataset, size: int, channels: int) -> None:
+def _check_geometry(ds: ImageArrayDataset, image_hw: tuple[int, int], channels: int) -> None:
     h, w, c = ds.images.shape[1:]
-    if (h, w) != (size, size) or c != channels:
-        raise ValueError(f"data set images are {h}x{w}x{c}, the tokenizer takes {size}x{size}x{channels}")
+    if (h, w) != tuple(image_hw) or c != channels:
+        raise ValueError(f"data set images are {h}x{w}x{c} (height x width x channels), the tokenizer takes "
+                         f"{image_hw[0]}x{image_hw[1]}x{channels}")
 
 
 def _finish(info: DistInfo) -> None:

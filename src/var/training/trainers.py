@@ -211,7 +211,7 @@ class VARTrainer(_Trainer):
     def _split(self, tokens) -> list[torch.Tensor]:
         """Tokens as K maps from (B, L) or a list of maps."""
         if isinstance(tokens, torch.Tensor):
-            sizes = [p * p for p in self.var.patch_nums]
+            sizes = [h * w for h, w in self.var.scales]
             return list(tokens.long().to(self.device).split(sizes, dim=1))
         return [t.long().to(self.device) for t in tokens]
 
@@ -241,8 +241,8 @@ class VARTrainer(_Trainer):
         with torch.no_grad():
             correct_BL = (logits_BLV.argmax(-1) == target_BL).float()
             metrics = {"loss": loss.item(), "acc": float(correct_BL.mean()), "grad_norm": grad_norm}
-            for k, (l_part, c_part) in enumerate(zip(loss_BL.split([p * p for p in self.var.patch_nums], 1),
-                                                      correct_BL.split([p * p for p in self.var.patch_nums], 1))):
+            sizes = [h * w for h, w in self.var.scales]
+            for k, (l_part, c_part) in enumerate(zip(loss_BL.split(sizes, 1), correct_BL.split(sizes, 1))):
                 metrics[f"loss_s{k}"], metrics[f"acc_s{k}"] = float(l_part.mean()), float(c_part.mean())
         return metrics
 
