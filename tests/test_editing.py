@@ -203,6 +203,8 @@ def test_box_mask_covers_every_pixel_the_box_touches():
     assert torch.equal(mask, expected)
     # In floats 0.29 * 100 is 28.999999999999996 and 0.57 * 100 is 56.99999999999999: rows 29 to 56.
     assert box_mask(100, 1, 0.29, 0, 0.57, 1)[:, 0].nonzero().flatten().tolist() == list(range(29, 57))
+    thin = box_mask(10, 10, 0.5, 0.999, 0.5 + 1e-12, 1.0)        # thinner than rounding noise: still a pixel
+    assert thin.nonzero().tolist() == [[5, 9]]
     with pytest.raises(ValueError, match=r"y0=1.5 is not a fraction"):
         box_mask(10, 10, 1.5, 0, 1, 1)
     with pytest.raises(ValueError, match="y0 < y1"):

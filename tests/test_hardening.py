@@ -232,10 +232,9 @@ def test_box_mask_is_the_rectangle_of_the_pixels_the_box_touches(h, w, ys, xs):
     assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.sum() == len(rows) * len(cols)  # one rectangle
     assert set(rows) <= set(range(math.floor(y0 * h), math.ceil(y1 * h)))     # never beyond what it touches
     assert set(cols) <= set(range(math.floor(x0 * w), math.ceil(x1 * w)))
-    if (y1 - y0) * h > 1e-6 and (x1 - x0) * w > 1e-6:  # thinner boxes are rounding noise (box_mask's eps)
-        assert rows and cols
-        assert set(range(math.ceil(y0 * h), math.floor(y1 * h))) <= set(rows)  # rows wholly inside the box
-        assert set(range(math.ceil(x0 * w), math.floor(x1 * w))) <= set(cols)
+    assert rows and cols                                                        # however thin the box
+    assert set(range(math.ceil(y0 * h), math.floor(y1 * h))) <= set(rows)      # rows wholly inside the box
+    assert set(range(math.ceil(x0 * w), math.floor(x1 * w))) <= set(cols)
 
 
 @FEW

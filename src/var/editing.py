@@ -29,10 +29,16 @@ def box_mask(h: int, w: int, y0: float, x0: float, y1: float, x1: float) -> torc
             raise ValueError(f"box {name}={v} is not a fraction in [0, 1]")
     if not (y0 < y1 and x0 < x1):
         raise ValueError(f"box needs y0 < y1 and x0 < x1, got y0={y0}, x0={x0}, y1={y1}, x1={x1}")
-    eps = 1e-9  # 0.3 * 10 is 3.0000000000000004: do not let rounding noise add a row
     mask = torch.zeros(h, w)
-    mask[math.floor(y0 * h + eps):math.ceil(y1 * h - eps), math.floor(x0 * w + eps):math.ceil(x1 * w - eps)] = 1
+    mask[_span(y0, y1, h), _span(x0, x1, w)] = 1
     return mask
+
+
+def _span(a: float, b: float, n: int) -> slice:
+    """The pixels of n that the interval [a, b) of [0, 1] touches: at least one, however thin the box."""
+    eps = 1e-9  # 0.3 * 10 is 3.0000000000000004: do not let rounding noise add a row
+    start = min(math.floor(a * n + eps), n - 1)
+    return slice(start, max(math.ceil(b * n - eps), start + 1))
 
 
 def cover(mask_B1HW: torch.Tensor, size: int | Scale) -> torch.Tensor:
