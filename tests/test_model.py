@@ -199,7 +199,7 @@ def test_weight_decay_spares_positions_levels_and_temperatures():
     opt = make_optimizer(vae, Schedule(), VQVAE_BETAS)
     vae_names = {id(p): n for n, p in vae.named_parameters()}
     assert "quantize.embedding.weight" in {vae_names[id(p)] for p in opt.param_groups[1]["params"]}
-    assert opt.defaults["betas"] == (0.5, 0.9)
+    assert opt.defaults["betas"] == (0.9, 0.95)
 
 
 def test_adaln_gates_start_at_the_reference_scale():

@@ -279,3 +279,19 @@ def test_transformer_loss_is_plain_cross_entropy_by_default(vae_run):
     with torch.no_grad():
         logits = var.train()(labels, vqvae.quantize.teacher_forcing_input(tokens))
     assert loss == pytest.approx(F.cross_entropy(logits.flatten(0, 1), torch.cat(tokens, 1).flatten()).item(), rel=1e-5)
+
+
+def test_tokenizer_betas_default_and_option(folder, vae_run, tmp_path):
+    """The tokenizer's Adam uses (0.9, 0.95) unless --betas says otherwise (VQGAN's 0.5,0.9 reconstructed
+    worse without a GAN loss); the discriminator keeps VQGAN's."""
+    from var.training.common import load_checkpoint_file
+
+    def betas(run):
+        return tuple(load_checkpoint_file(run / "checkpoint.pt")["optimizers"]["vqvae"]["param_groups"][0]["betas"])
+
+    assert betas(vae_run) == (0.9, 0.95)
+    out = tmp_path / "vae"
+    assert cli(["train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", "1", "--batch-size", "8",
+                "--warmup", "1", "--betas", "0.5,0.9", "--adv-weight", "0.1"]) == 0
+    ckpt = load_checkpoint_file(out / "checkpoint.pt")
+    assert betas(out) == (0.5, 0.9) and tuple(ckpt["optimizers"]["disc"]["param_groups"][0]["betas"]) == (0.5, 0.9)

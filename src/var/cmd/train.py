@@ -48,6 +48,17 @@ def resolve_preset_defaults(a: argparse.Namespace, recipes: dict[str, dict]) -> 
             setattr(a, key, value)
 
 
+def _betas(text: str) -> tuple[float, float]:
+    """Adam's two betas from "B1,B2", each in [0, 1)."""
+    try:
+        b1, b2 = (float(t) for t in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected two numbers B1,B2 such as 0.9,0.95, got {text!r}") from None
+    if not (0 <= b1 < 1 and 0 <= b2 < 1):
+        raise argparse.ArgumentTypeError(f"Adam's betas must be in [0, 1), got {text!r}")
+    return b1, b2
+
+
 def _schedule_args(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None:
     g = p.add_argument_group("schedule")
     g.add_argument("--steps", type=int, help="optimizer steps " + _by_preset(recipes, "steps"))
@@ -107,6 +118,9 @@ def register(sub) -> None:
     l.add_argument("--adv-weight", type=float, default=0.0, help="patch-GAN loss weight (0: off)")
     l.add_argument("--disc-start", type=int, default=0, help="step at which the patch-GAN loss starts")
     l.add_argument("--reinit-every", type=int, default=200, help="re-initialise dead codes every N steps (0: never)")
+    l.add_argument("--betas", type=_betas, default=(0.9, 0.95), metavar="B1,B2",
+                   help="the tokenizer's Adam betas (VQGAN's 0.5,0.9 reconstructed worse without the GAN loss: "
+                        "docs/training-defaults.md)")
     _schedule_args(p, VAE_RECIPES)
     p.set_defaults(run=run_train_vae)
 
@@ -177,7 +191,8 @@ def run_train_vae(a: argparse.Namespace) -> int:
     cfg = fashion_mnist_configs()[0] if a.preset == "fashion-mnist" else _custom_vae_config(a)
     cfg.beta = a.beta
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
-                         disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device)
+                         disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
+                         betas=a.betas)
     if "heldout_psnr" in result:
         log.info("tokenizer saved in %s; held-out PSNR %.2f dB", a.out, result["heldout_psnr"])
     return 0
