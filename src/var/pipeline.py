@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from . import editing, official
 from .packed_linear import PackedLinear, total_memory_bytes
-from .sampling import check_sampling_options, generate
+from .sampling import check_sampling_options, generate, make_generator
 from .schedule import Scale
 from .transformer import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig, square_side
@@ -246,14 +246,6 @@ class VARPipeline:
             raise ValueError(f"class labels must be integers or class names, got {label!r}")
         return int(label)
 
-    def _generator(self, seed: int | None) -> torch.Generator:
-        """The one random stream of a call: seeded when ``seed`` is given, so that calls can be repeated."""
-        generator = torch.Generator(device=self.device)
-        if seed is not None:
-            generator.manual_seed(int(seed))
-        else:
-            generator.seed()
-        return generator
 
     def _labels(self, class_labels, num_samples: int | None, generator: torch.Generator | None) -> torch.Tensor:
         if class_labels is None:
@@ -357,7 +349,7 @@ class VARPipeline:
         generating in chunks; ``on_scale(k)`` is called after each scale k of each chunk (progress reports).
         Returns images in [0, 1] with the token maps of every scale.
         """
-        generator = self._generator(seed)
+        generator = make_generator(seed, self.device)
         labels = self._labels(class_labels, num_samples, generator)
         return self._generate_batched(labels, batch_size, progress, generator=generator, smooth=smooth,
                                       on_scale=on_scale, **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
@@ -400,7 +392,7 @@ class VARPipeline:
     def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels, seed: int | None,
               batch_size: int | None, progress: bool, **sampling) -> VAROutput:
         """Generate with ``tokens`` teacher-forced where ``keep_masks`` say so (shared by the edits)."""
-        generator = self._generator(seed)
+        generator = make_generator(seed, self.device)
         labels = self._edit_labels(class_labels, tokens[0].shape[0])
         return self._generate_batched(labels, batch_size, progress, keep_tokens=tokens, keep_masks=keep_masks,
                                       generator=generator, **sampling)

@@ -16,7 +16,7 @@ from typing import Sequence
 import torch
 
 from .quantizer import MultiScaleQuantizer
-from .sampling import generate
+from .sampling import generate, make_generator
 from .transformer import VAR
 from .vqvae import VQVAE
 
@@ -76,16 +76,6 @@ def _device(var: VAR, vqvae: VQVAE, device: str | torch.device | None) -> torch.
     return have
 
 
-def _generator(seed: int | None, device: torch.device) -> torch.Generator:
-    """The call's random stream: seeded when ``seed`` is given, so that calls can be repeated."""
-    generator = torch.Generator(device=device)
-    if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
-    return generator
-
-
 def _labels(var: VAR, class_labels, batch_size: int, generator: torch.Generator,
             device: torch.device) -> torch.Tensor:
     """``class_labels`` as a (batch_size,) tensor; None draws classes uniformly with the call's generator."""
@@ -105,7 +95,7 @@ def generate_sequence(var: VAR, batch_size: int, *, temperature: float, top_k: i
     """What :meth:`VAR.generate` does: every scale's tokens, concatenated coarse to fine, (B, L)."""
     vqvae = _tokenizer(var, vqvae)
     on = _device(var, vqvae, device)
-    generator = _generator(seed, on)
+    generator = make_generator(seed, on)
     labels = _labels(var, class_labels, batch_size, generator, on)
     was_training = var.training
     var.eval()  # generation is inference, whatever mode training left the model in

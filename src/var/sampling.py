@@ -47,6 +47,16 @@ def check_finite_logits(logits: torch.Tensor, k: int, hw: tuple[int, int]) -> No
                          "its weights or inputs hold NaN or inf")
 
 
+def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
+    """The one random stream of a generation call: seeded when ``seed`` is given, so calls repeat."""
+    generator = torch.Generator(device=device)
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    return generator
+
+
 def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Candidates left by top-k then top-p: (logits, vocabulary ids), both (B, l, k), best first.
 
