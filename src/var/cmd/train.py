@@ -78,7 +78,8 @@ def _schedule(a: argparse.Namespace):
 def register(sub) -> None:
     p = add_command(sub, "train-vae", "train the multi-scale VQ-VAE tokenizer")
     p.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist, a folder of its IDX files, or an image folder (5%% of it held out)")
+                   help="fashion-mnist, a folder of its IDX files, a var prepare-data folder (memory-mapped), or an "
+                        "image folder (decoded into memory); 5%% of the last two held out")
     p.add_argument("--out", type=Path, default=Path("runs/vae"), help="run folder: checkpoint, metrics, weights")
     p.add_argument("--preset", choices=sorted(VAE_RECIPES), default="fashion-mnist",
                    help="fashion-mnist: the bundled model's tokenizer and recipe; custom: the model options below")
@@ -112,7 +113,8 @@ def register(sub) -> None:
 
     p = add_command(sub, "train", "train the VAR transformer on a trained tokenizer's tokens")
     p.add_argument("--data", default="fashion-mnist",
-                   help="the tokenizer's data: fashion-mnist, a folder of its IDX files, or an image folder")
+                   help="the tokenizer's data: fashion-mnist, a folder of its IDX files, a var prepare-data folder, "
+                        "or an image folder")
     p.add_argument("--vae", type=Path, default=Path("runs/vae"), help="a train-vae run folder")
     p.add_argument("--out", type=Path, default=Path("runs/var"),
                    help="run folder; it becomes a VARPipeline.from_pretrained folder")
