@@ -13,10 +13,11 @@ from safetensors.torch import load_file
 from var.cli import main as cli
 from var.data import build_dataset, image_folder_dataset, split_holdout
 from var.prepared import open_prepared, prepare_dataset
+from var.training import common as training_common
 from var.training import runs
 from var.training.common import DistInfo, batch_indices
 
-from test_training import TINY_VAE, VAE_ARGS, VAR_ARGS, make_folder, small_schedule
+from test_training import TINY_VAE, VAE_ARGS, VAR_ARGS, _interrupt_at, make_folder, small_schedule
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,19 @@ def test_training_from_a_prepared_data_set_equals_training_from_memory(folder, p
         assert torch.equal(mem[k], disk[k]), k
 
 
+def test_resume_from_a_prepared_data_set_is_bit_for_bit(prepared, tmp_path, monkeypatch):
+    args = ["train-vae", "--data", str(prepared), *VAE_ARGS, "--steps", "5", "--batch-size", "8", "--warmup", "1",
+            "--sample-every", "100", "--save-every", "100"]
+    assert cli([*args, "--out", str(tmp_path / "full")]) == 0
+    with monkeypatch.context() as m:  # Ctrl-C as step 2 is asked for: checkpoint after it, exit 130
+        m.setattr(runs, "prefetched", lambda get: _interrupt_at(2, training_common.prefetched(get)))
+        assert cli([*args, "--out", str(tmp_path / "resumed")]) == 130
+    assert cli([*args, "--out", str(tmp_path / "resumed")]) == 0
+    full, resumed = (load_file(tmp_path / d / "vqvae.safetensors") for d in ("full", "resumed"))
+    for k in full:
+        assert torch.equal(full[k], resumed[k]), k
+
+
 def test_each_process_reads_a_disjoint_share_of_the_global_batch(prepared):
     """What torchrun's ranks read: every row of the global batch once, no row by two ranks; the subset made
     by split_holdout shares the memory map instead of copying it."""
@@ -109,6 +123,17 @@ def test_each_process_reads_a_disjoint_share_of_the_global_batch(prepared):
         runs._batch_getter(ds_batch, len(train), small_schedule(), DistInfo(rank, 2), flip=True)(7)
     whole = set(train.image_rows(batch_indices(7, len(train), 8, 0)).tolist())
     assert read[0].isdisjoint(read[1]) and read[0] | read[1] == whole and len(read[0]) == len(read[1]) == 4
+
+
+def test_prefetching_delivers_the_same_batch_for_every_step():
+    calls = []
+
+    def get(step):
+        calls.append(step)
+        return step * 10
+    fetch = training_common.prefetched(get, depth=2)
+    assert [fetch(s) for s in (0, 1, 2, 5, 6)] == [0, 10, 20, 50, 60]
+    assert {0, 1, 2, 5, 6} <= set(calls)
 
 
 def test_an_interrupted_token_cache_resumes_and_equals_an_uninterrupted_one(prepared, tmp_path):

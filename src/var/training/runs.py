@@ -23,7 +23,8 @@ from ..data import ImageArrayDataset, build_dataset, split_holdout
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import DistInfo, Schedule, append_metrics, batch_indices, fit, local_batch_size, setup_distributed
+from .common import (DistInfo, Schedule, append_metrics, batch_indices, fit, local_batch_size, prefetched,
+                     setup_distributed)
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
@@ -168,7 +169,7 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
         export_vqvae(vqvae, out, ds.class_names, data)
 
     get = _batch_getter(ds.batch, len(ds), schedule, info, flip)
-    last = fit(trainer, schedule, out, info, lambda s: get(s)[0], on_snapshot=snapshot)
+    last = fit(trainer, schedule, out, info, prefetched(lambda s: get(s)[0]), on_snapshot=snapshot)
     result = dict(last)
     if info.is_main:
         result.update(trainer.evaluate(held_x))
@@ -318,7 +319,7 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         trainer.pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}).save_pretrained(out)
         trainer.var.train()
 
-    last = fit(trainer, schedule, out, info, _batch_getter(get_batch, len(ds), schedule, info, flip, margin),
+    last = fit(trainer, schedule, out, info, prefetched(_batch_getter(get_batch, len(ds), schedule, info, flip, margin)),
                on_snapshot=snapshot)
     _finish(info)
     return dict(last)
