@@ -168,6 +168,27 @@ def test_an_interrupted_token_cache_resumes_and_equals_an_uninterrupted_one(prep
     assert sorted(p.name for p in (tmp_path / "b").iterdir()) == sorted(p.name for p in (tmp_path / "a").iterdir())
 
 
+def test_a_data_set_prepared_for_crops_feeds_var_train_crop_only(folder, tmp_path, caplog):
+    """Stored at 1.125x (18 px for a 16 px model): --crop cuts its windows from it as stored; the tokenizer
+    and the token cache, which take the model's size, refuse it naming the reason."""
+    ds = tmp_path / "crop-ds"
+    assert cli(["prepare-data", str(folder), "--image-size", "16", "--crop", "--out", str(ds)]) == 0
+    manifest = json.loads((ds / "manifest.json").read_text())
+    assert manifest["image_size"] == [18, 18] and manifest["crop_size"] == 16
+    assert np.array_equal(open_prepared(ds).images, image_folder_dataset(folder, 18).images)
+    vae = tmp_path / "vae"
+    assert cli(["train-vae", "--data", str(folder), "--out", str(vae), *VAE_ARGS, "--steps", "1", "--batch-size", "8",
+                "--warmup", "1", "--sample-every", "1"]) == 0
+    args = ["--data", str(ds), "--vae", str(vae), *VAR_ARGS, "--steps", "2", "--batch-size", "8", "--warmup", "1",
+            "--sample-every", "2", "--cache-dir", str(tmp_path / "cache")]
+    caplog.set_level("INFO")
+    assert cli(["train", "--out", str(tmp_path / "crop"), *args, "--crop"]) == 0
+    assert "random 16px crops of 18px images" in caplog.text
+    caplog.clear()
+    assert cli(["train", "--out", str(tmp_path / "tokens"), *args]) == 2
+    assert "serves var train --crop only" in caplog.text
+
+
 def test_two_processes_split_the_token_cache_and_train_as_one(prepared, tmp_path):
     """torchrun, 2 processes, a prepared data set of 2 tokenizing chunks (256 + 44 images): each process
     tokenizes one, the cache equals one process's, and so do the trained weights."""

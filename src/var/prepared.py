@@ -6,7 +6,8 @@
   as :func:`var.data.image_folder_dataset` does in memory;
 - ``labels.npy``: int64 (N,) class ids;
 - ``manifest.json``: format, image size, channels, count, class names, source folder, the files that could
-  not be decoded (skipped), and a digest of the pixels (the token cache's key, so that it never reads them all).
+  not be decoded (skipped), a digest of the pixels (the token cache's key, so that it never reads them all)
+  and ``crop_size``: null, or the model's size when the images are stored larger for random crops.
 
 Training memory-maps ``images.npy`` (:func:`open_prepared`) and reads only the rows of each batch, so its
 memory does not grow with the number of images. The manifest is written last: a folder without one is
@@ -65,18 +66,29 @@ def open_prepared(path: str | os.PathLike) -> ImageArrayDataset:
 
 
 def prepare_dataset(folder: str | os.PathLike, size: int | tuple[int, int], out: str | os.PathLike,
-                    channels: int = 3, workers: int | None = None) -> dict:
+                    channels: int = 3, workers: int | None = None, for_crop: bool = False) -> dict:
     """Decode every image of ``folder`` (see :func:`var.data.list_image_files`) at ``size`` with ``workers``
     processes (default: every core) into the prepared data set ``out``; returns its manifest. An unfinished
-    ``out`` is resumed; a finished one is left as it is (ValueError if it was made from other options)."""
+    ``out`` is resumed; a finished one is left as it is (ValueError if it was made from other options).
+
+    ``for_crop`` stores square images at ``CROP_RATIO`` x ``size`` instead (the manifest's ``crop_size`` is
+    ``size``): the reference's random-crop augmentation (``var train --crop``) then cuts its windows from
+    images decoded at that size, with no resizing per step."""
     out, (H, W) = Path(out), as_hw(size)
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    crop_size = None
+    if for_crop:
+        from .training.runs import CROP_RATIO
+        if H != W:
+            raise ValueError(f"random crops take square images only; got --image-size {H}x{W}")
+        crop_size, H = H, round(H * CROP_RATIO)
+        W = H
     source = str(Path(folder).resolve())
-    wanted = {"source": source, "image_size": [H, W], "channels": channels}
+    wanted = {"source": source, "image_size": [H, W], "channels": channels, "crop_size": crop_size}
     if is_prepared(out):
         manifest = read_manifest(out)
-        _check_same(out, {k: manifest[k] for k in wanted}, wanted)
+        _check_same(out, {k: manifest.get(k) for k in wanted}, wanted)
         log.info("%s is already prepared (%d images from %s): nothing to do", out, manifest["count"], source)
         return manifest
     files, class_names = list_image_files(folder)
@@ -153,7 +165,7 @@ def _finish(out: Path, plan: dict, status: np.memmap) -> dict:
     elif (out / _STAGING).exists():
         os.replace(out / _STAGING, out / IMAGES)
     np.save(out / LABELS, np.asarray(plan["labels"], np.int64)[decoded])
-    manifest = {"format": FORMAT, "version": 1, **{k: plan[k] for k in ("image_size", "channels")},
+    manifest = {"format": FORMAT, "version": 1, **{k: plan[k] for k in ("image_size", "channels", "crop_size")},
                 "count": len(decoded), "class_names": plan["class_names"], "source": plan["source"],
                 "skipped": skipped, "digest": _digest(out / IMAGES)}
     tmp = out / (MANIFEST + ".tmp")

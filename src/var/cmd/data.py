@@ -23,6 +23,9 @@ def register(sub) -> None:
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 (grayscale) or 3 (RGB)")
     p.add_argument("--out", type=Path, required=True,
                    help="folder to write: images.npy, labels.npy, manifest.json; pass it to --data")
+    p.add_argument("--crop", action="store_true",
+                   help="store square images at 1.125x --image-size, for var train --crop (random windows of "
+                        "--image-size; the reference's augmentation); such a data set serves only that")
     p.add_argument("--workers", type=positive_int, default=None,
                    help="decoding processes (default: one per core)")
     p.set_defaults(run=run_prepare_data)
@@ -30,7 +33,7 @@ def register(sub) -> None:
 
 def run_prepare_data(a: argparse.Namespace) -> int:
     from ..prepared import prepare_dataset
-    manifest = prepare_dataset(a.folder, a.image_size, a.out, a.channels, a.workers)
+    manifest = prepare_dataset(a.folder, a.image_size, a.out, a.channels, a.workers, a.crop)
     log.info("%s: %d images, %d skipped; train with --data %s", a.out, manifest["count"], len(manifest["skipped"]),
              a.out)
     return 0

@@ -271,23 +271,25 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     if crop and H != W:
         raise ValueError(f"random crops (--crop) take square models only; this tokenizer makes {H}x{W} images")
     ds = build_dataset(data, vqvae.config.image_hw, vqvae.config.in_channels, "train")
-    _check_geometry(ds, vqvae.config.image_hw, vqvae.config.in_channels)
     var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
     var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
                                   "class_names": ds.class_names, "crop": crop}, info)
     crop = cfg.get("crop", False)  # a resumed run keeps its augmentation
+    enlarged = round(H * CROP_RATIO)
+    stored_enlarged = crop and ds.images.shape[1:3] == (enlarged, enlarged)  # var prepare-data --crop
+    _check_geometry(ds, (enlarged, enlarged) if stored_enlarged else (H, W), vqvae.config.in_channels)
     var = VAR(VARConfig(**cfg["var"])).to(info.device)
     if init_adaln_gamma is not None:
         var.init_weights(init_adaln_gamma=init_adaln_gamma)
     torch.manual_seed(schedule.seed + info.rank)  # same initial weights, independent label dropout per process
     labels = torch.from_numpy(ds.labels)
     if crop:
-        size = vqvae.config.image_size
-        margin = round(size * CROP_RATIO) - size
+        size, margin = H, enlarged - H
 
         def get_batch(idx, flips, offsets):  # each batch enlarged on its own: memory stays flat
-            big = resize_images(ds.images[ds.image_rows(np.asarray(idx))], size + margin)
+            big = ds.images[ds.image_rows(np.asarray(idx))]
+            big = big if stored_enlarged else resize_images(big, enlarged)
             x = crop_batch(torch.from_numpy(big).permute(0, 3, 1, 2).float().div_(255), offsets, size)
             if flips is not None:
                 x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
@@ -328,8 +330,10 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
 def _check_geometry(ds: ImageArrayDataset, image_hw: tuple[int, int], channels: int) -> None:
     h, w, c = ds.images.shape[1:]
     if (h, w) != tuple(image_hw) or c != channels:
+        enlarged = (h, w) == tuple(round(s * CROP_RATIO) for s in image_hw)
         raise ValueError(f"data set images are {h}x{w}x{c} (height x width x channels), the tokenizer takes "
-                         f"{image_hw[0]}x{image_hw[1]}x{channels}")
+                         f"{image_hw[0]}x{image_hw[1]}x{channels}"
+                         + (" (a data set of var prepare-data --crop serves var train --crop only)" if enlarged else ""))
 
 
 def _finish(info: DistInfo) -> None:
