@@ -4,7 +4,7 @@
 
 Writes JPEG folders made from Fashion-MNIST (28 px grayscale, and 256 px RGB upscaled copies), then measures
 ``var prepare-data`` images/s with 1 and 2 worker processes; the peak RSS (``/usr/bin/time -v``) of a few
-``var train-vae`` steps (the bundled tokenizer) on prepared data sets of a small and a large count; the
+``var train-vae`` steps (the bundled tokenizer) on prepared data sets of several sizes (and on raw folders); the
 time from the command to the end of the first training step, prepared data set against the raw folder;
 and the loader's images/s (the training run's batch getter on the memory map, page cache warm) against
 the images/s a training step consumes, at the bundled and at a 256 px configuration. Timing lives here,
@@ -111,9 +111,10 @@ def loader_rate(data: Path, batch: int, steps: int = 200) -> float:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--work", type=Path, required=True, help="scratch folder (JPEGs, data sets, runs)")
-    p.add_argument("--small", type=int, default=5000)
-    p.add_argument("--large", type=int, default=50000)
-    p.add_argument("--n256", type=int, default=2000, help="images of the 256 px folder")
+    p.add_argument("--counts", type=lambda t: [int(v) for v in t.split(",")], default=[5000, 20000, 50000],
+                   help="data set sizes of the RSS comparison; the last one is also the prepare-data and the "
+                        "first-step folder")
+    p.add_argument("--n256", type=int, default=8000, help="images of the 256 px folder")
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--json", type=Path, default=None)
     a = p.parse_args()
@@ -131,19 +132,23 @@ def main() -> int:
             a.json.parent.mkdir(parents=True, exist_ok=True)
             a.json.write_text(json.dumps(res, indent=2) + "\n")
 
-    small, large = write_jpegs(w / f"jpeg{a.small}", a.small), write_jpegs(w / f"jpeg{a.large}", a.large)
+    folders = {n: write_jpegs(w / f"jpeg{n}", n) for n in a.counts}
+    large = a.counts[-1]
     big = write_jpegs(w / f"jpeg256_{a.n256}", a.n256, 256)
     for workers in (1, 2):
-        step(f"prepare_28px_w{workers}", prepare(large, w / f"ds{a.large}_w{workers}", 28, 1, workers))
-    step("prepare_28px_small", prepare(small, w / f"ds{a.small}", 28, 1, 2))
+        step(f"prepare_28px_w{workers}", prepare(folders[large], w / f"ds{large}_w{workers}", 28, 1, workers))
     for workers in (1, 2):
-        step(f"prepare_256px_w{workers}", prepare(big, w / f"ds256_w{workers}", 256, 3, workers))
-    for n, ds in ((a.small, w / f"ds{a.small}"), (a.large, w / f"ds{a.large}_w2")):
-        step(f"train_vae_prepared_{n}", train_vae(ds, w / f"run_prepared_{n}", bundled, a.steps, 64))
-    step(f"train_vae_folder_{a.large}", train_vae(large, w / f"run_folder_{a.large}", bundled, a.steps, 64))
-    step("loader_28px_images_per_s", loader_rate(w / f"ds{a.large}_w2", 64))
-    step("train_vae_256px", train_vae(w / "ds256_w2", w / "run_256", VAE_256, 3, 16))
-    step("loader_256px_images_per_s", loader_rate(w / "ds256_w2", 16))
+        step(f"prepare_256px_w{workers}", prepare(big, w / f"ds256_{a.n256}_w{workers}", 256, 3, workers))
+    for n in a.counts[:-1]:
+        prepare(folders[n], w / f"ds{n}_w2", 28, 1, 2)
+    for n in a.counts:
+        step(f"train_vae_prepared_{n}", train_vae(w / f"ds{n}_w2", w / f"run_prepared_{n}", bundled, a.steps, 64))
+    step(f"train_vae_folder_{large}", train_vae(folders[large], w / f"run_folder_{large}", bundled, a.steps, 64))
+    step(f"train_vae_folder_{a.counts[0]}", train_vae(folders[a.counts[0]], w / f"run_folder_{a.counts[0]}", bundled,
+                                                      a.steps, 64))
+    step("loader_28px_images_per_s", loader_rate(w / f"ds{large}_w2", 64))
+    step("train_vae_256px", train_vae(w / f"ds256_{a.n256}_w2", w / "run_256", VAE_256, 3, 16))
+    step("loader_256px_images_per_s", loader_rate(w / f"ds256_{a.n256}_w2", 16))
     return 0
 
 
