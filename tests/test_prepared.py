@@ -42,10 +42,11 @@ def test_prepared_data_set_round_trips_pixels_labels_and_names_and_lists_the_cor
     assert (manifest["count"], manifest["image_size"], manifest["channels"]) == (24, [16, 16], 3)
     assert sorted(os.listdir(prepared)) == ["images.npy", "labels.npy", "manifest.json"]  # no leftovers
     assert build_dataset(str(prepared)).fingerprint == manifest["digest"]
-    with caplog.at_level("INFO"):
-        assert cli(["prepare-data", str(folder), "--image-size", "16", "--out", str(prepared)]) == 0
+    caplog.set_level("INFO")
+    assert cli(["prepare-data", str(folder), "--image-size", "16", "--out", str(prepared)]) == 0
     assert "already prepared" in caplog.text
     assert cli(["prepare-data", str(folder), "--image-size", "8", "--out", str(prepared)]) == 2  # other options
+    assert "image_size [16, 16] (asked: [8, 8])" in caplog.text
 
 
 class InterruptingPool:

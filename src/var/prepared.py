@@ -100,9 +100,13 @@ def prepare_dataset(folder: str | os.PathLike, size: int | tuple[int, int], out:
 
 
 def _check_same(out: Path, found: dict, wanted: dict) -> None:
-    if found != wanted:
-        raise ValueError(f"{out} holds a data set prepared with {found}, not {wanted}: choose another --out "
-                         f"or delete it")
+    """ValueError naming what differs (file lists by their length) when ``out`` was made from other options."""
+    def show(v):
+        return f"{len(v)} entries" if isinstance(v, list) and len(v) > 3 else repr(v)
+    diff = [f"{k} {show(found.get(k))} (asked: {show(wanted[k])})" for k in wanted if found.get(k) != wanted[k]]
+    if diff:
+        raise ValueError(f"{out} holds a data set prepared with other options: {'; '.join(diff)}; choose another "
+                         f"--out or delete it")
 
 
 def _start_or_resume(out: Path, plan: dict) -> np.memmap:
