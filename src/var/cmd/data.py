@@ -6,8 +6,7 @@ import logging
 from pathlib import Path
 
 from ..schedule import parse_size
-from .common import add_command, positive_int
-from .train import _argument
+from .common import add_command, argument_type, positive_int
 
 log = logging.getLogger("var")
 
@@ -17,7 +16,7 @@ def register(sub) -> None:
                     "training memory-maps (for folders too large to hold in memory)")
     p.add_argument("folder", type=Path,
                    help="image folder: one sub-folder per class, or a flat folder of images (one class)")
-    p.add_argument("--image-size", type=_argument(parse_size), required=True,
+    p.add_argument("--image-size", type=argument_type(parse_size), required=True,
                    help="the model's image side, or HxW (height x width): images are resized to cover it and "
                         "centre-cropped, as training does with a folder")
     p.add_argument("--channels", type=int, choices=(1, 3), default=3, help="1 (grayscale) or 3 (RGB)")
