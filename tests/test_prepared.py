@@ -188,6 +188,7 @@ def test_a_data_set_prepared_for_crops_feeds_var_train_crop_only(folder, tmp_pat
     caplog.clear()
     assert cli(["train", "--out", str(tmp_path / "tokens"), *args]) == 2
     assert "serves var train --crop only" in caplog.text
+    assert not (tmp_path / "tokens" / "run.json").exists()  # refused before the run folder is started
 
 
 def test_two_processes_split_the_token_cache_and_train_as_one(prepared, tmp_path):

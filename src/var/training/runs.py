@@ -271,14 +271,17 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     if crop and H != W:
         raise ValueError(f"random crops (--crop) take square models only; this tokenizer makes {H}x{W} images")
     ds = build_dataset(data, vqvae.config.image_hw, vqvae.config.in_channels, "train")
+    enlarged = round(H * CROP_RATIO)
+    stored_enlarged = crop and ds.images.shape[1:3] == (enlarged, enlarged)  # var prepare-data --crop
+    _check_geometry(ds, (enlarged, enlarged) if stored_enlarged else (H, W), vqvae.config.in_channels)
     var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
     var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
                                   "class_names": ds.class_names, "crop": crop}, info)
     crop = cfg.get("crop", False)  # a resumed run keeps its augmentation
-    enlarged = round(H * CROP_RATIO)
-    stored_enlarged = crop and ds.images.shape[1:3] == (enlarged, enlarged)  # var prepare-data --crop
-    _check_geometry(ds, (enlarged, enlarged) if stored_enlarged else (H, W), vqvae.config.in_channels)
+    if stored_enlarged and not crop:
+        raise ValueError(f"{out} trains without random crops (its run.json), but {data} holds images enlarged for "
+                         f"them (var prepare-data --crop)")
     var = VAR(VARConfig(**cfg["var"])).to(info.device)
     if init_adaln_gamma is not None:
         var.init_weights(init_adaln_gamma=init_adaln_gamma)
