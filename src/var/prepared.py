@@ -135,7 +135,8 @@ def _decode_pending(out: Path, plan: dict, status: np.memmap, workers: int) -> N
              for s in starts]
     if not tasks:
         return
-    with multiprocessing.Pool(workers) as pool, tqdm(total=n, initial=int((status != PENDING).sum()), desc="preparing", unit="img") as bar:
+    done = int((status != PENDING).sum())
+    with multiprocessing.Pool(workers) as pool, tqdm(total=n, initial=done, desc="preparing", unit="img") as bar:
         for start, ok in pool.imap_unordered(_decode_chunk, tasks):
             status[start:start + len(ok)] = np.where(ok, DECODED, SKIPPED)
             status.flush()
