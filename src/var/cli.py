@@ -10,7 +10,7 @@ from . import __version__
 from .training.common import TrainingStopped
 
 # Subcommand modules, in the order ``var --help`` lists them.
-COMMANDS = ["sample", "edit", "train", "evaluate", "bench", "serve"]
+COMMANDS = ["sample", "edit", "data", "train", "evaluate", "bench", "serve"]
 
 
 class Parser(argparse.ArgumentParser):

@@ -1,8 +1,9 @@
-"""Training data: Fashion-MNIST from its IDX files, or any folder of images.
+"""Training data: Fashion-MNIST from its IDX files, any folder of images, or a prepared data set.
 
-Both give a :class:`ImageArrayDataset`: uint8 images held in memory at the model's resolution, with
-labels, returned as float tensors in [0, 1], (channels, H, W). Nothing is downloaded: Fashion-MNIST
-comes from Debian's ``dataset-fashion-mnist`` package or a folder holding its four IDX files.
+All give a :class:`ImageArrayDataset`: uint8 images at the model's resolution (in memory, or memory-mapped
+from a folder written by ``var prepare-data``, see :mod:`var.prepared`), with labels, returned as float
+tensors in [0, 1], (channels, H, W). Nothing is downloaded: Fashion-MNIST comes from Debian's
+``dataset-fashion-mnist`` package or a folder holding its four IDX files.
 """
 from __future__ import annotations
 
@@ -76,7 +77,12 @@ def load_fashion_mnist(root: str | os.PathLike | None = None, split: str = "trai
 
 @dataclass
 class ImageArrayDataset(torch.utils.data.Dataset):
-    """In-memory uint8 images (N, H, W, C) with labels; items are ([0, 1] float (C, H, W), label)."""
+    """uint8 images (N, H, W, C) with labels; items are ([0, 1] float (C, H, W), label).
+
+    ``images`` may be a memory map: only :meth:`batch` reads pixels, and only the rows asked for. ``rows``
+    (optional) selects the rows of ``images`` this data set holds, in order, so that a subset (such as
+    :func:`split_holdout`'s) shares the array instead of copying it. ``fingerprint``, when set, identifies
+    the pixels of ``images`` (a prepared data set's digest), so that caches need not read them all."""
 
     images: np.ndarray
     labels: np.ndarray
@@ -84,17 +90,29 @@ class ImageArrayDataset(torch.utils.data.Dataset):
     name: str = "images"
     flip: bool = False
     skipped: list[str] = field(default_factory=list)
+    rows: np.ndarray | None = None
+    fingerprint: str | None = None
 
     def __post_init__(self):
         if self.images.ndim == 3:
             self.images = self.images[..., None]
-        if len(self.images) == 0:
+        if len(self) == 0:
             raise ValueError(f"data set {self.name!r} holds no images")
-        if len(self.labels) != len(self.images):
-            raise ValueError(f"{len(self.labels)} labels for {len(self.images)} images")
+        held = len(self.images) if self.rows is None else len(self.rows)
+        if len(self.labels) != held:
+            raise ValueError(f"{len(self.labels)} labels for {held} images")
 
     def __len__(self) -> int:
-        return len(self.images)
+        return len(self.labels)
+
+    def image_rows(self, indices: np.ndarray) -> np.ndarray:
+        """The rows of ``images`` holding items ``indices`` of this data set."""
+        return indices if self.rows is None else self.rows[indices]
+
+    def subset(self, indices: np.ndarray) -> "ImageArrayDataset":
+        """Items ``indices`` as a data set sharing this one's pixel array (no copy)."""
+        return ImageArrayDataset(self.images, self.labels[indices], self.class_names, self.name, self.flip,
+                                 rows=self.image_rows(np.asarray(indices)), fingerprint=self.fingerprint)
 
     @property
     def channels(self) -> int:
@@ -108,7 +126,7 @@ class ImageArrayDataset(torch.utils.data.Dataset):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch as ([0, 1] images (B, C, H, W), labels (B,)); ``flips`` (B,) bool mirrors chosen items."""
         idx = np.asarray(indices)
-        x = torch.from_numpy(self.images[idx]).permute(0, 3, 1, 2).float().div_(255)
+        x = torch.from_numpy(np.ascontiguousarray(self.images[self.image_rows(idx)])).permute(0, 3, 1, 2).float().div_(255)
         if flips is not None:
             x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
         return x, torch.from_numpy(self.labels[idx])
@@ -124,7 +142,7 @@ def fashion_mnist_dataset(root: str | os.PathLike | None = None, split: str = "t
     return ImageArrayDataset(images, labels, list(FASHION_MNIST_CLASSES), name=f"fashion-mnist-{split}")
 
 
-def _load_resized(path: Path, size: int | tuple[int, int], channels: int) -> np.ndarray:
+def load_resized(path: str | os.PathLike, size: int | tuple[int, int], channels: int) -> np.ndarray:
     """Decode, resize to cover ``size`` (a side, or (H, W)) keeping the aspect ratio, and centre-crop to
     H x W: (H, W, C) uint8. For a square size this resizes the short side to it."""
     H, W = as_hw(size)
@@ -139,10 +157,17 @@ def _load_resized(path: Path, size: int | tuple[int, int], channels: int) -> np.
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], channels: int = 3) -> ImageArrayDataset:
-    """A folder with one sub-folder per class (class-conditional) or a flat folder of images
-    (unconditional: one class), at ``size`` (a side, or (H, W)). Files that cannot be decoded are skipped
-    with one warning naming them."""
+def decode_or_none(path: str | os.PathLike, size: int | tuple[int, int], channels: int) -> np.ndarray | None:
+    """:func:`load_resized`, or None when the file cannot be decoded (the callers skip and list it)."""
+    try:
+        return load_resized(path, size, channels)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        return None
+
+
+def list_image_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str]]:
+    """The image files of a folder with their class ids, and the class names: one sub-folder per class
+    (class-conditional), or a flat folder of images (unconditional: one class named after the folder)."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
@@ -155,16 +180,29 @@ def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], c
         files = [(f, 0) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
-    images, labels, skipped = [], [], []
-    for path, c in files:
-        try:
-            images.append(_load_resized(path, size, channels))
-            labels.append(c)
-        except (OSError, ValueError, Image.DecompressionBombError):
-            skipped.append(str(path))
+    return files, class_names
+
+
+def warn_skipped(skipped: list[str]) -> None:
     if skipped:
         log.warning("skipped %d file(s) that could not be decoded: %s", len(skipped), ", ".join(skipped[:10])
                     + (" ..." if len(skipped) > 10 else ""))
+
+
+def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], channels: int = 3) -> ImageArrayDataset:
+    """The images of :func:`list_image_files`, decoded in this process and held in memory at ``size`` (a
+    side, or (H, W)): for small folders (``var prepare-data`` writes large ones to disk, in parallel).
+    Files that cannot be decoded are skipped with one warning naming them."""
+    files, class_names = list_image_files(root)
+    images, labels, skipped = [], [], []
+    for path, c in files:
+        arr = decode_or_none(path, size, channels)
+        if arr is None:
+            skipped.append(str(path))
+        else:
+            images.append(arr)
+            labels.append(c)
+    warn_skipped(skipped)
     if not images:
         raise ValueError(f"none of the {len(files)} image files in {root} could be decoded")
     return ImageArrayDataset(np.stack(images), np.array(labels, dtype=np.int64), class_names, name=str(root),
@@ -174,10 +212,12 @@ def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], c
 def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels: int | None = None, split: str = "train",
                   ) -> ImageArrayDataset:
     """``data`` is ``fashion-mnist`` (Debian's files or $VAR_FASHION_MNIST), a folder holding the four
-    Fashion-MNIST IDX files, or an image folder (``size`` and ``channels`` then required).
+    Fashion-MNIST IDX files, a data set written by ``var prepare-data`` (memory-mapped), or an image folder
+    (``size`` and ``channels`` then required; decoded into memory).
 
-    An image folder has only a ``train`` split: asking it for another raises ValueError, so that callers
-    hold images out with :func:`split_holdout` instead of measuring on the training images."""
+    Image folders and prepared data sets have only a ``train`` split: asking for another raises ValueError,
+    so that callers hold images out with :func:`split_holdout` instead of measuring on the training images."""
+    from .prepared import is_prepared, open_prepared
     if data == "fashion-mnist":
         return fashion_mnist_dataset(None, split)
     path = Path(data)
@@ -186,6 +226,8 @@ def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels
     if split != "train":
         raise ValueError(f"the image folder {data} has no {split!r} split (only 'train'); hold images out of it "
                          f"with split_holdout")
+    if is_prepared(path):
+        return open_prepared(path)
     if size is None:
         raise ValueError("an image folder needs the model's image size (--image-size)")
     return image_folder_dataset(path, size, channels or 3)
@@ -200,7 +242,4 @@ def split_holdout(ds: ImageArrayDataset, fraction: float = 0.05, seed: int = 0, 
     hold, train = perm[:n_hold], perm[n_hold:]
     if n_hold == 0:
         return ds, ds
-
-    def sub(ix):
-        return ImageArrayDataset(ds.images[ix], ds.labels[ix], ds.class_names, ds.name, ds.flip)
-    return sub(train), sub(hold)
+    return ds.subset(train), ds.subset(hold)

@@ -99,6 +99,17 @@ def class_list(text: str) -> list[int | str]:
     return [int(t) if t.lstrip("-").isdigit() else t for t in items]
 
 
+def argument_type(parse):
+    """``parse`` as an argparse type: its ValueError becomes the usage error that names the option."""
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
+    convert.__name__ = parse.__name__
+    return convert
+
+
 def positive_int(text: str) -> int:
     """An option that counts something: an integer >= 1."""
     try:

@@ -6,24 +6,13 @@ import logging
 from pathlib import Path
 
 from ..schedule import parse_patch_nums, parse_size
-from .common import add_command, add_device_arg
+from .common import add_command, add_device_arg, argument_type
 
 log = logging.getLogger("var")
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.replace(",", " ").split())
-
-
-def _argument(parse):
-    """``parse`` as an argparse type: its ValueError becomes the usage error that names the option."""
-    def convert(text: str):
-        try:
-            return parse(text)
-        except ValueError as e:
-            raise argparse.ArgumentTypeError(str(e)) from None
-    convert.__name__ = parse.__name__
-    return convert
 
 
 # Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
@@ -89,12 +78,13 @@ def _schedule(a: argparse.Namespace):
 def register(sub) -> None:
     p = add_command(sub, "train-vae", "train the multi-scale VQ-VAE tokenizer")
     p.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist, a folder of its IDX files, or an image folder (5%% of it held out)")
+                   help="fashion-mnist, a folder of its IDX files, a var prepare-data folder (memory-mapped), or an "
+                        "image folder (decoded into memory); 5%% of the last two held out")
     p.add_argument("--out", type=Path, default=Path("runs/vae"), help="run folder: checkpoint, metrics, weights")
     p.add_argument("--preset", choices=sorted(VAE_RECIPES), default="fashion-mnist",
                    help="fashion-mnist: the bundled model's tokenizer and recipe; custom: the model options below")
     g = p.add_argument_group("model (--preset custom)")
-    g.add_argument("--image-size", type=_argument(parse_size), default=32,
+    g.add_argument("--image-size", type=argument_type(parse_size), default=32,
                    help="image side, or HxW (height x width) such as 32x64, in pixels: images are resized to cover "
                         "it and centre-cropped")
     g.add_argument("--channels", type=int, default=3, help="1 (grayscale) or 3 (RGB)")
@@ -104,10 +94,10 @@ def register(sub) -> None:
     g.add_argument("--num-res-blocks", type=int, default=1, help="residual blocks per level")
     g.add_argument("--z-channels", type=int, default=16, help="latent (and codebook) width")
     g.add_argument("--vocab-size", type=int, default=512, help="codebook size")
-    g.add_argument("--patch-nums", type=_argument(parse_patch_nums), default=None,
+    g.add_argument("--patch-nums", type=argument_type(parse_patch_nums), default=None,
                    help="scale schedule, e.g. 1,2,3,4,6,8, or height x width per scale, e.g. 1x2,2x4,4x8,8x16 "
                         "(default: from --max-scale)")
-    g.add_argument("--max-scale", type=_argument(parse_size), default=None,
+    g.add_argument("--max-scale", type=argument_type(parse_size), default=None,
                    help="schedule 1,2,...,N, or HxW: the short side steps 1,2,... at the image's aspect ratio "
                         "(default: the image size / down-sampling)")
     g.add_argument("--no-attn", action="store_true", help="no attention blocks")
@@ -126,7 +116,8 @@ def register(sub) -> None:
 
     p = add_command(sub, "train", "train the VAR transformer on a trained tokenizer's tokens")
     p.add_argument("--data", default="fashion-mnist",
-                   help="the tokenizer's data: fashion-mnist, a folder of its IDX files, or an image folder")
+                   help="the tokenizer's data: fashion-mnist, a folder of its IDX files, a var prepare-data folder, "
+                        "or an image folder")
     p.add_argument("--vae", type=Path, default=Path("runs/vae"), help="a train-vae run folder")
     p.add_argument("--out", type=Path, default=Path("runs/var"),
                    help="run folder; it becomes a VARPipeline.from_pretrained folder")

@@ -13,6 +13,7 @@ import pickle
 import random
 import signal
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -117,6 +118,23 @@ def batch_indices(step: int, n: int, global_batch: int, seed: int, rank: int = 0
     epoch, i = divmod(step, per_epoch)
     perm = np.random.default_rng([seed, epoch]).permutation(n)
     return perm[i * global_batch:(i + 1) * global_batch][rank::world]
+
+
+def prefetched(get_batch: Callable[[int], Any], depth: int = 2) -> Callable[[int], Any]:
+    """``get_batch`` with the next ``depth`` steps' batches read by a background thread while the current
+    step trains (memory-mapped reads, decoding, augmentation), the loader's work overlapping the step's.
+    The batches are the same ones: ``get_batch`` is a function of the step alone."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="var-prefetch")
+    pending: dict[int, Future] = {}
+
+    def get(step: int):
+        for s in [s for s in pending if s < step]:  # not asked for (a repeated or skipped step)
+            pending.pop(s).cancel()
+        for s in range(step, step + depth + 1):
+            if s not in pending:
+                pending[s] = pool.submit(get_batch, s)
+        return pending.pop(step).result()
+    return get
 
 
 def atomic_save(obj: Any, path: Path) -> None:

@@ -23,7 +23,8 @@ from ..data import ImageArrayDataset, build_dataset, split_holdout
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import DistInfo, Schedule, append_metrics, batch_indices, fit, local_batch_size, setup_distributed
+from .common import (DistInfo, Schedule, append_metrics, batch_indices, fit, local_batch_size, prefetched,
+                     setup_distributed)
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
@@ -171,7 +172,7 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
         export_vqvae(vqvae, out, ds.class_names, data)
 
     get = _batch_getter(ds.batch, len(ds), schedule, info, flip)
-    last = fit(trainer, schedule, out, info, lambda s: get(s)[0], on_snapshot=snapshot)
+    last = fit(trainer, schedule, out, info, prefetched(lambda s: get(s)[0]), on_snapshot=snapshot)
     result = dict(last)
     if info.is_main:
         result.update(trainer.evaluate(held_x))
@@ -181,14 +182,16 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
 
 # ---------------------------------------------------------------------------- transformer
 def token_cache_key(vqvae: VQVAE, ds: ImageArrayDataset, flip: bool) -> str:
-    """Hash of the tokenizer's weights and the data's pixels and labels: a cache entry is reused only
-    for exactly the same tokenizer and images."""
+    """Hash of the tokenizer's weights and the data's pixels (a prepared data set's digest of them: no full
+    read), rows and labels: a cache entry is reused only for exactly the same tokenizer and images."""
     h = hashlib.sha1()
     for k, v in sorted(vqvae.state_dict().items()):
         if k != "quantize.ema_vocab_hit_SV":
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    h.update(np.ascontiguousarray(ds.images).tobytes())
+    h.update(ds.fingerprint.encode() if ds.fingerprint else np.ascontiguousarray(ds.images).tobytes())
+    if ds.rows is not None:
+        h.update(np.asarray(ds.rows, np.int64).tobytes())
     h.update(np.ascontiguousarray(ds.labels).tobytes())
     h.update(b"flip" if flip else b"")
     return h.hexdigest()[:20]
@@ -197,29 +200,59 @@ def token_cache_key(vqvae: VQVAE, ds: ImageArrayDataset, flip: bool) -> str:
 @torch.no_grad()
 def tokenize_dataset(vqvae: VQVAE, ds: ImageArrayDataset, cache_dir: Path, info: DistInfo, flip: bool = False,
                      batch_size: int = 256) -> np.ndarray:
-    """Token ids (N, L) of every image (and (2, N, L) with mirrored copies when ``flip``), cached on disk."""
+    """Token ids (N, L) of every image (and (2, N, L) with mirrored copies when ``flip``), cached on disk and
+    returned memory-mapped (read-only). See :func:`_fill_token_cache` for how the cache is written."""
     path = cache_dir / f"tokens_{token_cache_key(vqvae, ds, flip)}.npy"
-    if info.is_main and not path.is_file():
-        from tqdm.auto import tqdm
-        vqvae.eval()
-        variants = [False, True] if flip else [False]
-        out = []
-        for mirrored in variants:
-            rows = []
-            for s in tqdm(range(0, len(ds), batch_size), desc="tokenizing" + (" (mirrored)" if mirrored else "")):
-                idx = np.arange(s, min(len(ds), s + batch_size))
-                x, _ = ds.batch(idx, torch.full((len(idx),), mirrored))
-                rows.append(torch.cat(vqvae.img_to_indices(x.to(info.device) * 2 - 1), 1).cpu().numpy())
-            out.append(np.concatenate(rows))
-        arr = np.stack(out) if flip else out[0]
-        cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, arr.astype(np.int16 if vqvae.config.vocab_size <= 32767 else np.int32))
-        os.replace(tmp, path)
+    if not path.is_file():
+        _fill_token_cache(vqvae, ds, path, info, flip, batch_size)
+    return np.load(path, mmap_mode="r")
+
+
+def _fill_token_cache(vqvae: VQVAE, ds: ImageArrayDataset, path: Path, info: DistInfo, flip: bool,
+                      batch_size: int) -> None:
+    """Tokenize ``ds`` into ``path``: chunks of ``batch_size`` images written into a memory-mapped
+    ``.partial.npy``, a ``.done.npy`` flag per chunk, the chunks split over the torchrun processes (the
+    cache folder must be one they all see, as the run folder is). An interrupted run resumes from the
+    chunks done; the finished file is renamed into place, so a cache entry is never half written."""
+    from tqdm.auto import tqdm
+    partial, done_path = path.with_suffix(".partial.npy"), path.with_suffix(".done.npy")
+    variants, n_chunks = 2 if flip else 1, -(-len(ds) // batch_size)
+    if info.is_main and not done_path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        dtype = np.int16 if vqvae.config.vocab_size <= 32767 else np.int32
+        shape = (len(ds), sum(h * w for h, w in vqvae.config.scales))
+        np.lib.format.open_memmap(partial, "w+", dtype, (2, *shape) if flip else shape).flush()
+        np.lib.format.open_memmap(done_path, "w+", bool, (variants, n_chunks)).flush()  # last: marks both exist
+    _barrier(info)
+    tokens = np.load(partial, mmap_mode="r+").reshape(variants, len(ds), -1)
+    done = np.load(done_path, mmap_mode="r+")
+    todo = [(v, c) for v in range(variants) for c in range(n_chunks) if not done[v, c]]
+    _barrier(info)  # every process has read the same list before any of them marks a chunk done
+    mine = todo[info.rank::info.world]
+    log.info("tokenizing %d of the %d chunks of %d images left (process %d of %d)", len(mine), len(todo), batch_size,
+             info.rank + 1, info.world)
+    vqvae.eval()
+    for v, c in tqdm(mine, desc="tokenizing", unit="chunk", disable=not info.is_main):
+        idx = np.arange(c * batch_size, min(len(ds), (c + 1) * batch_size))
+        x, _ = ds.batch(idx, torch.full((len(idx),), bool(v)))
+        tokens[v, idx] = torch.cat(vqvae.img_to_indices(x.to(info.device) * 2 - 1), 1).cpu().numpy()
+        tokens.flush()
+        done[v, c] = True
+        done.flush()
+    _barrier(info)
+    if info.is_main:
+        if not done.all():
+            raise RuntimeError(f"{done_path}: chunks {np.argwhere(~done).tolist()[:5]} not tokenized: the "
+                               f"processes do not share the cache folder {path.parent} (--cache-dir)")
+        os.replace(partial, path)
+        done_path.unlink()
         log.info("cached tokens of %d images in %s", len(ds), path)
+    _barrier(info)
+
+
+def _barrier(info: DistInfo) -> None:
     if info.world > 1:
         dist.barrier()
-    return np.load(path)
 
 
 def default_cache_dir() -> Path:
@@ -241,35 +274,39 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     if crop and H != W:
         raise ValueError(f"random crops (--crop) take square models only; this tokenizer makes {H}x{W} images")
     ds = build_dataset(data, vqvae.config.image_hw, vqvae.config.in_channels, "train")
-    _check_geometry(ds, vqvae.config.image_hw, vqvae.config.in_channels)
+    enlarged = round(H * CROP_RATIO)
+    stored_enlarged = crop and ds.images.shape[1:3] == (enlarged, enlarged)  # var prepare-data --crop
+    _check_geometry(ds, (enlarged, enlarged) if stored_enlarged else (H, W), vqvae.config.in_channels)
     var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
     var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
                                   "class_names": ds.class_names, "crop": crop}, info)
     crop = cfg.get("crop", False)  # a resumed run keeps its augmentation
+    if stored_enlarged and not crop:
+        raise ValueError(f"{out} trains without random crops (its run.json), but {data} holds images enlarged for "
+                         f"them (var prepare-data --crop)")
     var = VAR(VARConfig(**cfg["var"])).to(info.device)
     if init_adaln_gamma is not None:
         var.init_weights(init_adaln_gamma=init_adaln_gamma)
     torch.manual_seed(schedule.seed + info.rank)  # same initial weights, independent label dropout per process
     labels = torch.from_numpy(ds.labels)
     if crop:
-        size = vqvae.config.image_size
-        big = resize_images(ds.images, round(size * CROP_RATIO))
-        margin = big.shape[1] - size
+        size, margin = H, enlarged - H
 
-        def get_batch(idx, flips, offsets):
-            x = crop_batch(torch.from_numpy(big[idx]).permute(0, 3, 1, 2).float().div_(255), offsets, size)
+        def get_batch(idx, flips, offsets):  # each batch enlarged on its own: memory stays flat
+            big = ds.images[ds.image_rows(np.asarray(idx))]
+            big = big if stored_enlarged else resize_images(big, enlarged)
+            x = crop_batch(torch.from_numpy(big).permute(0, 3, 1, 2).float().div_(255), offsets, size)
             if flips is not None:
                 x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
             return x, labels[torch.as_tensor(idx)]
     else:
         margin = 0
-        tokens = torch.from_numpy(tokenize_dataset(vqvae, ds, cache_dir or default_cache_dir(), info, flip))
+        tokens = tokenize_dataset(vqvae, ds, cache_dir or default_cache_dir(), info, flip)
 
         def get_batch(idx, flips):
-            idx_t = torch.as_tensor(idx)
-            toks = tokens[flips.long(), idx_t] if flips is not None else tokens[idx_t]
-            return toks, labels[idx_t]
+            toks = tokens[flips.numpy().astype(np.intp), idx] if flips is not None else tokens[idx]
+            return torch.from_numpy(np.ascontiguousarray(toks)), labels[torch.as_tensor(idx)]
 
     trainer = VARTrainer(var, vqvae, make_optimizer(var, schedule, VAR_BETAS), info.device,
                          label_smoothing=label_smoothing, grad_clip=schedule.grad_clip, amp=amp, ema_decay=ema,
@@ -290,7 +327,7 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         trainer.pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}).save_pretrained(out)
         trainer.var.train()
 
-    last = fit(trainer, schedule, out, info, _batch_getter(get_batch, len(ds), schedule, info, flip, margin),
+    last = fit(trainer, schedule, out, info, prefetched(_batch_getter(get_batch, len(ds), schedule, info, flip, margin)),
                on_snapshot=snapshot)
     _finish(info)
     return dict(last)
@@ -299,8 +336,10 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
 def _check_geometry(ds: ImageArrayDataset, image_hw: tuple[int, int], channels: int) -> None:
     h, w, c = ds.images.shape[1:]
     if (h, w) != tuple(image_hw) or c != channels:
+        enlarged = (h, w) == tuple(round(s * CROP_RATIO) for s in image_hw)
         raise ValueError(f"data set images are {h}x{w}x{c} (height x width x channels), the tokenizer takes "
-                         f"{image_hw[0]}x{image_hw[1]}x{channels}")
+                         f"{image_hw[0]}x{image_hw[1]}x{channels}"
+                         + (" (a data set of var prepare-data --crop serves var train --crop only)" if enlarged else ""))
 
 
 def _finish(info: DistInfo) -> None:

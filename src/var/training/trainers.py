@@ -181,8 +181,11 @@ class VQVAETrainer(_Trainer):
         return len(reset)
 
     @torch.no_grad()
-    def evaluate(self, images01: torch.Tensor, batch_size: int = 256) -> dict:
-        """Reconstruction PSNR through the tokens (what the transformer will see), on held-out images."""
+    def evaluate(self, images01: torch.Tensor, batch_size: int | None = None) -> dict:
+        """Reconstruction PSNR through the tokens (what the transformer will see), on held-out images, in
+        batches of ``batch_size`` (default: 256 images of up to 32 x 32 pixels, fewer of larger ones, so
+        that the activations of 256 px images do not take tens of GB)."""
+        batch_size = batch_size or max(1, min(256, 256 * 32 * 32 // (images01.shape[-2] * images01.shape[-1])))
         self.vqvae.eval()
         scores = []
         for s in range(0, len(images01), batch_size):

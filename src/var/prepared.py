@@ -1,0 +1,203 @@
+"""Prepared data sets: an image folder decoded once, in parallel, into memory-mappable files.
+
+``var prepare-data`` (:func:`prepare_dataset`) writes a folder holding
+
+- ``images.npy``: uint8 (N, H, W, C) pixels, each image resized to cover H x W and centre-cropped, exactly
+  as :func:`var.data.image_folder_dataset` does in memory;
+- ``labels.npy``: int64 (N,) class ids;
+- ``manifest.json``: format, image size, channels, count, class names, source folder, the files that could
+  not be decoded (skipped), a digest of the pixels (the token cache's key, so that it never reads them all)
+  and ``crop_size``: null, or the model's size when the images are stored larger for random crops.
+
+Training memory-maps ``images.npy`` (:func:`open_prepared`) and reads only the rows of each batch, so its
+memory does not grow with the number of images. The manifest is written last: a folder without one is
+unfinished, and the same command resumes it. Until then the folder holds ``plan.json`` (the files and
+options), ``staging.npy`` (a slot per file) and ``status.npy`` (per file: pending, decoded or skipped,
+written after the chunk's pixels are on disk).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .data import ImageArrayDataset, decode_or_none, list_image_files, warn_skipped
+from .schedule import as_hw
+
+log = logging.getLogger(__name__)
+
+FORMAT = "var-prepared"
+MANIFEST, IMAGES, LABELS = "manifest.json", "images.npy", "labels.npy"
+_PLAN, _STAGING, _STATUS = "plan.json", "staging.npy", "status.npy"
+PENDING, DECODED, SKIPPED = 0, 1, 2
+CHUNK = 256  # files per worker task: the unit of progress and of resuming
+
+
+def is_prepared(path: str | os.PathLike) -> bool:
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}/{MANIFEST} is not a var prepare-data manifest (format {manifest.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    return manifest
+
+
+def open_prepared(path: str | os.PathLike) -> ImageArrayDataset:
+    """A prepared data set, its pixels memory-mapped (read-only): nothing is read until a batch asks."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    images = np.load(path / IMAGES, mmap_mode="r")
+    labels = np.load(path / LABELS)
+    H, W = manifest["image_size"]
+    expected = (manifest["count"], H, W, manifest["channels"])
+    if images.shape != expected or labels.shape != expected[:1]:
+        raise ValueError(f"{path}: {IMAGES} is {images.shape} and {LABELS} {labels.shape}, the manifest says "
+                         f"{expected}: the folder is damaged; prepare it again")
+    return ImageArrayDataset(images, labels.astype(np.int64), manifest["class_names"], name=str(path),
+                             skipped=manifest["skipped"], fingerprint=manifest["digest"])
+
+
+def prepare_dataset(folder: str | os.PathLike, size: int | tuple[int, int], out: str | os.PathLike,
+                    channels: int = 3, workers: int | None = None, for_crop: bool = False) -> dict:
+    """Decode every image of ``folder`` (see :func:`var.data.list_image_files`) at ``size`` with ``workers``
+    processes (default: every core) into the prepared data set ``out``; returns its manifest. An unfinished
+    ``out`` is resumed; a finished one is left as it is (ValueError if it was made from other options).
+
+    ``for_crop`` stores square images at ``CROP_RATIO`` x ``size`` instead (the manifest's ``crop_size`` is
+    ``size``): the reference's random-crop augmentation (``var train --crop``) then cuts its windows from
+    images decoded at that size, with no resizing per step."""
+    out, (H, W) = Path(out), as_hw(size)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
+    crop_size = None
+    if for_crop:
+        from .training.runs import CROP_RATIO
+        if H != W:
+            raise ValueError(f"random crops take square images only; got --image-size {H}x{W}")
+        crop_size, H = H, round(H * CROP_RATIO)
+        W = H
+    source = str(Path(folder).resolve())
+    wanted = {"source": source, "image_size": [H, W], "channels": channels, "crop_size": crop_size}
+    if is_prepared(out):
+        manifest = read_manifest(out)
+        _check_same(out, {k: manifest.get(k) for k in wanted}, wanted)
+        log.info("%s is already prepared (%d images from %s): nothing to do", out, manifest["count"], source)
+        return manifest
+    files, class_names = list_image_files(folder)
+    plan = {**wanted, "class_names": class_names, "files": [str(f) for f, _ in files],
+            "labels": [c for _, c in files]}
+    status = _start_or_resume(out, plan)
+    _decode_pending(out, plan, status, workers or os.cpu_count() or 1)
+    return _finish(out, plan, status)
+
+
+def _check_same(out: Path, found: dict, wanted: dict) -> None:
+    """ValueError naming what differs (file lists by their length) when ``out`` was made from other options."""
+    def show(v):
+        return f"{len(v)} entries" if isinstance(v, list) and len(v) > 3 else repr(v)
+    diff = [f"{k} {show(found.get(k))} (asked: {show(wanted[k])})" for k in wanted if found.get(k) != wanted[k]]
+    if diff:
+        raise ValueError(f"{out} holds a data set prepared with other options: {'; '.join(diff)}; choose another "
+                         f"--out or delete it")
+
+
+def _start_or_resume(out: Path, plan: dict) -> np.memmap:
+    """The per-file status array of ``out``: created with the staging pixel file, or read back to resume."""
+    n, (H, W) = len(plan["files"]), plan["image_size"]
+    if (out / _PLAN).is_file():
+        _check_same(out, json.loads((out / _PLAN).read_text()), plan)
+        status = np.load(out / _STATUS, mmap_mode="r+")
+        log.info("resuming %s: %d of %d files done", out, int((status != PENDING).sum()), n)
+        return status
+    out.mkdir(parents=True, exist_ok=True)
+    np.lib.format.open_memmap(out / _STAGING, "w+", np.uint8, (n, H, W, plan["channels"])).flush()
+    status = np.lib.format.open_memmap(out / _STATUS, "w+", np.uint8, (n,))
+    status.flush()
+    (out / _PLAN).write_text(json.dumps(plan))  # last: a plan on disk means the other two files exist
+    return status
+
+
+def _decode_pending(out: Path, plan: dict, status: np.memmap, workers: int) -> None:
+    """Decode the chunks that still hold pending files, ``workers`` processes writing into the staging
+    file; a chunk's status is written once its pixels are flushed."""
+    from tqdm.auto import tqdm
+    n = len(plan["files"])
+    starts = [s for s in range(0, n, CHUNK) if (status[s:s + CHUNK] == PENDING).any()]
+    tasks = [(str(out / _STAGING), s, plan["files"][s:s + CHUNK], tuple(plan["image_size"]), plan["channels"])
+             for s in starts]
+    if not tasks:
+        return
+    done = int((status != PENDING).sum())
+    with multiprocessing.Pool(workers) as pool, tqdm(total=n, initial=done, desc="preparing", unit="img") as bar:
+        for start, ok in pool.imap_unordered(_decode_chunk, tasks):
+            status[start:start + len(ok)] = np.where(ok, DECODED, SKIPPED)
+            status.flush()
+            bar.update(len(ok))
+
+
+def _decode_chunk(task: tuple) -> tuple[int, np.ndarray]:
+    """In a worker: decode one chunk of files into their rows of the staging file; which ones decoded."""
+    staging_path, start, files, size, channels = task
+    staging = np.load(staging_path, mmap_mode="r+")
+    ok = np.zeros(len(files), bool)
+    for i, path in enumerate(files):
+        arr = decode_or_none(path, size, channels)
+        if arr is not None:
+            staging[start + i] = arr
+            ok[i] = True
+    staging.flush()
+    return start, ok
+
+
+def _finish(out: Path, plan: dict, status: np.memmap) -> dict:
+    """Turn the staging file into ``images.npy`` (dropping skipped files' rows), write the labels and, last,
+    the manifest; remove the bookkeeping files."""
+    decoded = np.flatnonzero(status == DECODED)
+    skipped = [plan["files"][i] for i in np.flatnonzero(status == SKIPPED)]
+    warn_skipped(skipped)
+    if len(decoded) == 0:
+        raise ValueError(f"none of the {len(status)} image files in {plan['source']} could be decoded")
+    if skipped:
+        _copy_rows(out / _STAGING, decoded, out / IMAGES)
+    elif (out / _STAGING).exists():
+        os.replace(out / _STAGING, out / IMAGES)
+    np.save(out / LABELS, np.asarray(plan["labels"], np.int64)[decoded])
+    manifest = {"format": FORMAT, "version": 1, **{k: plan[k] for k in ("image_size", "channels", "crop_size")},
+                "count": len(decoded), "class_names": plan["class_names"], "source": plan["source"],
+                "skipped": skipped, "digest": _digest(out / IMAGES)}
+    tmp = out / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    for name in (_STAGING, _STATUS, _PLAN):
+        (out / name).unlink(missing_ok=True)
+    log.info("prepared %d images (%dx%dx%d) in %s", len(decoded), *plan["image_size"], plan["channels"], out)
+    return manifest
+
+
+def _copy_rows(src: Path, rows: np.ndarray, dst: Path, chunk: int = 4096) -> None:
+    """``src``'s ``rows`` into a new .npy ``dst``, chunk by chunk (bounded memory), written atomically."""
+    staging = np.load(src, mmap_mode="r")
+    tmp = dst.with_name(dst.name + ".tmp.npy")
+    images = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(rows), *staging.shape[1:]))
+    for s in range(0, len(rows), chunk):
+        images[s:s + chunk] = staging[rows[s:s + chunk]]
+    images.flush()
+    del images
+    os.replace(tmp, dst)
+
+
+def _digest(path: Path, chunk: int = 1 << 24) -> str:
+    """SHA-1 of a file, read in chunks."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
