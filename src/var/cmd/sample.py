@@ -56,23 +56,30 @@ def _write_pngs(images_NHW3: np.ndarray, labels: torch.Tensor, folder: Path, sta
 
 
 def run(args: argparse.Namespace) -> int:
+    """Generate in chunks of ``--batch-size`` (chunk i seeded with seed + i). Under torchrun the chunks are
+    dealt out round-robin over the processes and gathered on rank 0, so the files are identical to one
+    process's with the same seed."""
+    from ..training.common import setup_distributed
+
     sampling = sampling_kwargs(args)
+    info = setup_distributed(args.device)
+    if info.world > 1:
+        args.device = str(info.device)
     pipe = load_pipeline(args)
     classes = _classes(args, pipe)
     labels = torch.tensor(classes).repeat_interleave(args.per_class)
     firsts = set(range(0, len(labels), args.per_class)[:10])      # the rows of the progression figure
-    images, first_tokens = [], []
-    from tqdm.auto import tqdm
-    for i, start in enumerate(tqdm(range(0, len(labels), args.batch_size), desc="generating", unit="batch")):
-        part = labels[start:start + args.batch_size]
-        out = pipe(class_labels=part, **{**sampling, "seed": args.seed + i})
-        rgb = to_rgb_uint8(out.images)                              # uint8: 50,000 samples fit in memory
-        if args.png_dir:
-            _write_pngs(rgb, part, args.png_dir, start)
-        images.append(rgb)
-        rows = [r for r in range(len(part)) if start + r in firsts]
-        first_tokens.append([t[rows] for t in out.tokens])
-    images_NHW3 = np.concatenate(images)
+    starts = list(range(0, len(labels), args.batch_size))
+    if info.is_main:
+        log.info("%d samples in %d chunk(s) of up to %d, over %d process(es)", len(labels), len(starts),
+                 args.batch_size, info.world)
+    mine = _generate_chunks(pipe, labels, starts, range(info.rank, len(starts), info.world), firsts, args, sampling,
+                            show=info.is_main)
+    chunks = _gather_on_main(mine, info)
+    if not info.is_main:
+        return 0
+    images_NHW3 = np.concatenate([chunks[i][0] for i in range(len(starts))])
+    tokens = [torch.cat(t) for t in zip(*(chunks[i][1] for i in range(len(starts))))]
     if args.png_dir:
         log.info("wrote %d PNG files to %s", len(labels), args.png_dir)
     if args.npz:
@@ -87,9 +94,40 @@ def run(args: argparse.Namespace) -> int:
         grid(as_float, nrow=args.per_class, scale=scale, row_labels=names).save(path)
         log.info("wrote %d samples (%d classes x %d) to %s", len(labels), len(classes), args.per_class, path)
     if args.progression:
-        tokens = [torch.cat(t) for t in zip(*first_tokens)]
         write_progression(pipe, tokens, names[:len(firsts)], Path(args.progression), scale)
     return 0
+
+
+def _generate_chunks(pipe, labels: torch.Tensor, starts: list[int], chunk_ids, firsts: set[int],
+                     args: argparse.Namespace, sampling: dict, show: bool) -> dict[int, tuple]:
+    """Chunk i -> (uint8 images (n, H, W, 3), its progression rows' tokens) for the chunks ``chunk_ids``;
+    PNG files are written as each chunk is made."""
+    from tqdm.auto import tqdm
+
+    out_chunks = {}
+    for i in tqdm(list(chunk_ids), desc="generating", unit="batch", disable=not show):
+        start = starts[i]
+        part = labels[start:start + args.batch_size]
+        out = pipe(class_labels=part, **{**sampling, "seed": args.seed + i})
+        rgb = to_rgb_uint8(out.images)                              # uint8: 50,000 samples fit in memory
+        if args.png_dir:
+            _write_pngs(rgb, part, args.png_dir, start)
+        rows = [r for r in range(len(part)) if start + r in firsts]
+        out_chunks[i] = (rgb, [t[rows].cpu() for t in out.tokens])
+    return out_chunks
+
+
+def _gather_on_main(chunks: dict[int, tuple], info) -> dict[int, tuple]:
+    """Every process's chunks, merged on rank 0 (other ranks get an empty dict); a no-op for one process."""
+    if info.world == 1:
+        return chunks
+    import torch.distributed as dist
+
+    gathered: list = [None] * info.world if info.is_main else None
+    dist.gather_object(chunks, gathered, dst=0)
+    dist.barrier()
+    dist.destroy_process_group()
+    return {i: c for part in gathered for i, c in part.items()} if info.is_main else {}
 
 
 def write_progression(pipe, tokens: list[torch.Tensor], names: list[str], path: Path, scale: int) -> None:
