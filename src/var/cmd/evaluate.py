@@ -18,8 +18,6 @@ from .common import add_command, add_model_args, default_device, load_pipeline
 
 log = logging.getLogger("var")
 
-CLASS_ACCURACY_TARGET = 0.85   # the bundled model's targets (see docs/classifier.md)
-FRECHET_RATIO_TARGET = 2.0
 
 
 def register(sub) -> None:
@@ -129,14 +127,10 @@ def _inception(args: argparse.Namespace) -> dict:
 
 def _print_table(r: dict) -> None:
     s = r["settings"]
-    acc_ok = r["class_accuracy"] >= CLASS_ACCURACY_TARGET
-    ratio_ok = r["frechet_ratio_samples_to_reconstructions"] <= FRECHET_RATIO_TARGET
     rows = [
-        ("samples classified as their class", f"{100 * r['class_accuracy']:.1f}%",
-         f"target >= {100 * CLASS_ACCURACY_TARGET:.0f}%: {'met' if acc_ok else 'NOT met'}"),
+        ("samples classified as their class", f"{100 * r['class_accuracy']:.1f}%", "by the evaluation classifier"),
         ("Frechet distance: samples", f"{r['frechet_samples']:.3f}",
-         f"{r['frechet_ratio_samples_to_reconstructions']:.2f}x reconstructions; target <= "
-         f"{FRECHET_RATIO_TARGET:g}x: {'met' if ratio_ok else 'NOT met'}"),
+         f"{r['frechet_ratio_samples_to_reconstructions']:.2f}x reconstructions"),
         ("Frechet distance: reconstructions", f"{r['frechet_reconstructions']:.3f}", "tokenizer round trip of test images"),
         ("Frechet distance: real train images", f"{r['frechet_real_train']:.3f}", "the floor"),
         ("tokenizer PSNR", f"{r['tokenizer_psnr']:.2f} dB", "reconstructions of the same test images"),
