@@ -126,7 +126,8 @@ class ImageArrayDataset(torch.utils.data.Dataset):
               ) -> tuple[torch.Tensor, torch.Tensor]:
         """A batch as ([0, 1] images (B, C, H, W), labels (B,)); ``flips`` (B,) bool mirrors chosen items."""
         idx = np.asarray(indices)
-        x = torch.from_numpy(np.ascontiguousarray(self.images[self.image_rows(idx)])).permute(0, 3, 1, 2).float().div_(255)
+        pixels_BHWC = np.ascontiguousarray(self.images[self.image_rows(idx)])
+        x = torch.from_numpy(pixels_BHWC).permute(0, 3, 1, 2).float().div_(255)
         if flips is not None:
             x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
         return x, torch.from_numpy(self.labels[idx])
@@ -209,8 +210,8 @@ def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], c
                              skipped=skipped)
 
 
-def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels: int | None = None, split: str = "train",
-                  ) -> ImageArrayDataset:
+def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels: int | None = None,
+                  split: str = "train") -> ImageArrayDataset:
     """``data`` is ``fashion-mnist`` (Debian's files or $VAR_FASHION_MNIST), a folder holding the four
     Fashion-MNIST IDX files, a data set written by ``var prepare-data`` (memory-mapped), or an image folder
     (``size`` and ``channels`` then required; decoded into memory).

@@ -1,8 +1,8 @@
 """``VARPipeline``: the tokenizer and the transformer behind one user-facing object.
 
 Images cross this boundary in [0, 1] as (B, channels, H, W); tokens as a list of K LongTensors
-(B, h_k * w_k), row-major (scale k is an h_k x w_k map; square models have h_k = w_k). A pipeline saved with ``save_pretrained`` is a folder holding ``config.json``
-and one safetensors file per model; ``from_pretrained`` also takes the name of a bundled model.
+(B, h_k * w_k), row-major (scale k is an h_k x w_k map; square models have h_k = w_k). A pipeline saved
+with ``save_pretrained`` is a folder holding ``config.json`` and one safetensors file per model; ``from_pretrained`` also takes the name of a bundled model.
 """
 from __future__ import annotations
 
@@ -352,7 +352,8 @@ class VARPipeline:
         generator = make_generator(seed, self.device)
         labels = self._labels(class_labels, num_samples, generator)
         return self._generate_batched(labels, batch_size, progress, generator=generator, smooth=smooth,
-                                      on_scale=on_scale, **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                                      on_scale=on_scale,
+                                      **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
     def inpaint(self, images: torch.Tensor, mask, class_labels=None, *, cfg: float | None = None,
                 top_k: int | None = None, top_p: float | None = None, temperature: float | None = None, smooth: bool = False, seed: int | None = None,
@@ -373,7 +374,8 @@ class VARPipeline:
         gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_hw).to(self.device)
         keep_masks = editing.keep_masks_from_mask(gen_B1HW, self.patch_nums, self.pad)
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
-                          on_scale=on_scale, **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                          on_scale=on_scale,
+                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
     def vary(self, images: torch.Tensor, keep_scales: int, class_labels=None, *, cfg: float | None = None,
              top_k: int | None = None, top_p: float | None = None, temperature: float | None = None, smooth: bool = False, seed: int | None = None,
@@ -387,7 +389,8 @@ class VARPipeline:
         tokens = self.encode(images)
         keep_masks = editing.keep_masks_for_scales(images.shape[0], self.patch_nums, keep_scales, self.device)
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
-                          on_scale=on_scale, **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                          on_scale=on_scale,
+                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
     def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels, seed: int | None,
               batch_size: int | None, progress: bool, **sampling) -> VAROutput:

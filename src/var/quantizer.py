@@ -179,15 +179,13 @@ class MultiScaleQuantizer(nn.Module):
         inputs = []
         for k in range(self.num_scales - 1):
             f_hat = f_hat + self._upsampled_code(k, indices[k])
-            inputs.append(F.interpolate(f_hat, size=self.scales[k + 1], mode="area").flatten(2).transpose(1, 2))
+            inputs.append(self._area(f_hat, k + 1).flatten(2).transpose(1, 2))
         return torch.cat(inputs, dim=1)
 
     def next_input(self, k: int, f_hat: torch.Tensor, h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add scale k's code map (B, C, h_k, w_k) to f_hat; return f_hat and the next scale's input map."""
         f_hat = f_hat + self.code_map_to_residual(k, h_BChw)
-        if k == self.num_scales - 1:
-            return f_hat, f_hat
-        return f_hat, F.interpolate(f_hat, size=self.scales[k + 1], mode="area")
+        return f_hat, f_hat if k == self.num_scales - 1 else self._area(f_hat, k + 1)
 
     def forward(self, f_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Training pass: straight-through f_hat, the multi-scale VQ loss, and the indices per scale.

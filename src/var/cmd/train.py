@@ -42,9 +42,9 @@ def _betas(text: str) -> tuple[float, float]:
     try:
         b1, b2 = (float(t) for t in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected two numbers B1,B2 such as 0.9,0.95, got {text!r}") from None
+        raise ValueError(f"expected two numbers B1,B2 such as 0.9,0.95, got {text!r}") from None
     if not (0 <= b1 < 1 and 0 <= b2 < 1):
-        raise argparse.ArgumentTypeError(f"Adam's betas must be in [0, 1), got {text!r}")
+        raise ValueError(f"Adam's betas must be in [0, 1), got {text!r}")
     return b1, b2
 
 
@@ -108,7 +108,7 @@ def register(sub) -> None:
     l.add_argument("--adv-weight", type=float, default=0.0, help="patch-GAN loss weight (0: off)")
     l.add_argument("--disc-start", type=int, default=0, help="step at which the patch-GAN loss starts")
     l.add_argument("--reinit-every", type=int, default=200, help="re-initialise dead codes every N steps (0: never)")
-    l.add_argument("--betas", type=_betas, default=(0.9, 0.95), metavar="B1,B2",
+    l.add_argument("--betas", type=argument_type(_betas), default=(0.9, 0.95), metavar="B1,B2",
                    help="the tokenizer's Adam betas (VQGAN's 0.5,0.9 reconstructed worse without the GAN loss: "
                         "docs/training-defaults.md)")
     _schedule_args(p, VAE_RECIPES)
