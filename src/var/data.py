@@ -25,6 +25,9 @@ FASHION_MNIST_DIRS = ["/usr/share/datasets/fashion-mnist"]
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
                        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
+# Random-crop augmentation (the reference's): images kept at this multiple of the model's size, a window of
+# the model's size cut from each at every step (var train --crop, var prepare-data --crop).
+CROP_RATIO = 1.125
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import ImageArrayDataset, decode_or_none, list_image_files, warn_skipped
+from .data import CROP_RATIO, ImageArrayDataset, decode_or_none, list_image_files, warn_skipped
 from .schedule import as_hw
 
 log = logging.getLogger(__name__)
@@ -79,7 +79,6 @@ def prepare_dataset(folder: str | os.PathLike, size: int | tuple[int, int], out:
         raise ValueError(f"channels must be 1 (grayscale) or 3 (RGB), got {channels}")
     crop_size = None
     if for_crop:
-        from .training.runs import CROP_RATIO
         if H != W:
             raise ValueError(f"random crops take square images only; got --image-size {H}x{W}")
         crop_size, H = H, round(H * CROP_RATIO)

@@ -19,7 +19,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..data import ImageArrayDataset, build_dataset, split_holdout
+from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, split_holdout
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
@@ -101,8 +101,6 @@ def crop_batch(x_BCHW: torch.Tensor, offsets_B2: torch.Tensor, size: int) -> tor
     return torch.stack([x[:, i:i + size, j:j + size] for x, (i, j) in zip(x_BCHW, offsets_B2.tolist())])
 
 
-# Random-crop augmentation: images resized to this multiple of the model's size, then cropped (the reference's).
-CROP_RATIO = 1.125
 # Adam moments: the reference's for the transformer and the tokenizer; VQGAN's for the discriminator. VQGAN
 # also trains its autoencoder with (0.5, 0.9): without the GAN loss that reconstructed worse here
 # (docs/training-defaults.md); `var train-vae --betas 0.5,0.9` selects it.
