@@ -10,8 +10,9 @@ test suite). This project's code is not imported here. The file made for the rep
     PYTHONPATH=/work/ref/pydeps python tests/make_fixture.py /work/ref/VAR tests/data/ref_fixture.pt
 
 The layout is that of FORMAT.md's ``tiny_fixture.pt`` (config, both state dicts, images, labels, expected),
-smaller so that the repository can carry it: the VQ-VAE's encoder and decoder have two down-sampling levels
-(16 px images) instead of the released four, and the transformer is 64 wide. Both are built from the
+smaller so that the repository can carry it (under 3 MiB): the VQ-VAE's encoder and decoder have one
+down-sampling level (8 px images) instead of the released four, still with a channel change (32 to 64), and
+the transformer is 32 wide. Both are built from the
 reference's own classes, so the keys follow the official layout.
 """
 from __future__ import annotations
@@ -28,8 +29,8 @@ SEED = 0
 LABELS = [0, 3, 9]
 CFG = 2.0
 VAE = dict(vocab_size=64, z_channels=8, ch=32, share_quant_resi=4, v_patch_nums=[1, 2, 3, 4])
-ENCODER = dict(ch_mult=(1, 2, 2), num_res_blocks=1)   # 4x down-sampling: 4x4 latent for 16 px images
-VAR = dict(num_classes=10, depth=2, embed_dim=64, num_heads=2, shared_aln=False, attn_l2_norm=True)
+ENCODER = dict(ch_mult=(1, 2), num_res_blocks=1)   # 2x down-sampling: 4x4 latent for 8 px images
+VAR = dict(num_classes=10, depth=2, embed_dim=32, num_heads=2, shared_aln=False, attn_l2_norm=True)
 
 
 def build(ref: Path):
