@@ -281,3 +281,18 @@ def test_the_null_class_generates_unconditionally_and_on_scale_reports_every_sca
     assert pipe.label_name(null) == "null class" and pipe.label_name(2) == "class 2"
     with pytest.raises(ValueError, match=r"class labels must be in \[0, 5\)"):
         pipe.class_ids([null])                                  # only generation takes the null class
+
+
+def test_cosine_lookup_picks_the_code_pointing_the_same_way():
+    """L2 picks the nearer code; cosine lookup the one with the same direction, and what is added to the
+    reconstruction is that code itself (not its unit vector)."""
+    from var.quantizer import MultiScaleQuantizer
+    for cosine, want in ((False, 0), (True, 1)):
+        q = MultiScaleQuantizer(2, 2, (1,), share_quant_resi=1, cosine_lookup=cosine)
+        with torch.no_grad():
+            q.embedding.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 3.0]]))
+        assert q.nearest_code(torch.tensor([[0.5, 1.0]])).tolist() == [want]
+    assert torch.equal(q.embedding(torch.tensor([1])), torch.tensor([[0.0, 3.0]]))
+    cfg = VQVAEConfig(in_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=16,
+                      patch_nums=(1, 2, 4), using_sa=False, using_mid_sa=False, cosine_lookup=True)
+    assert VQVAE(VQVAEConfig(**cfg.to_dict())).quantize.cosine_lookup

@@ -91,7 +91,7 @@ def test_interrupted_and_resumed_run_ends_with_identical_weights(folder, vae_run
         torch.manual_seed(0)
         if kind == "vqvae":
             m = VQVAE(TINY_VAE)
-            return VQVAETrainer(m, make_optimizer(m, small_schedule(), VQVAE_BETAS), reinit_every=2)
+            return VQVAETrainer(m, make_optimizer(m, small_schedule(), VQVAE_BETAS), reinit_every=2, ema_decay=0.9)
         m = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=2, depth=1, embed_dim=32, num_heads=2,
                           patch_nums=(1, 2, 4, 8)))
         return VARTrainer(m, vqvae, make_optimizer(m, small_schedule(), VAR_BETAS), ema_decay=0.9)
@@ -295,3 +295,32 @@ def test_tokenizer_betas_default_and_option(folder, vae_run, tmp_path):
                 "--warmup", "1", "--betas", "0.5,0.9", "--adv-weight", "0.1"]) == 0
     ckpt = load_checkpoint_file(out / "checkpoint.pt")
     assert betas(out) == (0.5, 0.9) and tuple(ckpt["optimizers"]["disc"]["param_groups"][0]["betas"]) == (0.5, 0.9)
+
+
+def test_tokenizer_ema_weights_are_the_ones_evaluated_and_exported(folder, tmp_path):
+    """--ema keeps an average that differs from the trained weights; the export and the held-out PSNR
+    are the average's, and a dead-code restart moves the EMA's code too."""
+    from safetensors.torch import load_file
+    from var.training.common import load_checkpoint_file
+    out = tmp_path / "ema"
+    assert cli(["train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", "6", "--batch-size", "8",
+                "--warmup", "1", "--ema", "0.9", "--reinit-every", "3", "--save-every", "6",
+                "--sample-every", "6"]) == 0
+    ckpt = load_checkpoint_file(out / "checkpoint.pt")
+    exported = load_file(out / "vqvae.safetensors")
+    trained, ema = ckpt["models"]["vqvae"], ckpt["models"]["ema"]
+    assert all(torch.equal(exported[k], ema[k]) for k in ema)
+    assert not torch.equal(trained["decoder.conv_out.weight"], ema["decoder.conv_out.weight"])
+    assert (out / "samples" / "recon_0000006.png").is_file()
+
+
+def test_ema_decay_ramps_up_from_the_first_step():
+    """Step 0 averages with weight 0.9 on the new weights ((1 + 0) / (10 + 0) = 0.1 decay), not 0.001."""
+    from var.training.trainers import VQVAETrainer
+    torch.manual_seed(0)
+    m = VQVAE(TINY_VAE)
+    t = VQVAETrainer(m, torch.optim.SGD(m.parameters(), lr=0.5), reinit_every=0, ema_decay=0.999, grad_clip=0)
+    before = t.ema.decoder.conv_out.weight.clone()
+    t.train_step(torch.rand(4, 3, 16, 16))
+    expected = before.lerp(m.decoder.conv_out.weight, 0.9)
+    torch.testing.assert_close(t.ema.decoder.conv_out.weight, expected)

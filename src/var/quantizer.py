@@ -77,8 +77,9 @@ class MultiScaleQuantizer(nn.Module):
     """Residual quantization over the scales ``patch_nums`` with one shared codebook."""
 
     def __init__(self, vocab_size: int, channels: int, patch_nums: Sequence, share_quant_resi: int = 4,
-                 beta: float = 0.25, resi_ratio: float = 0.5):
+                 beta: float = 0.25, resi_ratio: float = 0.5, cosine_lookup: bool = False):
         super().__init__()
+        self.cosine_lookup = cosine_lookup
         self.vocab_size = vocab_size
         self.channels = channels
         self.scales = normalize_patch_nums(patch_nums)
@@ -98,8 +99,11 @@ class MultiScaleQuantizer(nn.Module):
         return len(self.patch_nums)
 
     def nearest_code(self, z_NC: torch.Tensor) -> torch.Tensor:
-        """Index of the nearest codebook entry (squared L2) for each row."""
+        """Index of the nearest codebook entry for each row: by squared L2 distance, or with
+        ``cosine_lookup`` by cosine similarity (the code itself, not its direction, is still what is added)."""
         w_VC = self.embedding.weight
+        if self.cosine_lookup:
+            return (F.normalize(z_NC, dim=1) @ F.normalize(w_VC, dim=1).T).argmax(dim=1)
         d_NV = (z_NC.square().sum(dim=1, keepdim=True) + w_VC.square().sum(dim=1)).addmm_(z_NC, w_VC.T, alpha=-2)
         return d_NV.argmin(dim=1)
 

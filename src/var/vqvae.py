@@ -42,6 +42,7 @@ class VQVAEConfig:
     using_mid_sa: bool = True   # attention block in the middle
     beta: float = 0.25          # commitment weight of the VQ loss
     norm_groups: int = 32
+    cosine_lookup: bool = False  # nearest code by cosine similarity (the reference's using_znorm)
 
     def __post_init__(self):
         self.ch_mult = tuple(int(m) for m in self.ch_mult)
@@ -271,7 +272,7 @@ class VQVAE(nn.Module):
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
         self.quantize = MultiScaleQuantizer(cfg.vocab_size, cfg.z_channels, cfg.patch_nums,
-                                            cfg.share_quant_resi, beta=cfg.beta)
+                                            cfg.share_quant_resi, beta=cfg.beta, cosine_lookup=cfg.cosine_lookup)
         self.quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
         self.post_quant_conv = nn.Conv2d(cfg.z_channels, cfg.z_channels, 3, 1, 1)
 

@@ -101,6 +101,8 @@ def register(sub) -> None:
                    help="schedule 1,2,...,N, or HxW: the short side steps 1,2,... at the image's aspect ratio "
                         "(default: the image size / down-sampling)")
     g.add_argument("--no-attn", action="store_true", help="no attention blocks")
+    g.add_argument("--cosine-lookup", action="store_true",
+                   help="nearest code by cosine similarity instead of L2 distance")
     l = p.add_argument_group("losses")
     l.add_argument("--l1", type=float, default=1.0, help="L1 reconstruction loss weight")
     l.add_argument("--l2", type=float, default=1.0, help="L2 reconstruction loss weight")
@@ -111,6 +113,9 @@ def register(sub) -> None:
     l.add_argument("--betas", type=argument_type(_betas), default=(0.9, 0.95), metavar="B1,B2",
                    help="the tokenizer's Adam betas (VQGAN's 0.5,0.9 reconstructed worse without the GAN loss: "
                         "docs/training-defaults.md)")
+    l.add_argument("--ema", type=float, default=None,
+                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
+                        "it is what is evaluated and exported")
     _schedule_args(p, VAE_RECIPES)
     p.set_defaults(run=run_train_vae)
 
@@ -166,7 +171,8 @@ def _custom_vae_config(a: argparse.Namespace):
         patch_nums = schedule_for(image_hw, downsample)
     cfg = VQVAEConfig(in_channels=a.channels, ch=a.ch, ch_mult=a.ch_mult, num_res_blocks=a.num_res_blocks,
                       z_channels=a.z_channels, vocab_size=a.vocab_size, patch_nums=patch_nums,
-                      using_sa=not a.no_attn, using_mid_sa=not a.no_attn, norm_groups=min(32, a.ch))
+                      using_sa=not a.no_attn, using_mid_sa=not a.no_attn, norm_groups=min(32, a.ch),
+                      cosine_lookup=a.cosine_lookup)
     if cfg.image_hw != image_hw:
         (h, w), (H, W) = cfg.scales[-1], cfg.image_hw
         raise ValueError(f"--image-size {image_hw[0]}x{image_hw[1]} does not match the schedule: last scale "
@@ -183,7 +189,7 @@ def run_train_vae(a: argparse.Namespace) -> int:
     cfg.beta = a.beta
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
-                         betas=a.betas)
+                         betas=a.betas, ema=a.ema)
     if "heldout_psnr" in result:
         log.info("tokenizer saved in %s; held-out PSNR %.2f dB", a.out, result["heldout_psnr"])
     return 0

@@ -128,7 +128,7 @@ def _wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module | None:
 def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule, *, l1: float = 1.0,
                 l2: float = 1.0, adv_weight: float = 0.0, disc_start: int = 0, reinit_every: int = 200,
                 flip: bool = False, amp: bool = False, device: str | None = None,
-                betas: tuple[float, float] = VQVAE_BETAS) -> dict:
+                betas: tuple[float, float] = VQVAE_BETAS, ema: float | None = None) -> dict:
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
     ds = build_dataset(data, vqvae_cfg.image_hw, vqvae_cfg.in_channels, "train")
@@ -146,7 +146,7 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
         disc_opt = torch.optim.AdamW(disc.parameters(), lr=schedule.lr, betas=DISC_BETAS, weight_decay=0.0)
     trainer = VQVAETrainer(vqvae, make_optimizer(vqvae, schedule, betas), info.device, l1=l1, l2=l2,
                            disc=disc, disc_optimizer=disc_opt, adv_weight=adv_weight, disc_start=disc_start,
-                           reinit_every=reinit_every, grad_clip=schedule.grad_clip, amp=amp,
+                           reinit_every=reinit_every, grad_clip=schedule.grad_clip, amp=amp, ema_decay=ema,
                            ddp_model=_wrap(vqvae, info), ddp_disc=_wrap(disc, info) if disc is not None else None)
     held_x, _ = heldout.batch(np.arange(min(1000, len(heldout))))
     if info.is_main:
@@ -157,17 +157,18 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
         if not info.is_main:
             return
         ev = trainer.evaluate(held_x)
+        model = trainer.eval_model()
         with torch.no_grad():
             x = held_x[:8].to(info.device)
-            vqvae.eval()
-            rec = (vqvae.indices_to_img(vqvae.img_to_indices(x * 2 - 1)) + 1) / 2
+            model.eval()
+            rec = (model.indices_to_img(model.img_to_indices(x * 2 - 1)) + 1) / 2
             vqvae.train()
         (out / "samples").mkdir(exist_ok=True)
         grid(torch.cat([x, rec]).cpu(), nrow=8, scale=max(1, 64 // x.shape[-1]),
              row_labels=["input", "recon"]).save(out / "samples" / f"recon_{step:07d}.png")
         append_metrics(out, {"step": step, **ev})
         log.info("step %d: held-out PSNR %.2f dB", step, ev["heldout_psnr"])
-        export_vqvae(vqvae, out, ds.class_names, data)
+        export_vqvae(model, out, ds.class_names, data)
 
     get = _batch_getter(ds.batch, len(ds), schedule, info, flip)
     last = fit(trainer, schedule, out, info, prefetched(lambda s: get(s)[0]), on_snapshot=snapshot)

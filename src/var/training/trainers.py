@@ -60,6 +60,18 @@ class _Trainer:
         opt.zero_grad(set_to_none=True)
         return float(norm)
 
+    @torch.no_grad()
+    def _update_ema(self, ema: nn.Module | None, model: nn.Module, decay: float | None) -> None:
+        """Move ``ema``'s parameters toward ``model``'s and copy its buffers. The decay ramps up as
+        (1 + step) / (10 + step) to ``decay``, so early averages are not dominated by the initial weights."""
+        if ema is None or not decay:
+            return
+        d = min(decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p.detach(), 1 - d)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
+
     def state(self, rng_per_rank: list[dict] | None = None) -> dict:
         return {"step": self.step, "models": {k: m.state_dict() for k, m in self.modules.items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
@@ -100,16 +112,21 @@ class PatchDiscriminator(nn.Module):
 
 class VQVAETrainer(_Trainer):
     """Reconstruction (L1 and/or L2) + multi-scale VQ loss, optional hinge-GAN loss with the adaptive
-    weight of VQGAN, and re-initialisation of dead codes every ``reinit_every`` steps. Under torchrun
-    ``ddp_disc`` is the discriminator's DistributedDataParallel wrapper, as ``ddp_model`` is the tokenizer's."""
+    weight of VQGAN, re-initialisation of dead codes every ``reinit_every`` steps, and optional EMA weights
+    (``ema_decay``), which are then the ones evaluated and exported. Under torchrun ``ddp_disc`` is the
+    discriminator's DistributedDataParallel wrapper, as ``ddp_model`` is the tokenizer's."""
 
     def __init__(self, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu", *,
                  l1: float = 1.0, l2: float = 1.0, disc: PatchDiscriminator | None = None,
                  disc_optimizer: torch.optim.Optimizer | None = None, adv_weight: float = 0.0,
                  disc_start: int = 0, reinit_every: int = 200, dead_fraction: float = 0.03,
-                 grad_clip: float = 2.0, amp: bool = False, ddp_model: nn.Module | None = None,
-                 ddp_disc: nn.Module | None = None):
+                 grad_clip: float = 2.0, amp: bool = False, ema_decay: float | None = None,
+                 ddp_model: nn.Module | None = None, ddp_disc: nn.Module | None = None):
+        self.ema = copy.deepcopy(vqvae).eval().requires_grad_(False) if ema_decay else None
+        self.ema_decay = ema_decay
         modules, optimizers = {"vqvae": vqvae}, {"vqvae": optimizer}
+        if self.ema is not None:
+            modules["ema"] = self.ema
         if adv_weight > 0:
             if disc is None or disc_optimizer is None:
                 raise ValueError("adv_weight > 0 needs a discriminator and its optimizer")
@@ -154,6 +171,7 @@ class VQVAETrainer(_Trainer):
             self._check_finite(d_loss, "discriminator loss")
             self._update(d_loss, "disc", self.disc.parameters())
             metrics["d_loss"] = d_loss.item()
+        self._update_ema(self.ema, self.vqvae, self.ema_decay)
         self.step += 1
         if self.reinit_every and self.step % self.reinit_every == 0:
             metrics["codes_reset"] = self.reinit_dead_codes(x)
@@ -171,6 +189,8 @@ class VQVAETrainer(_Trainer):
         f = self.vqvae.encode_latent(x).float()
         reset = q.reinit_dead_codes(f.permute(0, 2, 3, 1).reshape(-1, q.channels), self.dead_fraction)
         if len(reset):
+            if self.ema is not None:  # a moved code starts its average afresh
+                self.ema.quantize.embedding.weight[reset] = q.embedding.weight[reset]
             state = self.optimizers["vqvae"].state.get(q.embedding.weight, {})
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
@@ -178,7 +198,13 @@ class VQVAETrainer(_Trainer):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             torch.distributed.broadcast(q.embedding.weight.data, 0)
             torch.distributed.broadcast(q.ema_vocab_hit_SV, 0)
+            if self.ema is not None:
+                torch.distributed.broadcast(self.ema.quantize.embedding.weight, 0)
         return len(reset)
+
+    def eval_model(self) -> VQVAE:
+        """The weights to evaluate and export: the EMA ones if kept."""
+        return self.ema if self.ema is not None else self.vqvae
 
     @torch.no_grad()
     def evaluate(self, images01: torch.Tensor, batch_size: int | None = None) -> dict:
@@ -186,11 +212,12 @@ class VQVAETrainer(_Trainer):
         batches of ``batch_size`` (default: 256 images of up to 32 x 32 pixels, fewer of larger ones, so
         that the activations of 256 px images do not take tens of GB)."""
         batch_size = batch_size or max(1, min(256, 256 * 32 * 32 // (images01.shape[-2] * images01.shape[-1])))
-        self.vqvae.eval()
+        model = self.eval_model()
+        model.eval()
         scores = []
         for s in range(0, len(images01), batch_size):
             x = images01[s:s + batch_size].to(self.device)
-            rec = self.vqvae.indices_to_img(self.vqvae.img_to_indices(x * 2 - 1))
+            rec = model.indices_to_img(model.img_to_indices(x * 2 - 1))
             scores.append(psnr((rec + 1) / 2, x) * len(x))
         self.vqvae.train()
         return {"heldout_psnr": sum(scores) / len(images01)}
@@ -239,7 +266,7 @@ class VARTrainer(_Trainer):
         loss = loss_BL.mean()
         self._check_finite(loss)
         grad_norm = self._update(loss, "var", self.var.parameters())
-        self._update_ema()
+        self._update_ema(self.ema, self.var, self.ema_decay)
         self.step += 1
         with torch.no_grad():
             correct_BL = (logits_BLV.argmax(-1) == target_BL).float()
@@ -248,13 +275,6 @@ class VARTrainer(_Trainer):
             for k, (l_part, c_part) in enumerate(zip(loss_BL.split(sizes, 1), correct_BL.split(sizes, 1))):
                 metrics[f"loss_s{k}"], metrics[f"acc_s{k}"] = float(l_part.mean()), float(c_part.mean())
         return metrics
-
-    @torch.no_grad()
-    def _update_ema(self) -> None:
-        if self.ema is None:
-            return
-        for e, p in zip(self.ema.parameters(), self.var.parameters()):
-            e.lerp_(p.detach(), 1 - self.ema_decay)
 
     def train_epoch(self, loader: Iterable) -> dict:
         """One pass over ``loader`` (batches of (tokens or images, labels)); returns mean metrics."""
