@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import editing, official
+from . import editing, official, precision
 from .packed_linear import PackedLinear, total_memory_bytes
 from .sampling import check_sampling_options, generate, make_generator
 from .schedule import Scale
@@ -97,6 +97,7 @@ class VARPipeline:
             raise ValueError(f"unknown sampling defaults {sorted(unknown)}; known: {sorted(REFERENCE_SAMPLING)}")
         # What a call uses for an option it is not given: the model's recommendation, else the reference's.
         self.sampling_defaults = {**REFERENCE_SAMPLING, **(sampling_defaults or {})}
+        self._dtype_request: tuple[torch.dtype, bool] = (torch.float32, False)   # (asked for, forced)
         self._prepare_for_device()
 
     # -------------------------------------------------------------------------- properties
@@ -133,6 +134,29 @@ class VARPipeline:
         """Side of the (square) images this pipeline takes and returns; ValueError for a non-square model."""
         return square_side(self.image_hw)
 
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """What the models compute in: float32, or bfloat16 under autocast (the weights stay float32)."""
+        return self._compute_dtype
+
+    def use_dtype(self, dtype: str | torch.dtype = torch.float32, force: bool = False) -> "VARPipeline":
+        """Compute in ``dtype`` (``"fp32"``, ``"bf16"`` or the torch dtype) from now on. bf16 runs the
+        transformer and the tokenizer's encoder and decoder under bf16 autocast (the quantizer's code lookup
+        stays float32): faster where the device has bf16, with slightly different results. Where it would be
+        emulated (a CPU without AMX or AVX512-BF16), float32 is used with a note, unless ``force``; :meth:`to`
+        decides again for the new device. float32 runs without autocast: results as before, bit for bit."""
+        self._dtype_request = (precision.resolve_dtype(dtype, precision.PIPELINE_DTYPES), bool(force))
+        self._choose_dtype()
+        return self
+
+    def _choose_dtype(self) -> None:
+        """The compute dtype for this device from the one asked for (:func:`var.precision.compute_dtype`)."""
+        requested, force = self._dtype_request
+        self._compute_dtype = precision.compute_dtype(requested, self.device, force, precision.PIPELINE_DTYPES)
+
+    def _autocast(self):
+        return precision.autocast(self.device, self._compute_dtype)
+
     def to(self, device: str | torch.device) -> "VARPipeline":
         self.vqvae.to(device)
         self.var.to(device)
@@ -157,19 +181,26 @@ class VARPipeline:
             log.info("not packing the transformer's weights: the copy would take %.1f GiB of %.1f GiB RAM",
                      extra / 2 ** 30, ram / 2 ** 30)
         self.var.pack_weights(pack)
+        self._choose_dtype()
 
     # ------------------------------------------------------------------------- construction
     @classmethod
     def from_official(cls, vae: official.PathOrStateDict, var: official.PathOrStateDict,
-                      device: str | torch.device | None = None, num_heads: int | None = None) -> "VARPipeline":
-        """The released checkpoints (paths or state dicts); the configuration is read from the tensors."""
+                      device: str | torch.device | None = None, num_heads: int | None = None,
+                      dtype: str | torch.dtype = torch.float32, force_dtype: bool = False) -> "VARPipeline":
+        """The released checkpoints (paths or state dicts); the configuration is read from the tensors.
+        ``dtype`` and ``force_dtype`` are those of :meth:`use_dtype`."""
+        precision.resolve_dtype(dtype, precision.PIPELINE_DTYPES)  # a bad dtype fails before any loading
         vqvae, model = official.load_official(vae, var, num_heads=num_heads)
         pipe = cls(vqvae, model, info={"source": "official"})
-        return pipe.to(device) if device is not None else pipe
+        return pipe._place(device, dtype, force_dtype)
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None) -> "VARPipeline":
-        """A folder written by :meth:`save_pretrained`, or the name of a bundled model."""
+    def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None,
+                        dtype: str | torch.dtype = torch.float32, force_dtype: bool = False) -> "VARPipeline":
+        """A folder written by :meth:`save_pretrained`, or the name of a bundled model. ``dtype`` and
+        ``force_dtype`` are those of :meth:`use_dtype`."""
+        precision.resolve_dtype(dtype, precision.PIPELINE_DTYPES)  # a bad dtype fails before any loading
         path = Path(name_or_path)
         if not (path / CONFIG_NAME).is_file():
             bundled = BUNDLED_DIR / str(name_or_path)
@@ -189,7 +220,14 @@ class VARPipeline:
                                  f"{path / name} does not match {path / CONFIG_NAME}")
         pipe = cls(vqvae, model, class_names=cfg.get("class_names"), pad=cfg.get("pad", 0), info=cfg.get("info"),
                    sampling_defaults=cfg.get("sampling_defaults"))
-        return pipe.to(device) if device is not None else pipe
+        return pipe._place(device, dtype, force_dtype)
+
+    def _place(self, device: str | torch.device | None, dtype: str | torch.dtype, force: bool) -> "VARPipeline":
+        """Move a new pipeline to ``device`` (if given), then choose its dtype there: on the device it will
+        run on, so that a note about the CPU's bf16 support is not given for a model headed for a GPU."""
+        if device is not None:
+            self.to(device)
+        return self.use_dtype(dtype, force)
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
         """Write ``config.json`` and safetensors weights to the folder ``path`` (created if needed)."""
@@ -313,17 +351,22 @@ class VARPipeline:
     @torch.no_grad()
     def encode(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Images (B, channels, H, W) in [0, 1] to K token maps (B, h_k * w_k)."""
-        return self.vqvae.img_to_indices(self._to_model_images(images))
+        x = self._to_model_images(images)
+        with self._autocast():
+            return self.vqvae.img_to_indices(x)
 
     @torch.no_grad()
     def decode(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
         """K token maps to images (B, channels, H, W) in [0, 1]."""
-        return self._to_user_images(self.vqvae.indices_to_img([t.to(self.device) for t in tokens]))
+        with self._autocast():
+            return self._to_user_images(self.vqvae.indices_to_img([t.to(self.device) for t in tokens]))
 
     @torch.no_grad()
     def decode_per_scale(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The image after 1, 2, ..., K scales (the coarse-to-fine progression), each in [0, 1]."""
-        return [self._to_user_images(x) for x in self.vqvae.indices_to_img_per_scale([t.to(self.device) for t in tokens])]
+        with self._autocast():
+            stages = self.vqvae.indices_to_img_per_scale([t.to(self.device) for t in tokens])
+        return [self._to_user_images(x) for x in stages]
 
     @torch.no_grad()
     def logits(self, tokens: Sequence[torch.Tensor], class_labels) -> torch.Tensor:
@@ -332,9 +375,9 @@ class VARPipeline:
         labels = self._labels(class_labels, None, None)
         if labels.numel() != tokens[0].shape[0]:
             raise ValueError(f"{labels.numel()} class labels for {tokens[0].shape[0]} token maps")
-        x = self.vqvae.quantize.teacher_forcing_input(tokens)
         self.var.eval()
-        return self.var(labels, x)
+        with self._autocast():
+            return self.var(labels, self.vqvae.quantize.teacher_forcing_input(tokens))
 
     def __call__(self, class_labels=None, num_samples: int | None = None, cfg: float | None = None,
                  top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
@@ -416,9 +459,10 @@ class VARPipeline:
                 keeps = {}
                 if keep_masks is not None:
                     keeps = dict(keep_tokens=[t[part] for t in keep_tokens], keep_masks=[m[part] for m in keep_masks])
-                f_hat, toks = generate(self.var, self.vqvae, labels[part], on_scale=on_scale, **sampling, **keeps)
-                with torch.no_grad():
-                    images.append(self._to_user_images(self.vqvae.decode_latent(f_hat)))
+                with self._autocast():
+                    f_hat, toks = generate(self.var, self.vqvae, labels[part], on_scale=on_scale, **sampling, **keeps)
+                    with torch.no_grad():
+                        images.append(self._to_user_images(self.vqvae.decode_latent(f_hat)))
                 tokens.append(toks)
                 bar.update(part.stop - part.start)
         return VAROutput(images=torch.cat(images), tokens=[torch.cat(t) for t in zip(*tokens)], labels=labels)
