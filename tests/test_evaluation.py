@@ -134,8 +134,11 @@ def test_evaluate_pipeline_on_a_tiny_random_model(tmp_path):
     assert 0 <= r["class_accuracy"] <= 1 and len(r["class_accuracy_per_class"]) == 10
     for key in ("frechet_samples", "frechet_real_train", "frechet_reconstructions"):
         assert np.isfinite(r[key]) and r[key] > -1e-6, key
-    assert 0 < r["tokenizer_psnr"] < 100
+    assert 0 < r["tokenizer_psnr"] < 100 and r["settings"]["dtype"] == "fp32"
     assert r == {**evaluate_pipeline(pipe, classifier, test, train, **kw), "sampling_time_s": r["sampling_time_s"]}
+    bf16 = evaluate_pipeline(pipe.use_dtype("bf16", force=True), classifier, test, train, **kw)
+    assert bf16["settings"]["dtype"] == "bf16" and bf16["tokenizer_psnr"] != r["tokenizer_psnr"]   # made in bf16
+    pipe.use_dtype("fp32")
     saved = load_npz_images(tmp_path / "samples.npz")
     assert saved.shape == (30, 28, 28, 3) and saved.dtype == np.uint8
 

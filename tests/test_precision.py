@@ -1,11 +1,14 @@
-"""Compute precision: dtype names, the bf16 hardware check and its fp32 fallback, bf16 through the pipeline.
-The CPU's bf16 support is pretended either way, so both paths run on any machine."""
+"""Compute precision: dtype names, the bf16 hardware check and its fp32 fallback, bf16 through the pipeline
+and the commands. The CPU's bf16 support is pretended either way, so both paths run on any machine."""
 import logging
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from var import VARPipeline, precision
+from var.cli import build_parser, main as cli
 from var.sampling import generate
 
 from test_model import small_pipe
@@ -147,3 +150,37 @@ def test_loading_takes_the_dtype_and_notes_a_fallback_once(monkeypatch, caplog, 
     forced = VARPipeline.from_official(fixture["vae_state_dict"], fixture["var_state_dict"], dtype=torch.bfloat16,
                                        force_dtype=True)
     assert forced.compute_dtype is torch.bfloat16
+
+
+# ------------------------------------------------------------------------------------------ the commands
+@pytest.mark.parametrize("argv", [["sample"], ["eval"], ["serve"],
+                                  ["edit", "--image", "a.png", "--box", "0,0,1,1", "--out", "b.png"],
+                                  ["vary", "--image", "a.png", "--keep-scales", "2", "--out", "b.png"]])
+def test_every_command_that_loads_a_model_takes_dtype(argv):
+    parser = build_parser()
+    assert (parser.parse_args(argv).dtype, parser.parse_args(argv).force_dtype) == ("fp32", False)
+    args = parser.parse_args([*argv, "--dtype", "bf16", "--force-dtype"])
+    assert (args.dtype, args.force_dtype) == ("bf16", True)
+    with pytest.raises(SystemExit):
+        parser.parse_args([*argv, "--dtype", "fp16"])
+
+
+def sample_png(tmp_path, name: str, *options: str) -> np.ndarray:
+    path = tmp_path / f"{name}.png"
+    assert cli(["sample", "--classes", "0,7", "--per-class", "2", "--device", "cpu", "--out", str(path), *options]) == 0
+    return np.asarray(Image.open(path))
+
+
+def test_var_sample_in_bf16_with_and_without_the_cpus_support(monkeypatch, caplog, tmp_path):
+    fp32 = sample_png(tmp_path, "fp32")
+    pretend_cpu(monkeypatch, bf16=False)
+    with caplog.at_level(logging.INFO):
+        fallback = sample_png(tmp_path, "fallback", "--dtype", "bf16")
+    assert "neither AMX nor AVX512-BF16" in caplog.text and np.array_equal(fallback, fp32)
+    forced = sample_png(tmp_path, "forced", "--dtype", "bf16", "--force-dtype")
+    assert not np.array_equal(forced, fp32)
+    pretend_cpu(monkeypatch, bf16=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        native = sample_png(tmp_path, "native", "--dtype", "bf16")
+    assert "note" not in caplog.text and np.array_equal(native, forced)   # bf16 without being forced

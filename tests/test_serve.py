@@ -141,11 +141,17 @@ def test_bad_requests_get_a_message_and_the_server_keeps_serving(client, shirt, 
 
 
 # ------------------------------------------------------------------------------- without a server
-def test_the_demo_runs_in_bf16_and_refuses_other_dtypes(pipe):
-    gallery, _, info, _ = serve.Demo(pipe, dtype="bf16").generate("Sandal", 1, seed=1)
-    assert gallery[0][0].size == (28, 28) and "bf16" in info
-    with pytest.raises(ValueError, match="unknown dtype 'fp8'; expected one of"):
-        serve.Demo(pipe, dtype="fp8")
+@pytest.mark.parametrize("native", [True, False])
+def test_a_bf16_demo_runs_its_pipeline_in_bf16_and_its_command_does_too(pipe, monkeypatch, native):
+    """The command shown reproduces the bf16 images: --dtype bf16, and --force-dtype where the CPU emulates it."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    bf16 = VARPipeline.from_pretrained("fashion-mnist", dtype="bf16", force_dtype=not native)
+    gallery, _, info, out = serve.Demo(bf16).generate("Sandal", 1, seed=1)
+    assert gallery[0][0].size == (28, 28) and torch.equal(out.images, bf16(class_labels=[5], seed=1).images)
+    assert not torch.equal(out.images, pipe(class_labels=[5], seed=1).images)
+    assert info.endswith("--dtype bf16 --force-dtype`" if not native else "--dtype bf16`")
+    assert "--dtype" not in serve.Demo(pipe).generate("Sandal", 1, seed=1)[2]
 
 
 def test_analytics_are_off(pipe):

@@ -11,7 +11,6 @@ show as higher achieved GFLOP/s: the decoder's share of the ceiling can pass 100
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import platform
@@ -25,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .pipeline import VARPipeline
+from .precision import autocast, dtype_name
 from .sampling import generate
 from .transformer import PRESETS, VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
@@ -33,7 +33,6 @@ log = logging.getLogger(__name__)
 
 RELEASED_DEPTHS = (16, 20, 24, 30, 36)
 CONFIGS = [f"d{d}" for d in RELEASED_DEPTHS] + ["fashion-mnist"] + sorted(PRESETS)
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # ------------------------------------------------------------------------------------------- models
@@ -158,12 +157,6 @@ def _timed(fn: Callable, device: torch.device):
     return out, time.perf_counter() - t0
 
 
-def _autocast(device: torch.device, dtype: torch.dtype):
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def matmul_ceiling(device: str | torch.device, dtype: torch.dtype = torch.float32, size: int = 2048,
                    repeats: int = 5) -> float:
     """Best GFLOP/s of a dense ``size`` x ``size`` matmul: the machine's practical ceiling."""
@@ -210,7 +203,7 @@ def time_generation(pipe: VARPipeline, s: GenerationSettings, repeats: int) -> d
 
     runs = []
     _reset_peak(device)
-    with _autocast(device, s.dtype), torch.inference_mode():
+    with autocast(device, s.dtype), torch.inference_mode():
         for i in range(repeats + 1):  # the first run warms up (and compiles, with --compile)
             f_hat, t_transformer = _timed(transformer, device)
             _, t_decoder = _timed(lambda: pipe.vqvae.decode_latent(f_hat, s.streams), device)
@@ -238,7 +231,7 @@ def time_training_step(pipe: VARPipeline, batch_size: int, repeats: int, dtype: 
             return tokens, vqvae.quantize.teacher_forcing_input(tokens)
 
     def step(tokens, x):
-        with _autocast(device, dtype):
+        with autocast(device, dtype):
             logits = var(labels, x)
         loss = F.cross_entropy(logits.flatten(0, 1).float(), torch.cat(tokens, dim=1).flatten())
         opt.zero_grad(set_to_none=True)
@@ -301,7 +294,7 @@ def benchmark_pipeline(pipe: VARPipeline, name: str, settings: GenerationSetting
                   "tokenizer_params": sum(p.numel() for p in pipe.vqvae.parameters()),
                   "weights": pipe.info.get("source", "pretrained")},
         "settings": {"batch_size": s.batch_size, "cfg": s.cfg, "top_k": s.top_k, "top_p": s.top_p,
-                     "dtype": _dtype_name(s.dtype), "streams": s.streams, "repeats": repeats, "compile": compiled},
+                     "dtype": dtype_name(s.dtype), "streams": s.streams, "repeats": repeats, "compile": compiled},
         "matmul_ceiling_gflops": ceiling,
         "generation": {**gen, "flops": flops, "achieved_gflops": achieved,
                        "share_of_ceiling": {part: g / ceiling for part, g in achieved.items()}},
@@ -310,10 +303,6 @@ def benchmark_pipeline(pipe: VARPipeline, name: str, settings: GenerationSetting
     if train_bs:
         report["training"] = time_training_step(pipe, train_bs, repeats, s.dtype)
     return report
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return next(name for name, d in DTYPES.items() if d == dtype)
 
 
 def format_table(report: dict) -> str:

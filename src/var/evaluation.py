@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .data import ImageArrayDataset
 from . import images as image_io
+from .precision import dtype_name
 
 if TYPE_CHECKING:
     from .pipeline import VARPipeline
@@ -287,7 +288,8 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     Frechet distances share the same small-sample bias: the samples, real ``train`` images (the floor),
     and the tokenizer's reconstructions of ``test`` images (the generator's ceiling; also their PSNR).
     ``save_npz`` also writes the samples as ``arr_0`` uint8 (N, H, W, 3) with ``labels``, for standard FID tools.
-    Sampling options left at None take the model's defaults (the settings used are in the result).
+    Sampling options left at None take the model's defaults (the settings used are in the result, with the
+    pipeline's compute dtype, which the samples and the reconstructions are made in).
     """
     c = classifier.config
     if (pipe.channels, pipe.image_size, pipe.num_classes) != (c.channels, c.image_size, c.num_classes):
@@ -321,7 +323,8 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     names = c.class_names or [str(i) for i in range(c.num_classes)]
     result = {
         "n_per_class": n_per_class, "num_samples": len(labels),
-        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p), "seed": seed, "batch_size": batch_size},
+        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p), "seed": seed, "batch_size": batch_size,
+                     "dtype": dtype_name(pipe.compute_dtype)},
         "class_accuracy": int(hits.sum()) / len(labels),
         "class_accuracy_per_class": {names[k]: int(hits[labels == k].sum()) / n_per_class
                                      for k in range(c.num_classes)},

@@ -24,6 +24,7 @@ from PIL import Image
 from .editing import box_mask, cover
 from .images import load_image, progression_grid, to_rgb_uint8
 from .pipeline import VAROutput, VARPipeline
+from .precision import dtype_name, emulated_reason
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +33,6 @@ MAX_FILE_SIZE = "20mb"      # Gradio refuses larger uploads outright
 MAX_IMAGES = 16             # images per request
 MAX_QUEUE = 64              # waiting requests; more are turned away with a message
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 PAINTED, BOX = "painted", "box"
 INPAINT, OUTPAINT = "inpaint", "outpaint"
 # Results are small (28x28 for the bundled model): the page enlarges them without blurring.
@@ -78,14 +78,12 @@ class Demo:
     tests can too). Bad input raises ValueError naming the bad value; :func:`build_app` shows it in the page.
 
     ``model_args`` are the command-line options that load the same model (``--model NAME`` or ``--official
-    VAE VAR``): every result comes with the ``var`` command that reproduces it.
+    VAE VAR``): every result comes with the ``var`` command that reproduces it. The pipeline's own compute
+    dtype (:meth:`VARPipeline.use_dtype`) is what the demo runs in.
     """
 
-    def __init__(self, pipe: VARPipeline, model_args: Sequence[str] = ("--model", "fashion-mnist"),
-                 dtype: str = "fp32"):
-        if dtype not in DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(DTYPES)}")
-        self.pipe, self.model_args, self.dtype = pipe, list(model_args), dtype
+    def __init__(self, pipe: VARPipeline, model_args: Sequence[str] = ("--model", "fashion-mnist")):
+        self.pipe, self.model_args = pipe, list(model_args)
         # Dropdown entries: every class by name, then the null class (unconditional).
         self.classes = [pipe.label_name(i) for i in range(pipe.num_classes + 1)]
 
@@ -199,7 +197,7 @@ class Demo:
     # --------------------------------------------------------------------------- plumbing
     def _run(self, call: Callable[..., VAROutput], progress: Callable, part: tuple[int, int] = (0, 1),
              **kwargs) -> VAROutput:
-        """One pipeline call under this demo's dtype, reporting each scale to ``progress`` (part i of n)."""
+        """One pipeline call, reporting each scale to ``progress`` (part i of n)."""
         i, n = part
         K = len(self.pipe.patch_nums)
 
@@ -208,25 +206,30 @@ class Demo:
             prefix = f"image {i + 1} of {n}: " if n > 1 else ""
             progress((i * K + k + 1) / (n * K), desc=f"{prefix}scale {k + 1} of {K} ({p}x{p} tokens)")
 
-        dtype = DTYPES[self.dtype]
-        with torch.autocast(self.pipe.device.type, dtype=dtype, enabled=dtype != torch.float32):
-            return call(on_scale=on_scale, **kwargs)
+        return call(on_scale=on_scale, **kwargs)
 
     def _class_arg(self, label: int) -> list[str]:
         """``--class ID`` for a conditional edit; nothing for the null class (the command's default)."""
         return [] if label == self.pipe.num_classes else ["--class", str(label)]
 
     def command(self, name: str, options: dict, *args: str) -> str:
-        """The ``var`` command line that makes the same images (with the same model, in fp32)."""
+        """The ``var`` command line that makes the same images (with the same model and compute dtype)."""
         parts = ["var", name, *self.model_args, *args, "--cfg", str(options["cfg"]), "--top-k", str(options["top_k"]),
                  "--top-p", str(options["top_p"]), "--temperature", str(options["temperature"]),
-                 "--seed", str(options["seed"])] + (["--smooth"] if options["smooth"] else [])
+                 "--seed", str(options["seed"])] + (["--smooth"] if options["smooth"] else []) + self._dtype_args()
         return shlex.join(parts)
+
+    def _dtype_args(self) -> list[str]:
+        """``--dtype`` of a model that computes in other than fp32, with ``--force-dtype`` where this machine
+        emulates that dtype (so the server was forced into it, and the command must be too)."""
+        dtype, device = self.pipe.compute_dtype, self.pipe.device
+        if dtype == torch.float32:
+            return []
+        return ["--dtype", dtype_name(dtype)] + (["--force-dtype"] if emulated_reason(dtype, device) else [])
 
     def info(self, options: dict, command: str) -> str:
         """The line shown under every result: its seed, and the command that makes it again."""
-        note = " (this server runs in bf16, the command in fp32: its images differ slightly)" if self.dtype != "fp32" else ""
-        return f"**seed {options['seed']}**. Reproduce{note}: `{command}`"
+        return f"**seed {options['seed']}**. Reproduce: `{command}`"
 
 
 def _json_int(value):
@@ -307,13 +310,13 @@ def _class_dropdown(gr, demo: Demo, default: str, elem_id: str):
     return gr.Dropdown(demo.classes, value=default, label="class", elem_id=elem_id)
 
 
-def build_app(pipe: VARPipeline, model_args: Sequence[str] = ("--model", "fashion-mnist"), dtype: str = "fp32",
+def build_app(pipe: VARPipeline, model_args: Sequence[str] = ("--model", "fashion-mnist"),
               concurrency: int = 1, title: str = "VAR: next-scale prediction") -> Any:
     """The demo page (a ``gr.Blocks``) for ``pipe``: tabs Generate, Edit and Vary, whose buttons are also
     the API endpoints ``/generate``, ``/edit`` and ``/vary``. All three share one queue slot group on the
     model, so at most ``concurrency`` requests run at once. Launch it with :func:`launch`."""
     gr = import_gradio()
-    demo = Demo(pipe, model_args, dtype)
+    demo = Demo(pipe, model_args)
     K, S = len(pipe.patch_nums), pipe.image_size
     run = dict(concurrency_limit=concurrency, concurrency_id="model")
 

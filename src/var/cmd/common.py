@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from ..pipeline import VARPipeline, bundled_models
+from ..precision import PIPELINE_DTYPES
 from ..sampling import check_sampling_options
 
 log = logging.getLogger("var")
@@ -48,6 +49,19 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help="the released ImageNet checkpoints instead of --model, e.g. vae_ch160v4096z32.pth "
                         "var_d16.pth (download: %s)" % RELEASED_CHECKPOINTS)
     add_device_arg(p)
+    add_dtype_args(p)
+
+
+def add_dtype_args(p: argparse.ArgumentParser) -> None:
+    """--dtype and --force-dtype of every command that loads a model (:meth:`VARPipeline.use_dtype`)."""
+    p.add_argument("--dtype", default="fp32", choices=PIPELINE_DTYPES,
+                   help="compute precision: bf16 runs the transformer and the tokenizer under bf16 autocast, "
+                        "faster on GPUs with bf16 and on CPUs with AMX or AVX512-BF16, with slightly different "
+                        "images than fp32; a CPU without them would emulate it, slower, so there it runs fp32 "
+                        "with a note (default: %(default)s)")
+    p.add_argument("--force-dtype", action="store_true",
+                   help="run --dtype bf16 even where it is emulated (slower than fp32): to measure what bf16 "
+                        "does to the results on a machine without bf16")
 
 
 def random_placeholder() -> VARPipeline:
@@ -75,7 +89,7 @@ def load_pipeline(args: argparse.Namespace) -> VARPipeline:
         pipe = random_placeholder()
     else:
         pipe = VARPipeline.from_pretrained(args.model)
-    return pipe.to(args.device or default_device())
+    return pipe.to(args.device or default_device()).use_dtype(args.dtype, args.force_dtype)
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -137,7 +137,8 @@ def _print_table(r: dict) -> None:
     ]
     acc = r["classifier_test_accuracy"]
     print(f"\nEvaluation of {r['model']} ({r['model_source'] or 'trained'}): {r['num_samples']} samples, "
-          f"{r['n_per_class']} per class, cfg {s['cfg']}, top-k {s['top_k']}, top-p {s['top_p']}, seed {s['seed']}")
+          f"{r['n_per_class']} per class, cfg {s['cfg']}, top-k {s['top_k']}, top-p {s['top_p']}, seed {s['seed']}, "
+          f"{s['dtype']}")
     print(f"classifier: {r['classifier']}" + (f" (test accuracy {100 * acc:.2f}%)" if acc is not None else "")
           + f"; Frechet distances to the features of {r['reference_images']} test images")
     w = max(len(name) for name, _, _ in rows)

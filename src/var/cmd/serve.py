@@ -15,9 +15,6 @@ def register(sub) -> None:
     p.add_argument("--host", default="127.0.0.1",
                    help="address to listen on; 0.0.0.0 makes the demo reachable from other machines")
     p.add_argument("--port", type=int, default=7860, help="port to listen on")
-    p.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16 runs the models under bf16 autocast (faster on CPUs with AMX and on GPUs), "
-                        "with slightly different images than var sample's fp32")
     p.add_argument("--concurrency", type=positive_int, default=1,
                    help="requests that run at once on the model; the others wait in the queue")
     p.set_defaults(run=run)
@@ -33,7 +30,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     pipe = load_pipeline(args)
     model_args = ["--official", *args.official] if args.official else ["--model", args.model]
-    app = serve.build_app(pipe, model_args, dtype=args.dtype, concurrency=args.concurrency)
+    app = serve.build_app(pipe, model_args, concurrency=args.concurrency)
     log.info("serving the demo at http://%s:%d (Ctrl-C stops it)",
              f"[{args.host}]" if ":" in args.host else args.host, args.port)
     try:
