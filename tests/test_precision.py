@@ -1,5 +1,5 @@
-"""Compute precision: dtype names, the bf16 hardware check and its fp32 fallback, bf16 through the pipeline
-and the commands. The CPU's bf16 support is pretended either way, so both paths run on any machine."""
+"""Compute precision: dtype names, the bf16 hardware check and its fp32 fallback, bf16 through the pipeline,
+the commands and training. The CPU's bf16 support is pretended either way, so both paths run on any machine."""
 import logging
 
 import numpy as np
@@ -10,8 +10,12 @@ from PIL import Image
 from var import VARPipeline, precision
 from var.cli import build_parser, main as cli
 from var.sampling import generate
+from var.training.trainers import VQVAETrainer
+from var.vqvae import VQVAE
 
+from test_cli import subcommands
 from test_model import small_pipe
+from test_training import TINY_VAE
 
 
 def pretend_cpu(monkeypatch, bf16: bool, amx: bool = False) -> None:
@@ -184,3 +188,27 @@ def test_var_sample_in_bf16_with_and_without_the_cpus_support(monkeypatch, caplo
     with caplog.at_level(logging.INFO):
         native = sample_png(tmp_path, "native", "--dtype", "bf16")
     assert "note" not in caplog.text and np.array_equal(native, forced)   # bf16 without being forced
+
+
+def test_train_amp_is_bf16_and_says_when_the_cpu_makes_it_slower(monkeypatch, caplog):
+    text = next(a.help for a in subcommands()["train"]._actions if "--amp" in a.option_strings)
+    assert "bf16 autocast" in text and "slower" in text
+
+    def trainer(amp: bool) -> VQVAETrainer:
+        torch.manual_seed(0)
+        m = VQVAE(TINY_VAE)
+        return VQVAETrainer(m, torch.optim.SGD(m.parameters(), lr=0.1), reinit_every=0, amp=amp)
+
+    pretend_cpu(monkeypatch, bf16=False)
+    with caplog.at_level(logging.INFO):
+        assert trainer(amp=False).amp_dtype is torch.float32 and not caplog.text
+        emulated = trainer(amp=True)
+    assert emulated.amp_dtype is torch.bfloat16            # --amp is not turned off, only noted
+    assert "neither AMX nor AVX512-BF16" in caplog.text and "slower than fp32" in caplog.text
+    with emulated.autocast():
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") is torch.bfloat16
+    pretend_cpu(monkeypatch, bf16=True)
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert trainer(amp=True).amp_dtype is torch.bfloat16
+    assert not caplog.text

@@ -64,7 +64,10 @@ def _schedule_args(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None
                    help="write samples (or reconstructions) every N steps " + _by_preset(recipes, "sample_every"))
     g.add_argument("--log-every", type=int, default=20, help="log and append to metrics.jsonl every N steps")
     add_device_arg(g)
-    g.add_argument("--amp", action="store_true", help="bf16 autocast")
+    g.add_argument("--amp", action="store_true",
+                   help="bf16 autocast (mixed precision; the quantizer stays float32): faster on GPUs with bf16 and "
+                        "on CPUs with AMX or AVX512-BF16; a CPU without them emulates bf16 and trains slower than "
+                        "without --amp (a note at the start says so)")
     g.add_argument("--flip", action="store_true", help="random horizontal flips")
 
 

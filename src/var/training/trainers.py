@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..evaluation import psnr
 from ..pipeline import VAROutput, VARPipeline
+from ..precision import autocast, compute_dtype
 from ..transformer import VAR
 from ..vqvae import VQVAE
 from .common import NonFiniteLoss, atomic_save, load_checkpoint_file, rng_state, set_rng_state
@@ -33,7 +34,8 @@ class _Trainer:
         self.modules, self.optimizers = modules, optimizers
         self.device = torch.device(device)
         self.grad_clip = grad_clip
-        self.amp_dtype = torch.bfloat16 if amp else None
+        # --amp is bf16 whatever the device: where bf16 is emulated it runs slower, and a note says so.
+        self.amp_dtype = compute_dtype(torch.bfloat16, self.device, force=True) if amp else torch.float32
         self.step = 0
 
     def set_lr(self, lr: float) -> None:
@@ -42,7 +44,7 @@ class _Trainer:
                 group["lr"] = lr
 
     def autocast(self):
-        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32, enabled=self.amp_dtype is not None)
+        return autocast(self.device, self.amp_dtype)
 
     def _check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
         if not torch.isfinite(loss).all():
