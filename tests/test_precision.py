@@ -66,22 +66,22 @@ def test_dtype_names_and_errors():
 def test_bf16_runs_where_the_cpu_has_avx512_bf16_or_amx(monkeypatch, caplog, bf16, amx):
     pretend_cpu(monkeypatch, bf16=bf16, amx=amx)
     with caplog.at_level(logging.INFO):
-        assert precision.compute_dtype("bf16", "cpu") is torch.bfloat16
+        assert precision.choose_dtype("bf16", "cpu") is torch.bfloat16
     assert precision.emulated_reason(torch.bfloat16, "cpu") is None and not caplog.text
 
 
 def test_without_bf16_the_cpu_falls_back_to_fp32_with_a_note_unless_forced(monkeypatch, caplog):
     pretend_cpu(monkeypatch, bf16=False)
     with caplog.at_level(logging.INFO):
-        assert precision.compute_dtype("bf16", "cpu") is torch.float32
+        assert precision.choose_dtype("bf16", "cpu") is torch.float32
     assert "neither AMX nor AVX512-BF16" in caplog.text and "running fp32 instead" in caplog.text
     assert "--force-dtype" in caplog.text and "force_dtype=True" in caplog.text   # says how to force it
     caplog.clear()
     with caplog.at_level(logging.INFO):
-        assert precision.compute_dtype(torch.bfloat16, "cpu", force=True) is torch.bfloat16
+        assert precision.choose_dtype(torch.bfloat16, "cpu", force=True) is torch.bfloat16
         assert "running bf16 anyway, slower than fp32" in caplog.text
         caplog.clear()
-        assert precision.compute_dtype("fp32", "cpu") is torch.float32
+        assert precision.choose_dtype("fp32", "cpu") is torch.float32
     assert not caplog.text
 
 

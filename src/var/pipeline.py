@@ -150,11 +150,12 @@ class VARPipeline:
         return self
 
     def _choose_dtype(self) -> None:
-        """The compute dtype for this device from the one asked for (:func:`var.precision.compute_dtype`)."""
+        """The compute dtype for this device from the one asked for (:func:`var.precision.choose_dtype`)."""
         requested, force = self._dtype_request
-        self._compute_dtype = precision.compute_dtype(requested, self.device, force, precision.PIPELINE_DTYPES)
+        self._compute_dtype = precision.choose_dtype(requested, self.device, force, precision.PIPELINE_DTYPES)
 
     def _autocast(self):
+        """The models' calls run inside this: autocast to the compute dtype, or nothing in float32."""
         return precision.autocast(self.device, self._compute_dtype)
 
     def to(self, device: str | torch.device) -> "VARPipeline":

@@ -18,7 +18,7 @@ import torch
 log = logging.getLogger(__name__)
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-# What the pipeline and its commands offer: fp16 has too little range for activations without loss scaling.
+# The dtypes the pipeline and its commands offer; fp16 is for var bench only.
 PIPELINE_DTYPES = ("fp32", "bf16")
 
 
@@ -26,7 +26,7 @@ def resolve_dtype(value: str | torch.dtype, choices: tuple[str, ...] = tuple(DTY
     """A dtype given by name (``"bf16"``) or as a ``torch.dtype``, checked against ``choices``."""
     allowed = {DTYPES[name]: name for name in choices}
     dtype = DTYPES.get(value) if isinstance(value, str) else value
-    if dtype not in allowed:
+    if not isinstance(dtype, torch.dtype) or dtype not in allowed:
         raise ValueError(f"unknown dtype {value!r}; expected one of {list(choices)} "
                          f"(or {', '.join(str(d) for d in allowed)})")
     return dtype
@@ -62,7 +62,7 @@ def emulated_reason(dtype: torch.dtype, device: torch.device | str) -> str | Non
     return None
 
 
-def compute_dtype(dtype: str | torch.dtype, device: torch.device | str, force: bool = False,
+def choose_dtype(dtype: str | torch.dtype, device: torch.device | str, force: bool = False,
                   choices: tuple[str, ...] = tuple(DTYPES)) -> torch.dtype:
     """The dtype to compute in when ``dtype`` is asked for on ``device``: ``dtype`` where the device runs
     it natively; where it would be emulated, float32 with a note, or ``dtype`` anyway (slower, with a

@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = args.device or default_device()
-    dtype = precision.compute_dtype(args.dtype, device, force=True)   # a benchmark measures what it is asked
+    dtype = precision.choose_dtype(args.dtype, device, force=True)   # a benchmark measures what it is asked
     settings = bench.GenerationSettings(batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
                                         top_p=args.top_p, dtype=dtype, streams=args.streams)
     report = bench.run_benchmark(args.config, device, settings, repeats=args.repeats,

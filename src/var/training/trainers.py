@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from ..evaluation import psnr
 from ..pipeline import VAROutput, VARPipeline
-from ..precision import autocast, compute_dtype
+from ..precision import autocast, choose_dtype
 from ..transformer import VAR
 from ..vqvae import VQVAE
 from .common import NonFiniteLoss, atomic_save, load_checkpoint_file, rng_state, set_rng_state
@@ -35,7 +35,7 @@ class _Trainer:
         self.device = torch.device(device)
         self.grad_clip = grad_clip
         # --amp is bf16 whatever the device: where bf16 is emulated it runs slower, and a note says so.
-        self.amp_dtype = compute_dtype(torch.bfloat16, self.device, force=True) if amp else torch.float32
+        self.amp_dtype = choose_dtype(torch.bfloat16, self.device, force=True) if amp else torch.float32
         self.step = 0
 
     def set_lr(self, lr: float) -> None:
