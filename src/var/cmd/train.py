@@ -17,8 +17,11 @@ def _ints(text: str) -> tuple[int, ...]:
 
 # Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
 # (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
-VAE_RECIPES = {"fashion-mnist": dict(steps=1200, lr=3e-4, warmup=100, save_every=200, sample_every=400),
-               "custom": dict(steps=3000, lr=2e-4, warmup=200, save_every=500, sample_every=1000)}
+# The tokenizer's recipe (GAN loss, EMA weights) was chosen by the experiments of docs/tokenizer-recipe.md.
+VAE_RECIPES = {"fashion-mnist": dict(steps=1200, lr=3e-4, warmup=100, save_every=200, sample_every=400,
+                                     adv_weight=0.5, ema=0.999),
+               "custom": dict(steps=3000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
+                              adv_weight=0.5, ema=0.999)}
 _GENERIC_VAR = dict(steps=6000, lr=4e-4, warmup=200, save_every=500, sample_every=1000, ema=0)
 VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998),
                "small": _GENERIC_VAR, "medium": _GENERIC_VAR, "large": _GENERIC_VAR}
@@ -27,6 +30,8 @@ VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every
 def _by_preset(recipes: dict[str, dict], key: str) -> str:
     """Help text of a preset-dependent default: the fashion-mnist preset's value and the others'."""
     others = {str(r[key]) for name, r in recipes.items() if name != "fashion-mnist"}
+    if others == {str(recipes["fashion-mnist"][key])}:
+        return f"(default: {recipes['fashion-mnist'][key]})"
     return f"(default: {recipes['fashion-mnist'][key]} with --preset fashion-mnist, else {', '.join(sorted(others))})"
 
 
@@ -110,15 +115,17 @@ def register(sub) -> None:
     l.add_argument("--l1", type=float, default=1.0, help="L1 reconstruction loss weight")
     l.add_argument("--l2", type=float, default=1.0, help="L2 reconstruction loss weight")
     l.add_argument("--beta", type=float, default=0.25, help="commitment weight")
-    l.add_argument("--adv-weight", type=float, default=0.0, help="patch-GAN loss weight (0: off)")
-    l.add_argument("--disc-start", type=int, default=0, help="step at which the patch-GAN loss starts")
+    l.add_argument("--adv-weight", type=float, help="patch-GAN loss weight, times VQGAN's adaptive weight (0: off) "
+                   + _by_preset(VAE_RECIPES, "adv_weight"))
+    l.add_argument("--disc-start", type=int,
+                   help="step at which the patch-GAN loss starts (default: a quarter of --steps)")
     l.add_argument("--reinit-every", type=int, default=200, help="re-initialise dead codes every N steps (0: never)")
     l.add_argument("--betas", type=argument_type(_betas), default=(0.9, 0.95), metavar="B1,B2",
                    help="the tokenizer's Adam betas (VQGAN's 0.5,0.9 reconstructed worse without the GAN loss: "
                         "docs/training-defaults.md)")
-    l.add_argument("--ema", type=float, default=None,
-                   help="keep an exponential moving average of the weights with this decay (e.g. 0.999); "
-                        "it is what is evaluated and exported")
+    l.add_argument("--ema", type=float,
+                   help="decay of the weights' exponential moving average, which is what is evaluated and exported "
+                        "(0: none) " + _by_preset(VAE_RECIPES, "ema"))
     _schedule_args(p, VAE_RECIPES)
     p.set_defaults(run=run_train_vae)
 
@@ -188,11 +195,13 @@ def run_train_vae(a: argparse.Namespace) -> int:
     from ..training.runs import train_vqvae
 
     resolve_preset_defaults(a, VAE_RECIPES)
+    if a.disc_start is None:
+        a.disc_start = a.steps // 4  # after the reconstructions have taken shape (VQGAN-style delayed start)
     cfg = fashion_mnist_configs()[0] if a.preset == "fashion-mnist" else _custom_vae_config(a)
     cfg.beta = a.beta
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
-                         betas=a.betas, ema=a.ema)
+                         betas=a.betas, ema=a.ema or None)
     if "heldout_psnr" in result:
         log.info("tokenizer saved in %s; held-out PSNR %.2f dB", a.out, result["heldout_psnr"])
     return 0
