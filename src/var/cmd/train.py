@@ -18,7 +18,7 @@ def _ints(text: str) -> tuple[int, ...]:
 # Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
 # (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
 # The tokenizer's recipe (GAN loss, EMA weights) was chosen by the experiments of docs/tokenizer-recipe.md.
-VAE_RECIPES = {"fashion-mnist": dict(steps=1200, lr=3e-4, warmup=100, save_every=200, sample_every=400,
+VAE_RECIPES = {"fashion-mnist": dict(steps=3000, lr=3e-4, warmup=100, save_every=250, sample_every=500,
                                      adv_weight=0.5, ema=0.999),
                "custom": dict(steps=3000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
                               adv_weight=0.5, ema=0.999)}
@@ -101,7 +101,7 @@ def register(sub) -> None:
                    help="channel multiplier per level; N levels down-sample 2^(N-1)x, e.g. 1,2,2 is 4x")
     g.add_argument("--num-res-blocks", type=int, default=1, help="residual blocks per level")
     g.add_argument("--z-channels", type=int, default=16, help="latent (and codebook) width")
-    g.add_argument("--vocab-size", type=int, default=512, help="codebook size")
+    g.add_argument("--vocab-size", type=int, default=4096, help="codebook size (the released tokenizer's: 4096)")
     g.add_argument("--patch-nums", type=argument_type(parse_patch_nums), default=None,
                    help="scale schedule, e.g. 1,2,3,4,6,8, or height x width per scale, e.g. 1x2,2x4,4x8,8x16 "
                         "(default: from --max-scale)")
