@@ -324,3 +324,17 @@ def test_ema_decay_ramps_up_from_the_first_step():
     t.train_step(torch.rand(4, 3, 16, 16))
     expected = before.lerp(m.decoder.conv_out.weight, 0.9)
     torch.testing.assert_close(t.ema.decoder.conv_out.weight, expected)
+
+
+def test_tokenizer_recipe_defaults_gan_from_a_quarter_of_the_steps_and_ema(folder, tmp_path):
+    """With no loss options, var train-vae trains the GAN loss from steps // 4 on and keeps EMA weights."""
+    from var.training.common import load_checkpoint_file
+    out = tmp_path / "defaults"
+    assert cli(["train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", "8", "--batch-size", "8",
+                "--warmup", "1", "--log-every", "1", "--save-every", "8", "--sample-every", "8"]) == 0
+    rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    with_gan = sorted(r["step"] for r in rows if "d_loss" in r)
+    without = sorted(r["step"] for r in rows if "rec_loss" in r and "d_loss" not in r)
+    assert without and with_gan and max(without) < min(with_gan), (without, with_gan)
+    assert min(with_gan) - min(without) == 2  # steps 0, 1 without; from step 2 (= 8 // 4) with
+    assert "ema" in load_checkpoint_file(out / "checkpoint.pt")["models"]
