@@ -168,12 +168,14 @@ def test_discriminator_steps_on_its_own_loss_alone():
 
 
 def test_two_processes_train_a_tokenizer_with_its_discriminator(folder, tmp_path):
-    """torchrun, 2 processes, GAN loss on: the discriminator is synchronised too, so the replica check at
-    every checkpoint passes and the run finishes."""
+    """torchrun, 2 processes, GAN loss on, EMA weights, dead-code restarts: the discriminator is synchronised
+    too, and every process restarts the same codes (so their Adam moments stay equal), so the replica check
+    at every checkpoint passes and the run finishes."""
     out = tmp_path / "gan"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "var",
-           "train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", "4", "--batch-size", "8",
-           "--warmup", "1", "--adv-weight", "0.1", "--disc-start", "1", "--save-every", "2", "--sample-every", "1000"]
+           "train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", "6", "--batch-size", "8",
+           "--warmup", "1", "--adv-weight", "0.1", "--disc-start", "1", "--ema", "0.9", "--reinit-every", "2",
+           "--save-every", "2", "--sample-every", "1000"]
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "2 process(es)" in proc.stderr

@@ -188,6 +188,12 @@ class VQVAETrainer(_Trainer):
         """Codes hit less than ``dead_fraction / V`` of the time at every scale are moved onto latent
         vectors of the current batch; their optimizer moments are cleared. Returns how many moved."""
         q = self.vqvae.quantize
+        distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if distributed:
+            # Every process must restart the same codes (and clear the same Adam moments): decide on the
+            # usage seen by all of them, not on each one's own half of the batches.
+            torch.distributed.all_reduce(q.ema_vocab_hit_SV)
+            q.ema_vocab_hit_SV /= torch.distributed.get_world_size()
         f = self.vqvae.encode_latent(x).float()
         reset = q.reinit_dead_codes(f.permute(0, 2, 3, 1).reshape(-1, q.channels), self.dead_fraction)
         if len(reset):
@@ -197,7 +203,7 @@ class VQVAETrainer(_Trainer):
             for key in ("exp_avg", "exp_avg_sq"):
                 if key in state:
                     state[key][reset] = 0
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if distributed:  # the moved codes take rank 0's candidates
             torch.distributed.broadcast(q.embedding.weight.data, 0)
             torch.distributed.broadcast(q.ema_vocab_hit_SV, 0)
             if self.ema is not None:
