@@ -340,3 +340,36 @@ def test_tokenizer_recipe_defaults_gan_from_a_quarter_of_the_steps_and_ema(folde
     assert without and with_gan and max(without) < min(with_gan), (without, with_gan)
     assert min(with_gan) - min(without) == 2  # steps 0, 1 without; from step 2 (= 8 // 4) with
     assert "ema" in load_checkpoint_file(out / "checkpoint.pt")["models"]
+
+
+def _restart_dead_codes_on_rank(rank: int, init_file: str, results: dict) -> None:
+    """One of two processes: codes 4r..4r+3 are dead in this process's own usage statistic only."""
+    import torch.distributed as dist
+    from var.training.trainers import VQVAETrainer
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        m = VQVAE(TINY_VAE)
+        opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
+        trainer = VQVAETrainer(m, opt, reinit_every=0, grad_clip=0)
+        x = torch.rand(4, 3, 16, 16)
+        trainer.train_step(x)  # Adam moments for every code
+        q = m.quantize
+        q.ema_vocab_hit_SV.fill_(1 / q.vocab_size)
+        q.ema_vocab_hit_SV[:, 4 * rank:4 * rank + 4] = 0
+        moved = trainer.reinit_dead_codes(x * 2 - 1)
+        moments = opt.state[q.embedding.weight]["exp_avg"]
+        results[rank] = (moved, moments.abs().sum().item(), q.embedding.weight.sum().item())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_processes_restart_the_same_dead_codes(tmp_path):
+    """Under torchrun each process sees half the batches, so its usage statistic differs; the restart must
+    still be decided alike everywhere, or each clears other codes' Adam moments and the replicas drift."""
+    import torch.multiprocessing as mp
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_restart_dead_codes_on_rank, args=(str(tmp_path / "init"), results), nprocs=2)
+        r0, r1 = results[0], results[1]
+    assert r0 == r1, (r0, r1)
