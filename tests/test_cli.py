@@ -61,7 +61,8 @@ def test_fashion_mnist_preset_defaults_are_the_bundled_models_recipe():
     """docs/model-card.md's commands, with the options they give left out, are the defaults."""
     vae = parse(["train-vae"], VAE_RECIPES)
     assert (vae.steps, vae.batch_size, vae.lr, vae.warmup, vae.save_every, vae.sample_every) == \
-        (1200, 64, 3e-4, 100, 200, 400)
+        (3000, 64, 3e-4, 100, 250, 500)
+    assert (vae.adv_weight, vae.ema, vae.disc_start) == (0.5, 0.999, None)  # None: a quarter of the steps
     var = parse(["train"], VAR_RECIPES)
     assert (var.steps, var.batch_size, var.lr, var.warmup, var.ema, var.save_every, var.sample_every) == \
         (2500, 64, 5e-4, 150, 0.998, 250, 500)
