@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 from typing import Callable
 
 import torch
@@ -29,6 +30,8 @@ from var import VARPipeline, generate
 from var.bench import machine_info
 
 log = logging.getLogger("compare_reference")
+
+Runner = Callable[[], dict[str, float]]  # one timed run: seconds per part, "total" included
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,30 +44,32 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", type=float, default=1.5)
     p.add_argument("--top-k", type=int, default=900)
     p.add_argument("--top-p", type=float, default=0.96)
-    p.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation (after one warm-up)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation")
+    p.add_argument("--warmup", type=int, default=1, help="unrecorded rounds of both before the timed ones")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
     p.add_argument("--streams", type=int, help="our batch streams (var.streams; default: one per thread, 1: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("bench_out/compare_reference.json"))
     args = p.parse_args(argv)
-    if args.repeats < 1:
-        p.error(f"--repeats must be >= 1, got {args.repeats}")
+    if args.repeats < 1 or args.warmup < 0:
+        p.error(f"--repeats must be >= 1 and --warmup >= 0, got {args.repeats} and {args.warmup}")
     if not (args.ref / "models" / "__init__.py").is_file():
         p.error(f"--ref {args.ref} is not a VAR checkout (no models/__init__.py)")
     return args
 
 
-def import_reference(ref: Path, deps: Path | None) -> Callable:
-    """The reference's ``build_vae_var``, imported from the checkout ``ref``."""
+def import_reference(ref: Path, deps: Path | None) -> ModuleType:
+    """The reference's ``models`` package (``build_vae_var``, ``VQVAE``, ``VAR``), imported from the checkout
+    ``ref``, which stays on ``sys.path`` for its other packages."""
     sys.path.insert(0, str(ref.resolve()))
     if deps is not None:
         sys.path.append(str(deps.resolve()))
     try:
-        from models import build_vae_var
+        import models
     except ImportError as e:
         raise SystemExit(f"cannot import the reference from {ref}: {e} (install its dependencies into a "
                          f"separate folder, e.g. `pip install --target DIR huggingface_hub`, and pass --ref-deps DIR)")
-    return build_vae_var
+    return models
 
 
 @torch.no_grad()
@@ -83,10 +88,11 @@ def randomize_convs(vae: torch.nn.Module, seed: int) -> None:
                 m.bias.zero_()
 
 
-def build_pair(build_vae_var: Callable, depth: int, seed: int):
+def build_pair(models: ModuleType, depth: int, seed: int):
     """The reference d{depth} VQVAE + VAR at 256 px with random weights, and our pipeline on copies of them."""
     torch.manual_seed(seed)
-    ref_vae, ref_var = build_vae_var(device="cpu", depth=depth, flash_if_available=False, fused_if_available=False)
+    ref_vae, ref_var = models.build_vae_var(device="cpu", depth=depth, flash_if_available=False,
+                                            fused_if_available=False)
     randomize_convs(ref_vae, seed)
     ref_vae.eval()
     ref_var.eval()
@@ -116,6 +122,7 @@ class PartTimer:
         setattr(obj, name, timed)
 
 
+# ------------------------------------------------------------------------------------------ generation
 def run_reference(ref_var, timer: PartTimer, labels: torch.Tensor, args: argparse.Namespace,
                   top_k: int, top_p: float) -> tuple[torch.Tensor, dict[str, float]]:
     """One reference generation, images in [0, 1], with its total and decoder seconds."""
@@ -124,7 +131,7 @@ def run_reference(ref_var, timer: PartTimer, labels: torch.Tensor, args: argpars
     images = ref_var.autoregressive_infer_cfg(B=labels.numel(), label_B=labels, g_seed=args.seed, cfg=args.cfg,
                                               top_k=top_k, top_p=top_p, more_smooth=False)
     total = time.perf_counter() - t0
-    return images, {"total": total, "decoder": timer.seconds, "transformer": total - timer.seconds}
+    return images, {"total": total, "transformer": total - timer.seconds, "decoder": timer.seconds}
 
 
 def run_ours(pipe: VARPipeline, labels: torch.Tensor, args: argparse.Namespace, top_k: int, top_p: float):
@@ -138,7 +145,7 @@ def run_ours(pipe: VARPipeline, labels: torch.Tensor, args: argparse.Namespace, 
     with torch.no_grad():
         images = (pipe.vqvae.decode_latent(f_hat, args.streams) + 1) / 2
     t2 = time.perf_counter()
-    return images, tokens, {"total": t2 - t0, "decoder": t2 - t1, "transformer": t1 - t0}
+    return images, tokens, {"total": t2 - t0, "transformer": t1 - t0, "decoder": t2 - t1}
 
 
 def greedy_check(ref_vae, ref_var, ref_timer, pipe, labels, args) -> dict:
@@ -155,27 +162,49 @@ def greedy_check(ref_vae, ref_var, ref_timer, pipe, labels, args) -> dict:
             "max_abs_image_diff": float((ref_images - images).abs().max())}
 
 
-def alternate(ref_var, ref_timer: PartTimer, pipe: VARPipeline, labels: torch.Tensor,
-              args: argparse.Namespace) -> dict[str, list[dict[str, float]]]:
-    """Timed generations of both, alternating which goes first; a first, unrecorded round warms up."""
-    times: dict[str, list[dict[str, float]]] = {"reference": [], "ours": []}
-    for i in range(args.repeats + 1):
-        for who in ("reference", "ours") if i % 2 == 0 else ("ours", "reference"):
-            if who == "reference":
-                _, t = run_reference(ref_var, ref_timer, labels, args, args.top_k, args.top_p)
-            else:
-                _, _, t = run_ours(pipe, labels, args, args.top_k, args.top_p)
-            if i:
+def compare_generation(models: ModuleType, args: argparse.Namespace) -> tuple[dict, str, bool]:
+    """Greedy check, then alternating timed generations: the report, its summary line and whether the check passed."""
+    ref_vae, ref_var, pipe = build_pair(models, args.depth, args.seed)
+    ref_timer = PartTimer(ref_vae, "fhat_to_img")
+    labels = torch.arange(args.batch_size) % 1000
+    greedy = greedy_check(ref_vae, ref_var, ref_timer, pipe, labels, args)
+    log.info("greedy tokens identical: %s (max image diff %.2e)", greedy["tokens_identical"],
+             greedy["max_abs_image_diff"])
+    runners = {"reference": lambda: run_reference(ref_var, ref_timer, labels, args, args.top_k, args.top_p)[1],
+               "ours": lambda: run_ours(pipe, labels, args, args.top_k, args.top_p)[2]}
+    report = {
+        "setting": {"model": f"d{args.depth} (random weights)", "image_size": 256, "batch_size": args.batch_size,
+                    "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "repeats": args.repeats,
+                    "warmup": args.warmup, "threads": args.threads, "our_streams": args.streams or "auto"},
+        "greedy": greedy,
+        **timed_report(runners, args),
+    }
+    return report, f"greedy tokens identical: {greedy['tokens_identical']}", greedy["tokens_identical"]
+
+
+# ------------------------------------------------------------------------------------- timing, report
+def alternate(runners: dict[str, Runner], repeats: int, warmup: int) -> dict[str, list[dict[str, float]]]:
+    """``warmup`` unrecorded rounds, then ``repeats`` timed ones, each running every runner once, the order
+    reversed every other round."""
+    times: dict[str, list[dict[str, float]]] = {who: [] for who in runners}
+    order = list(runners)
+    for i in range(warmup + repeats):
+        for who in order if i % 2 == 0 else order[::-1]:
+            t = runners[who]()
+            if i >= warmup:
                 times[who].append(t)
-            log.info("%s%-9s total %.2f s (transformer %.2f s, decoder %.2f s)", "" if i else "warm-up ",
-                     who, t["total"], t["transformer"], t["decoder"])
+            log.info("%s%-9s %s", "" if i >= warmup else "warm-up ", who, _format_seconds(t))
     return times
+
+
+def _format_seconds(t: dict[str, float]) -> str:
+    return ", ".join(f"{part} {s:.3f} s" for part, s in t.items())
 
 
 def summarize(times: dict[str, list[dict[str, float]]]) -> dict:
     """Medians per implementation and part, their ratios, and the median of the per-round ratios (adjacent
     runs share the machine's load of the moment, so these cancel slow drifts)."""
-    parts = ("total", "transformer", "decoder")
+    parts = list(times["ours"][0])
     med = {who: {part: statistics.median(r[part] for r in runs) for part in parts} for who, runs in times.items()}
     return {
         "median_seconds": med,
@@ -183,6 +212,22 @@ def summarize(times: dict[str, list[dict[str, float]]]) -> dict:
         "speedup_median_of_paired_rounds": {
             part: statistics.median(r[part] / o[part] for r, o in zip(times["reference"], times["ours"]))
             for part in parts},
+    }
+
+
+def timed_report(runners: dict[str, Runner], args: argparse.Namespace) -> dict:
+    """Alternating timings of the runners (see :func:`alternate`), their summary, images per second, and the
+    machine and reference they ran on."""
+    machine = machine_info()  # load average before the timings
+    times = alternate(runners, args.repeats, args.warmup)
+    summary = summarize(times)
+    return {
+        "machine": machine,
+        "load_average_after": list(os.getloadavg()),
+        "reference_commit": _git_head(args.ref),
+        "seconds": times,
+        **summary,
+        "images_per_second": {who: args.batch_size / m["total"] for who, m in summary["median_seconds"].items()},
     }
 
 
@@ -199,34 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
-    build_vae_var = import_reference(args.ref, args.ref_deps)
-    ref_vae, ref_var, pipe = build_pair(build_vae_var, args.depth, args.seed)
-    ref_timer = PartTimer(ref_vae, "fhat_to_img")
-    labels = torch.arange(args.batch_size) % 1000
-
-    greedy = greedy_check(ref_vae, ref_var, ref_timer, pipe, labels, args)
-    log.info("greedy tokens identical: %s (max image diff %.2e)", greedy["tokens_identical"],
-             greedy["max_abs_image_diff"])
-    machine = machine_info()  # load average before the timings
-    times = alternate(ref_var, ref_timer, pipe, labels, args)
-    summary = summarize(times)
-    report = {
-        "setting": {"model": f"d{args.depth} (random weights)", "image_size": 256, "batch_size": args.batch_size,
-                    "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "repeats": args.repeats,
-                    "threads": args.threads, "our_streams": args.streams or "auto"},
-        "machine": machine,
-        "load_average_after": list(os.getloadavg()),
-        "reference_commit": _git_head(args.ref),
-        "greedy": greedy,
-        "seconds": times,
-        **summary,
-        "images_per_second": {who: args.batch_size / m["total"] for who, m in summary["median_seconds"].items()},
-    }
+    models = import_reference(args.ref, args.ref_deps)
+    report, line, ok = compare_generation(models, args)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
-    print_table(summary)
-    print(f"greedy tokens identical: {greedy['tokens_identical']}; wrote {args.out}")
-    return 0 if greedy["tokens_identical"] else 1
+    print_table(report)
+    print(f"{line}; wrote {args.out}")
+    return 0 if ok else 1
 
 
 def _git_head(ref: Path) -> str | None:
