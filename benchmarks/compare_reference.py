@@ -239,7 +239,7 @@ def compare_generation(models: ModuleType, args: argparse.Namespace) -> tuple[di
 # -------------------------------------------------------------------------------------------- training
 def step_seconds(total: float, forward: float, optimizer: float) -> dict[str, float]:
     """A training step's seconds by part: the transformer's forward, the AdamW update, and the rest of the
-    step as "backward" (the teacher-forcing input, cross-entropy, backward and gradient clipping)."""
+    step as "backward" (the teacher-forcing input, cross-entropy, backward, gradient clipping, metrics)."""
     return {"total": total, "forward": forward, "backward": total - forward - optimizer, "optimizer": optimizer}
 
 
@@ -321,7 +321,7 @@ class ReferenceTrainStep:
         loss = self.cross_entropy(logits_BLV.view(-1, V), target_BL.view(-1)).view(B, -1)
         loss = loss.mul(self.loss_weight_1L).sum(dim=-1).mean()
         self.optimizer.backward_clip_step(stepping=True, loss=loss)
-        logits_BLV.data.argmax(dim=-1)
+        logits_BLV.data.argmax(dim=-1)  # the predictions the reference's step takes every iteration for its metrics
         self.losses.append(loss.item())
         return step_seconds(time.perf_counter() - t0, self.forward.seconds, self.update.seconds)
 
