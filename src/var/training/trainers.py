@@ -63,15 +63,16 @@ class _Trainer:
         return float(norm)
 
     @torch.no_grad()
-    def _update_ema(self, ema: nn.Module | None, model: nn.Module, decay: float | None) -> None:
-        """Move ``ema``'s parameters toward ``model``'s and copy its buffers. The decay ramps up as
-        (1 + step) / (10 + step) to ``decay``, so early averages are not dominated by the initial weights."""
-        if ema is None or not decay:
+    def _update_ema(self, model: nn.Module) -> None:
+        """Move ``self.ema``'s parameters (if kept) toward ``model``'s and copy its buffers. The decay ramps up
+        as (1 + step) / (10 + step) to ``self.ema_decay``, so early averages are not dominated by the initial
+        weights."""
+        if self.ema is None:
             return
-        d = min(decay, (1 + self.step) / (10 + self.step))
-        for e, p in zip(ema.parameters(), model.parameters()):
+        d = min(self.ema_decay, (1 + self.step) / (10 + self.step))
+        for e, p in zip(self.ema.parameters(), model.parameters()):
             e.lerp_(p.detach(), 1 - d)
-        for e, b in zip(ema.buffers(), model.buffers()):
+        for e, b in zip(self.ema.buffers(), model.buffers()):
             e.copy_(b)
 
     def state(self, rng_per_rank: list[dict] | None = None) -> dict:
@@ -173,7 +174,7 @@ class VQVAETrainer(_Trainer):
             self._check_finite(d_loss, "discriminator loss")
             self._update(d_loss, "disc", self.disc.parameters())
             metrics["d_loss"] = d_loss.item()
-        self._update_ema(self.ema, self.vqvae, self.ema_decay)
+        self._update_ema(self.vqvae)
         self.step += 1
         if self.reinit_every and self.step % self.reinit_every == 0:
             metrics["codes_reset"] = self.reinit_dead_codes(x)
@@ -274,7 +275,7 @@ class VARTrainer(_Trainer):
         loss = loss_BL.mean()
         self._check_finite(loss)
         grad_norm = self._update(loss, "var", self.var.parameters())
-        self._update_ema(self.ema, self.var, self.ema_decay)
+        self._update_ema(self.var)
         self.step += 1
         with torch.no_grad():
             correct_BL = (logits_BLV.argmax(-1) == target_BL).float()
