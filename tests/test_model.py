@@ -296,3 +296,28 @@ def test_cosine_lookup_picks_the_code_pointing_the_same_way():
     cfg = VQVAEConfig(in_channels=1, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=16,
                       patch_nums=(1, 2, 4), using_sa=False, using_mid_sa=False, cosine_lookup=True)
     assert VQVAE(VQVAEConfig(**cfg.to_dict())).quantize.cosine_lookup
+
+
+@pytest.mark.parametrize("scale_lens", [(1,), (1, 4), (1, 4, 9, 16), (1, 4, 9, 16, 25, 36, 64, 100, 169, 256), (2, 8, 18)])
+def test_block_causal_attention_equals_the_masked_attention_and_its_gradients(scale_lens):
+    from var.transformer import BlockCausal
+    torch.manual_seed(0)
+    L = sum(scale_lens)
+    lvl = torch.cat([torch.full((n,), k) for k, n in enumerate(scale_lens)])
+    bias = torch.zeros(L, L).masked_fill(lvl[:, None] < lvl[None], -torch.inf)
+    q, k, v = (torch.randn(2, 3, L, 8, requires_grad=True) for _ in range(3))
+    grad_out = torch.randn(2, 3, L, 8)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=0.3)
+    expected_grads = torch.autograd.grad(expected, (q, k, v), grad_out)
+    mask = BlockCausal.for_scales(scale_lens, bias)
+    got = mask.attend(q, k, v, 0.3)
+    got_grads = torch.autograd.grad(got, (q, k, v), grad_out)
+    assert sum(mask.sizes) == L and len(mask.sizes) == min(len(scale_lens), 1 + BlockCausal.LATE_SCALES)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for g, e in zip(got_grads, expected_grads):
+        torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-5)
+    # the later scales must not see the future: changing the last scale's keys leaves earlier outputs alone
+    k2 = k.detach().clone()
+    k2[:, :, L - scale_lens[-1]:] += 5
+    early = L - scale_lens[-1]
+    torch.testing.assert_close(mask.attend(q, k2, v, 0.3)[:, :, :early], got[:, :, :early], atol=1e-6, rtol=1e-6)

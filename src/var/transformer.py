@@ -108,6 +108,41 @@ class KVCache:
         return self.kv[:, :, :, start:end].permute(1, 3, 0, 2, 4)
 
 
+@dataclass(frozen=True)
+class BlockCausal:
+    """Attention over the whole teacher-forced sequence under VAR's block-causal mask, without computing the
+    scores the mask throws away. Each of the last scales sees a prefix of the sequence and all of it: it gets
+    its own SDPA call over that prefix with no mask (the mask-free kernels are also the fast ones). The early
+    scales, few tokens, share one masked call. At d16's scales this skips a third of the score matrix; the
+    result equals masked SDPA to float rounding."""
+
+    sizes: tuple[int, ...]       # query groups along L: the early scales together, then one per late scale
+    head_bias: torch.Tensor      # (l0, l0) additive mask of the first group: 0 where allowed, -inf elsewhere
+
+    LATE_SCALES = 2              # how many of the last scales get a call of their own
+
+    @classmethod
+    def for_scales(cls, scale_lens: Sequence[int], bias_LL: torch.Tensor) -> "BlockCausal":
+        """``scale_lens``: tokens per scale (h * w); ``bias_LL``: the full additive block-causal mask."""
+        late = min(cls.LATE_SCALES, len(scale_lens) - 1)
+        head = sum(scale_lens[:len(scale_lens) - late])
+        sizes = (head, *scale_lens[len(scale_lens) - late:])
+        return cls(sizes, bias_LL[:head, :head].contiguous())
+
+    def attend(self, q_BHLc: torch.Tensor, k_BHLc: torch.Tensor, v_BHLc: torch.Tensor, scale: float) -> torch.Tensor:
+        # split (not slicing) so that autograd joins the gradients with one cat instead of zero-filled
+        # full-length buffers per group; group g's keys are the chunks 0..g.
+        qs, ks, vs = (t.split(self.sizes, dim=2) for t in (q_BHLc, k_BHLc, v_BHLc))
+        bias = self.head_bias.to(q_BHLc.dtype)
+        outs = [F.scaled_dot_product_attention(qs[0], ks[0], vs[0], attn_mask=bias, scale=scale)]
+        for g in range(1, len(self.sizes)):
+            last = g == len(self.sizes) - 1
+            k = k_BHLc if last else torch.cat(ks[:g + 1], dim=2)
+            v = v_BHLc if last else torch.cat(vs[:g + 1], dim=2)
+            outs.append(F.scaled_dot_product_attention(qs[g], k, v, scale=scale))
+        return torch.cat(outs, dim=2)
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention with fused q/k/v, optional L2-normalized q/k and a pre-allocated KV cache."""
 
@@ -131,7 +166,9 @@ class SelfAttention(nn.Module):
         """An empty cache for ``batch`` sequences of up to ``max_len`` tokens (dtype and device of ``like``)."""
         return KVCache(like.new_empty(2, batch, self.num_heads, max_len, self.head_dim))
 
-    def forward(self, x_BLC: torch.Tensor, attn_bias: torch.Tensor | None, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x_BLC: torch.Tensor, mask: BlockCausal | None, cache: KVCache | None = None) -> torch.Tensor:
+        """``mask``: the block-causal structure of a full teacher-forced sequence; None with a cache (a new
+        scale sees everything cached and itself)."""
         B, L, C = x_BLC.shape
         bias = torch.cat((self.q_bias, self.zero_k_bias, self.v_bias))
         qkv = self.mat_qkv(x_BLC, bias=bias).view(B, L, 3, self.num_heads, self.head_dim)
@@ -144,7 +181,11 @@ class SelfAttention(nn.Module):
         else:
             q, kv = self._project(qkv)
             k, v = kv.transpose(1, 3).unbind(2)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k, v, attn_mask=attn_bias, scale=self.scale)
+        q = q.transpose(1, 2)
+        if mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)
+        else:
+            out = mask.attend(q, k, v, self.scale)
         return self.proj(out.transpose(1, 2).reshape(B, L, C))
 
     def _project(self, qkv_BL3Hc: torch.Tensor, kv_out: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,13 +236,13 @@ class AdaLNBlock(nn.Module):
             return cond + self.ada_gss
         return self.ada_lin(cond).view(-1, 1, 6, cond.shape[-1])
 
-    def forward(self, x_BLC: torch.Tensor, mod_B16C: torch.Tensor, attn_bias: torch.Tensor | None,
+    def forward(self, x_BLC: torch.Tensor, mod_B16C: torch.Tensor, mask: BlockCausal | None,
                 cache: KVCache | None = None) -> torch.Tensor:
         gamma1, gamma2, scale1, scale2, shift1, shift2 = mod_B16C.unbind(2)
         if self.training and self.drop_path > 0:  # a dropped branch is a gate of zero, a kept one rescaled
             gamma1, gamma2 = gamma1 * self._keep_B11(x_BLC), gamma2 * self._keep_B11(x_BLC)
         # addcmul: modulation and gated residual each in one pass over the activations instead of two.
-        h_BLC = self.attn(torch.addcmul(shift1, self.ln(x_BLC), 1 + scale1), attn_bias, cache)
+        h_BLC = self.attn(torch.addcmul(shift1, self.ln(x_BLC), 1 + scale1), mask, cache)
         x_BLC = torch.addcmul(x_BLC, h_BLC, gamma1)
         x_BLC = torch.addcmul(x_BLC, self.ffn(torch.addcmul(shift2, self.ln(x_BLC), 1 + scale2)), gamma2)
         return x_BLC
@@ -253,7 +294,8 @@ class VAR(nn.Module):
         self.head = PackedLinear(C, cfg.vocab_size)
         lvl_1L = torch.cat([torch.full((h * w,), k) for k, (h, w) in enumerate(self.scales)]).view(1, L)
         self.register_buffer("lvl_1L", lvl_1L)
-        # Block-causal mask as an additive bias: 0 where a token may look, -inf elsewhere.
+        # Block-causal mask as an additive bias: 0 where a token may look, -inf elsewhere (a buffer, as in the
+        # released checkpoints; BlockCausal uses its early-scales corner).
         allowed = lvl_1L.view(L, 1) >= lvl_1L.view(1, L)
         self.register_buffer("attn_bias_for_masking", torch.zeros(1, 1, L, L).masked_fill(~allowed, -torch.inf))
         self.init_weights()
@@ -323,12 +365,12 @@ class VAR(nn.Module):
         """Empty KV caches, one per block, for generating ``batch`` sequences."""
         return [b.attn.new_cache(batch, self.config.seq_len, like) for b in self.blocks]
 
-    def run_blocks(self, x_BLC: torch.Tensor, mods: Sequence[torch.Tensor], attn_bias: torch.Tensor | None = None,
+    def run_blocks(self, x_BLC: torch.Tensor, mods: Sequence[torch.Tensor], mask: BlockCausal | None = None,
                    caches: Sequence[KVCache] | None = None) -> torch.Tensor:
-        """All blocks over ``x_BLC`` with their modulations (from :meth:`modulations`) and, when
-        generating, their KV caches."""
+        """All blocks over ``x_BLC`` with their modulations (from :meth:`modulations`) and either the
+        block-causal mask (a whole sequence) or, when generating, their KV caches."""
         for i, (block, mod) in enumerate(zip(self.blocks, mods, strict=True)):
-            x_BLC = block(x_BLC, mod, attn_bias, None if caches is None else caches[i])
+            x_BLC = block(x_BLC, mod, mask, None if caches is None else caches[i])
         return x_BLC
 
     def logits_from_hidden(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
@@ -351,7 +393,8 @@ class VAR(nn.Module):
         sos = cond_BC.unsqueeze(1).expand(B, self.first_l, -1) + self.pos_start.expand(B, -1, -1)
         x_BLC = torch.cat((sos, self.word_embed(x_BLCv_wo_first_l.float())), dim=1)
         x_BLC = x_BLC + self.lvl_embed(self.lvl_1L.expand(B, -1)) + self.pos_1LC
-        x_BLC = self.run_blocks(x_BLC, self.modulations(cond_BC), self.attn_bias_for_masking.to(x_BLC.dtype))
+        mask = BlockCausal.for_scales([h * w for h, w in self.scales], self.attn_bias_for_masking[0, 0])
+        x_BLC = self.run_blocks(x_BLC, self.modulations(cond_BC), mask)
         return self.logits_from_hidden(x_BLC, cond_BC)
 
     # ------------------------------------------------ the educational VAR README's calls (var.quickstart)
