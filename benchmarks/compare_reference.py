@@ -289,8 +289,8 @@ class ReferenceTrainStep:
     """The reference's training step (``VARTrainer.train_step`` of its trainer.py, fp32, no progressive
     training) on fixed tokens and labels: its teacher-forcing input, forward, cross-entropy per token weighted
     1/L, summed over tokens and averaged over the batch, its ``AmpOptimizer``'s backward, gradient clipping and
-    AdamW step, and the predictions it takes every step. Left out: encoding images into tokens (the tokens
-    are given) and the logging of some iterations. The AdamW has our hyper-parameters and decays the
+    AdamW step (fused, its default), and the predictions it takes every step. Left out: encoding images into
+    tokens (the tokens are given) and the logging of some iterations. The AdamW has our hyper-parameters and decays the
     parameters the reference's rule picks (``REFERENCE_NO_DECAY_KEYS``)."""
 
     def __init__(self, ref_vae: torch.nn.Module, ref_var: torch.nn.Module, tokens: list[torch.Tensor],
@@ -303,7 +303,8 @@ class ReferenceTrainStep:
         self.decayed_names = {n for n, p in zip(names, params) if reference_decays(n, p)}
         groups = [{"params": [p for n, p in zip(names, params) if (n in self.decayed_names) == decay],
                    "weight_decay": schedule.weight_decay if decay else 0.0} for decay in (True, False)]
-        optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=VAR_BETAS)
+        # fused: its train.py's default (afuse=True), which PyTorch also runs on CPUs
+        optimizer = torch.optim.AdamW(groups, lr=schedule.lr, betas=VAR_BETAS, fused=True)
         self.optimizer = AmpOptimizer(mixed_precision=0, optimizer=optimizer, names=list(names), paras=list(params),
                                       grad_clip=schedule.grad_clip)
         self.cross_entropy = torch.nn.CrossEntropyLoss(label_smoothing=0.0, reduction="none")

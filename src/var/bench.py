@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from .pipeline import VARPipeline
 from .precision import autocast, dtype_name
 from .sampling import generate
+from .training.runs import adamw
 from .transformer import PRESETS, VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
 
@@ -223,7 +224,7 @@ def time_training_step(pipe: VARPipeline, batch_size: int, repeats: int, dtype: 
     side, L = vqvae.config.image_size, var.config.seq_len
     images = torch.rand(batch_size, vqvae.config.in_channels, side, side, device=device) * 2 - 1
     labels = torch.arange(batch_size, device=device) % var.num_classes
-    opt = torch.optim.AdamW(var.parameters(), lr=1e-4)
+    opt = adamw(var.parameters(), lr=1e-4)  # as var train's optimizer: fused where it can be
 
     def tokenize():
         with torch.no_grad():
