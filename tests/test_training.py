@@ -373,3 +373,30 @@ def test_processes_restart_the_same_dead_codes(tmp_path):
         mp.spawn(_restart_dead_codes_on_rank, args=(str(tmp_path / "init"), results), nprocs=2)
         r0, r1 = results[0], results[1]
     assert r0 == r1, (r0, r1)
+
+
+def test_adamw_is_fused_where_it_can_be_and_steps_like_the_default():
+    from var.training.runs import adamw
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(3)]
+    grads = [torch.randn(5, 3), torch.randn(3)]
+    results = {}
+    for fused in (True, False):
+        params = [torch.nn.Parameter(t.clone()) for t in start]
+        opt = adamw(params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.05) if fused else \
+            torch.optim.AdamW(params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.05)
+        assert opt.defaults["fused"] is (True if fused else None)
+        for _ in range(3):
+            for p, g in zip(params, grads):
+                p.grad = g.clone()
+            opt.step()
+        results[fused] = params
+    for a, b in zip(results[True], results[False]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+    # a parameter without fused kernels (complex) makes the whole optimizer the default one, which steps
+    z = torch.nn.Parameter(torch.zeros(2, dtype=torch.complex64))
+    opt = adamw([{"params": [torch.nn.Parameter(torch.zeros(2))]}, {"params": [z]}], lr=1e-2)
+    assert not opt.defaults["fused"]
+    z.grad = torch.ones(2, dtype=torch.complex64)
+    opt.step()
+    assert torch.isfinite(torch.view_as_real(z)).all() and z.abs().sum() > 0

@@ -107,6 +107,9 @@ def crop_batch(x_BCHW: torch.Tensor, offsets_B2: torch.Tensor, size: int) -> tor
 VAR_BETAS, VQVAE_BETAS, DISC_BETAS = (0.9, 0.95), (0.9, 0.95), (0.5, 0.9)
 
 
+FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # PyTorch's fused AdamW kernels (CPU since 2.4)
+
+
 def make_optimizer(model: torch.nn.Module, schedule: Schedule, betas: tuple[float, float]) -> torch.optim.AdamW:
     """AdamW in two groups: weight decay on the weight matrices and kernels, none on biases, norms and the
     parameters whose names contain an entry of the model's ``NO_WEIGHT_DECAY``."""
@@ -119,14 +122,13 @@ def make_optimizer(model: torch.nn.Module, schedule: Schedule, betas: tuple[floa
 
 
 def adamw(params, **options) -> torch.optim.AdamW:
-    """AdamW, fused (one kernel for all parameters) wherever every parameter's device and dtype allow it,
-    else the default implementation. Same update to float rounding; the fused step of the d8 transformer's
-    40M parameters took a third of the time of the default one on the 2-core CPU."""
-    try:
-        return torch.optim.AdamW(params, fused=True, **options)
-    except RuntimeError as e:  # e.g. a device without fused kernels
-        log.info("fused AdamW unavailable (%s): using the default implementation", e)
-        return torch.optim.AdamW(params, **options)
+    """AdamW, fused (one kernel for all parameters) where PyTorch has fused kernels for every parameter:
+    floating point, on CPU or CUDA; else the default implementation. Same update to float rounding; the
+    fused step of the d8 transformer's 40M parameters took a third of the default one's time on the 2-core CPU."""
+    params = list(params)
+    tensors = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
+    fused = all(p.device.type in FUSED_ADAMW_DEVICES and p.is_floating_point() for p in tensors)
+    return torch.optim.AdamW(params, fused=fused, **options)
 
 
 def _wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module | None:
