@@ -298,7 +298,8 @@ def test_cosine_lookup_picks_the_code_pointing_the_same_way():
     assert VQVAE(VQVAEConfig(**cfg.to_dict())).quantize.cosine_lookup
 
 
-@pytest.mark.parametrize("scale_lens", [(1,), (1, 4), (1, 4, 9, 16), (1, 4, 9, 16, 25, 36, 64, 100, 169, 256), (2, 8, 18)])
+@pytest.mark.parametrize("scale_lens", [(1,), (1, 4), (1, 4, 9, 16), (2, 8, 18),
+                                        (1, 4, 9, 16, 25, 36, 64, 100, 169, 256)])
 def test_block_causal_attention_equals_the_masked_attention_and_its_gradients(scale_lens):
     from var.transformer import BlockCausal
     torch.manual_seed(0)
