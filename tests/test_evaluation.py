@@ -136,6 +136,10 @@ def test_evaluate_pipeline_on_a_tiny_random_model(tmp_path):
         assert np.isfinite(r[key]) and r[key] > -1e-6, key
     assert 0 < r["tokenizer_psnr"] < 100 and r["settings"]["dtype"] == "fp32"
     assert r == {**evaluate_pipeline(pipe, classifier, test, train, **kw), "sampling_time_s": r["sampling_time_s"]}
+    hot = evaluate_pipeline(pipe, classifier, test, train, temperature=5.0, **kw)   # reaches the sampler
+    assert hot["settings"]["temperature"] == 5.0 and r["settings"]["temperature"] == 1.0
+    assert hot["frechet_samples"] != r["frechet_samples"]
+    assert hot["frechet_reconstructions"] == r["frechet_reconstructions"]
     bf16 = evaluate_pipeline(pipe.use_dtype("bf16", force=True), classifier, test, train, **kw)
     assert bf16["settings"]["dtype"] == "bf16" and bf16["tokenizer_psnr"] != r["tokenizer_psnr"]   # made in bf16
     pipe.use_dtype("fp32")

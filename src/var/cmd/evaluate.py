@@ -28,6 +28,7 @@ def register(sub) -> None:
     p.add_argument("--cfg", type=float, default=None, help="guidance strength (default: the model's)")
     p.add_argument("--top-k", type=int, default=None, help="0 disables (default: the model's)")
     p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's)")
+    p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the samples and of the real images drawn")
     p.add_argument("--batch-size", type=int, default=100, help="images generated per call")
     p.add_argument("--classifier", metavar="PATH", default="bundled",
@@ -97,8 +98,8 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     test, train = _dataset(args.data, "test"), _dataset(args.data, "train")
     start = time.perf_counter()
     result = evaluate_pipeline(pipe, classifier, test, train, n_per_class=args.per_class, cfg=args.cfg,
-                               top_k=args.top_k, top_p=args.top_p, seed=args.seed, batch_size=args.batch_size,
-                               progress=True, save_npz=args.save_npz)
+                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                               batch_size=args.batch_size, progress=True, save_npz=args.save_npz)
     result["eval_time_s"] = round(time.perf_counter() - start, 1)
     result["model"] = "official" if args.official else args.model
     result["model_source"] = pipe.info.get("source")
@@ -137,8 +138,8 @@ def _print_table(r: dict) -> None:
     ]
     acc = r["classifier_test_accuracy"]
     print(f"\nEvaluation of {r['model']} ({r['model_source'] or 'trained'}): {r['num_samples']} samples, "
-          f"{r['n_per_class']} per class, cfg {s['cfg']}, top-k {s['top_k']}, top-p {s['top_p']}, seed {s['seed']}, "
-          f"{s['dtype']}")
+          f"{r['n_per_class']} per class, cfg {s['cfg']}, top-k {s['top_k']}, top-p {s['top_p']}, "
+          f"temperature {s['temperature']}, seed {s['seed']}, {s['dtype']}")
     print(f"classifier: {r['classifier']}" + (f" (test accuracy {100 * acc:.2f}%)" if acc is not None else "")
           + f"; Frechet distances to the features of {r['reference_images']} test images")
     w = max(len(name) for name, _, _ in rows)
