@@ -77,6 +77,24 @@ def test_other_presets_keep_the_generic_schedule_and_options_override_presets():
     assert (given.steps, given.ema, given.lr, given.warmup) == (2, 0, 1e-3, 150)
 
 
+def test_the_fashion_mnist_tokenizer_takes_width_and_codebook_overrides_but_not_geometry():
+    from var.cmd.train import _custom_vae_config, _preset_vae_config
+    from var.recipes import fashion_mnist_configs
+
+    preset = fashion_mnist_configs()[0]
+    assert _preset_vae_config(parse(["train-vae"], VAE_RECIPES)) == preset
+    wide = _preset_vae_config(parse(["train-vae", "--ch", "64", "--z-channels", "32"], VAE_RECIPES))
+    assert (wide.ch, wide.z_channels) == (64, 32)
+    assert (wide.patch_nums, wide.ch_mult, wide.using_sa, wide.share_quant_resi) == \
+        (preset.patch_nums, preset.ch_mult, preset.using_sa, preset.share_quant_resi)
+    with pytest.raises(ValueError, match="--image-size, --max-scale: only with --preset custom"):
+        _preset_vae_config(parse(["train-vae", "--image-size", "64", "--max-scale", "8"], VAE_RECIPES))
+    with pytest.raises(ValueError, match="divisible by norm_groups"):   # the config's checks still apply
+        _preset_vae_config(parse(["train-vae", "--ch", "40"], VAE_RECIPES))
+    custom = _custom_vae_config(parse(["train-vae", "--preset", "custom"], VAE_RECIPES))
+    assert (custom.image_hw, custom.in_channels, custom.ch, custom.vocab_size) == ((32, 32), 3, 64, 4096)
+
+
 def flat_folder(root, n: int):
     root.mkdir()
     rng = np.random.default_rng(0)

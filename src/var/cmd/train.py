@@ -22,6 +22,11 @@ VAE_RECIPES = {"fashion-mnist": dict(steps=3000, lr=3e-4, warmup=100, save_every
                                      adv_weight=0.5, ema=0.999),
                "custom": dict(steps=3000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
                               adv_weight=0.5, ema=0.999)}
+# The model options of `var train-vae --preset custom` left unset take these; the fashion-mnist preset's
+# tokenizer accepts the ones that keep its 28x28 geometry as overrides (the ablations of tokenizer-recipe.md).
+CUSTOM_VAE_MODEL = dict(image_size=32, channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
+                        vocab_size=4096)
+PRESET_VAE_OVERRIDES = ("ch", "num_res_blocks", "z_channels", "vocab_size")
 _GENERIC_VAR = dict(steps=6000, lr=4e-4, warmup=200, save_every=500, sample_every=1000, ema=0)
 VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998),
                "small": _GENERIC_VAR, "medium": _GENERIC_VAR, "large": _GENERIC_VAR}
@@ -91,17 +96,22 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/vae"), help="run folder: checkpoint, metrics, weights")
     p.add_argument("--preset", choices=sorted(VAE_RECIPES), default="fashion-mnist",
                    help="fashion-mnist: the bundled model's tokenizer and recipe; custom: the model options below")
-    g = p.add_argument_group("model (--preset custom)")
-    g.add_argument("--image-size", type=argument_type(parse_size), default=32,
+    g = p.add_argument_group("model (--preset custom; the fashion-mnist preset takes --ch, --num-res-blocks, "
+                             "--z-channels and --vocab-size as overrides)")
+    g.add_argument("--image-size", type=argument_type(parse_size), default=None,
                    help="image side, or HxW (height x width) such as 32x64, in pixels: images are resized to cover "
-                        "it and centre-cropped")
-    g.add_argument("--channels", type=int, default=3, help="1 (grayscale) or 3 (RGB)")
-    g.add_argument("--ch", type=int, default=64, help="base channel width of the encoder and decoder")
-    g.add_argument("--ch-mult", type=_ints, default=(1, 2, 2),
-                   help="channel multiplier per level; N levels down-sample 2^(N-1)x, e.g. 1,2,2 is 4x")
-    g.add_argument("--num-res-blocks", type=int, default=1, help="residual blocks per level")
-    g.add_argument("--z-channels", type=int, default=16, help="latent (and codebook) width")
-    g.add_argument("--vocab-size", type=int, default=4096, help="codebook size (the released tokenizer's: 4096)")
+                        "it and centre-cropped (default: 32)")
+    g.add_argument("--channels", type=int, default=None, help="1 (grayscale) or 3 (RGB) (default: 3)")
+    g.add_argument("--ch", type=int, default=None,
+                   help="base channel width of the encoder and decoder (default: 32 with --preset fashion-mnist, "
+                        "else 64)")
+    g.add_argument("--ch-mult", type=_ints, default=None,
+                   help="channel multiplier per level; N levels down-sample 2^(N-1)x, e.g. 1,2,2 is 4x "
+                        "(default: 1,2,2)")
+    g.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per level (default: 1)")
+    g.add_argument("--z-channels", type=int, default=None, help="latent (and codebook) width (default: 16)")
+    g.add_argument("--vocab-size", type=int, default=None,
+                   help="codebook size (default: 4096, the released tokenizer's)")
     g.add_argument("--patch-nums", type=argument_type(parse_patch_nums), default=None,
                    help="scale schedule, e.g. 1,2,3,4,6,8, or height x width per scale, e.g. 1x2,2x4,4x8,8x16 "
                         "(default: from --max-scale)")
@@ -166,11 +176,33 @@ def register(sub) -> None:
     p.set_defaults(run=run_plot)
 
 
+def _preset_vae_config(a: argparse.Namespace):
+    """The fashion-mnist preset's tokenizer with the overrides given; ValueError names a model option
+    that would change its geometry (those belong to ``--preset custom``)."""
+    import dataclasses
+
+    from ..recipes import fashion_mnist_configs
+
+    geometry = [name for name in CUSTOM_VAE_MODEL if name not in PRESET_VAE_OVERRIDES and getattr(a, name) is not None]
+    geometry += [name for name in ("patch_nums", "max_scale") if getattr(a, name) is not None]
+    geometry += [name for name in ("no_attn", "cosine_lookup") if getattr(a, name)]
+    if geometry:
+        options = ", ".join("--" + name.replace("_", "-") for name in geometry)
+        raise ValueError(f"{options}: only with --preset custom; the fashion-mnist preset's tokenizer takes "
+                         f"{', '.join('--' + n.replace('_', '-') for n in PRESET_VAE_OVERRIDES)} as overrides")
+    cfg = fashion_mnist_configs()[0]
+    given = {name: getattr(a, name) for name in PRESET_VAE_OVERRIDES if getattr(a, name) is not None}
+    return dataclasses.replace(cfg, **given)  # the config's own checks run again on the new values
+
+
 def _custom_vae_config(a: argparse.Namespace):
     """The tokenizer of ``--preset custom``; ValueError when the schedule does not make ``--image-size``."""
     from ..schedule import as_hw, patch_nums_from_max_scale, schedule_for
     from ..vqvae import VQVAEConfig
 
+    for name, value in CUSTOM_VAE_MODEL.items():
+        if getattr(a, name) is None:
+            setattr(a, name, value)
     downsample = 2 ** (len(a.ch_mult) - 1)
     image_hw = as_hw(a.image_size)
     if a.patch_nums:
@@ -191,13 +223,12 @@ def _custom_vae_config(a: argparse.Namespace):
 
 
 def run_train_vae(a: argparse.Namespace) -> int:
-    from ..recipes import fashion_mnist_configs
     from ..training.runs import train_vqvae
 
     resolve_preset_defaults(a, VAE_RECIPES)
     if a.disc_start is None:
         a.disc_start = a.steps // 4  # after the reconstructions have taken shape (VQGAN-style delayed start)
-    cfg = fashion_mnist_configs()[0] if a.preset == "fashion-mnist" else _custom_vae_config(a)
+    cfg = _preset_vae_config(a) if a.preset == "fashion-mnist" else _custom_vae_config(a)
     cfg.beta = a.beta
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
