@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig, patch_nums_from_max_scale
+from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig, patch_nums_from_max_scale, precision
 from var.sampling import filter_logits, sample_tokens
 from var.sampling import generate as sample_generate
 
@@ -105,6 +105,27 @@ def test_save_and_load_pretrained_roundtrip(tmp_path):
     assert torch.equal(a.images, b.images)
     with pytest.raises(FileNotFoundError, match="bundled"):
         VARPipeline.from_pretrained(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("dtype", ["fp16", torch.bfloat16])
+def test_half_precision_weights_take_half_the_space_and_load_as_float32(tmp_path, dtype):
+    from safetensors import safe_open
+
+    pipe = small_pipe()
+    pipe.save_pretrained(tmp_path / "full")
+    pipe.save_pretrained(tmp_path / "half", weights_dtype=dtype)
+    for name in ("var.safetensors", "vqvae.safetensors"):
+        full, half = (tmp_path / d / name for d in ("full", "half"))
+        assert half.stat().st_size < 0.55 * full.stat().st_size
+        with safe_open(str(half), "pt") as f:
+            assert {str(f.get_tensor(k).dtype) for k in f.keys()} <= {str(precision.resolve_dtype(dtype)), "torch.int64"}
+    again = VARPipeline.from_pretrained(tmp_path / "half")
+    for ours, theirs in ((again.var, pipe.var), (again.vqvae, pipe.vqvae)):
+        for (k, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+            assert a.dtype == b.dtype, k                             # float32 again, ...
+            torch.testing.assert_close(a, b, rtol=1e-2, atol=1e-4)   # ... up to the half-precision rounding
+    with pytest.raises(ValueError, match="unknown dtype 'int8'"):
+        pipe.save_pretrained(tmp_path / "bad", weights_dtype="int8")
 
 
 def test_clear_errors():

@@ -230,17 +230,21 @@ class VARPipeline:
             self.to(device)
         return self.use_dtype(dtype, force)
 
-    def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` and safetensors weights to the folder ``path`` (created if needed)."""
+    def save_pretrained(self, path: str | os.PathLike, weights_dtype: str | torch.dtype = torch.float32) -> Path:
+        """Write ``config.json`` and safetensors weights to the folder ``path`` (created if needed).
+        ``weights_dtype`` ``"fp16"`` or ``"bf16"`` stores the floating-point weights at half the size;
+        :meth:`from_pretrained` turns them back into float32 (only their rounding stays)."""
         from safetensors.torch import save_file
 
+        store = precision.resolve_dtype(weights_dtype)
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         cfg = {"format": "var-pipeline", "version": FORMAT_VERSION, "vqvae": self.vqvae.config.to_dict(),
                "var": self.var.config.to_dict(), "class_names": self.class_names, "pad": self.pad, "info": self.info,
                "sampling_defaults": self.sampling_defaults}
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.vqvae.state_dict().items()}, path / VQVAE_WEIGHTS)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.var.state_dict().items()}, path / VAR_WEIGHTS)
+        for module, name in ((self.vqvae, VQVAE_WEIGHTS), (self.var, VAR_WEIGHTS)):
+            save_file({k: (v.to(store) if v.is_floating_point() else v).detach().contiguous().cpu()
+                       for k, v in module.state_dict().items()}, path / name)
         (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         return path
 
