@@ -187,9 +187,10 @@ def _preset_vae_config(a: argparse.Namespace):
     geometry += [name for name in ("patch_nums", "max_scale") if getattr(a, name) is not None]
     geometry += [name for name in ("no_attn", "cosine_lookup") if getattr(a, name)]
     if geometry:
-        options = ", ".join("--" + name.replace("_", "-") for name in geometry)
-        raise ValueError(f"{options}: only with --preset custom; the fashion-mnist preset's tokenizer takes "
-                         f"{', '.join('--' + n.replace('_', '-') for n in PRESET_VAE_OVERRIDES)} as overrides")
+        def flags(names):
+            return ", ".join("--" + name.replace("_", "-") for name in names)
+        raise ValueError(f"{flags(geometry)}: only with --preset custom; the fashion-mnist preset's tokenizer takes "
+                         f"{flags(PRESET_VAE_OVERRIDES)} as overrides")
     cfg = fashion_mnist_configs()[0]
     given = {name: getattr(a, name) for name in PRESET_VAE_OVERRIDES if getattr(a, name) is not None}
     return dataclasses.replace(cfg, **given)  # the config's own checks run again on the new values
