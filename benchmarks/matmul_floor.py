@@ -17,9 +17,10 @@ import time
 
 import torch
 
+from var import VARConfig
 from var.packed_linear import PackedLinear, packing_available
 
-D16_PATCH_NUMS = (1, 2, 3, 4, 5, 6, 8, 10, 13, 16)
+D16_PATCH_NUMS = VARConfig().patch_nums  # the released models' 10 scales, 680 tokens at 256 px
 
 
 def block_shapes(width: int) -> list[tuple[int, int]]:
@@ -57,16 +58,14 @@ def generate_floor(depth: int, width: int, rows_per_token: int, vocab: int, repe
                    packed: bool) -> dict[int, float]:
     """Seconds of each scale's GEMMs in one generation pass (every block, then the head), with plain
     F.linear or with the packed oneDNN weights the pipeline uses on CPU."""
-    layers = []
-    for _ in range(depth):
-        for i, o in block_shapes(width):
-            layer = PackedLinear(i, o).requires_grad_(False)
-            if packed:
-                layer.pack()
-            layers.append(layer)
-    head = PackedLinear(width, vocab).requires_grad_(False)
-    if packed:
-        head.pack()
+    def linear(i: int, o: int) -> PackedLinear:
+        layer = PackedLinear(i, o).requires_grad_(False)
+        if packed:
+            layer.pack()
+        return layer
+
+    layers = [linear(i, o) for _ in range(depth) for i, o in block_shapes(width)]
+    head = linear(width, vocab)
     per_scale = {}
     with torch.inference_mode():
         for p in D16_PATCH_NUMS:

@@ -323,8 +323,8 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     names = c.class_names or [str(i) for i in range(c.num_classes)]
     result = {
         "n_per_class": n_per_class, "num_samples": len(labels),
-        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature), "seed": seed, "batch_size": batch_size,
-                     "dtype": dtype_name(pipe.compute_dtype)},
+        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature), "seed": seed,
+                     "batch_size": batch_size, "dtype": dtype_name(pipe.compute_dtype)},
         "class_accuracy": int(hits.sum()) / len(labels),
         "class_accuracy_per_class": {names[k]: int(hits[labels == k].sum()) / n_per_class
                                      for k in range(c.num_classes)},
