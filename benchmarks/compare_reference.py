@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation")
     p.add_argument("--warmup", type=int, default=1, help="unrecorded rounds of both before the timed ones")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    p.add_argument("--streams", type=int, help="generation only: our batch streams (var.streams; default: one per "
+    p.add_argument("--streams", type=int, help="generation only: our batch streams (var.cpu.streams; default: one per "
                                                "thread, 1: off)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, help="JSON report (default: bench_out/compare_reference.json, or "

@@ -18,7 +18,7 @@ import time
 import torch
 
 from var import VARConfig
-from var.packed_linear import PackedLinear, packing_available
+from var.cpu.packed_linear import PackedLinear, packing_available
 
 D16_PATCH_NUMS = VARConfig().patch_nums  # the released models' 10 scales, 680 tokens at 256 px
 

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from var.packed_linear import PackedLinear, packing_available
+from var.cpu.packed_linear import PackedLinear, packing_available
 from var.sampling import generate
 
 from test_model import small_pipe
@@ -128,7 +128,7 @@ def test_compiled_code_uses_the_plain_linear(monkeypatch):
 
 
 def test_cache_is_not_fooled_by_a_reused_address():
-    from var.weight_cache import DerivedWeight
+    from var.cpu.weight_cache import DerivedWeight
     lin = torch.nn.Linear(64, 64)
     cache = DerivedWeight(lambda w: w.clone())
     cache.get(lin.weight)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from var.sampling import _BatchStreams, generate
-from var.streams import Streams, split_batch, stream_count
+from var.cpu.streams import Streams, split_batch, stream_count
 
 from test_model import small_pipe
 

@@ -3,8 +3,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from var import winograd
-from var.winograd import WinogradConv2d, winograd_conv3x3, winograd_weight
+from var.cpu import winograd
+from var.cpu.winograd import WinogradConv2d, winograd_conv3x3, winograd_weight
 
 from test_model import small_pipe
 

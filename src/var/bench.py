@@ -189,7 +189,7 @@ class GenerationSettings:
     top_k: int = 900
     top_p: float = 0.96
     dtype: torch.dtype = torch.float32
-    streams: int | None = None  # batch streams (var.streams); None: the default for the device
+    streams: int | None = None  # batch streams (var.cpu.streams); None: the default for the device
 
 
 def time_generation(pipe: VARPipeline, s: GenerationSettings, repeats: int) -> dict:

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from . import editing, official, precision
-from .packed_linear import PackedLinear, total_memory_bytes
+from .cpu.packed_linear import PackedLinear, total_memory_bytes
 from .sampling import check_sampling_options, generate, make_generator
 from .schedule import Scale
 from .transformer import VAR, VARConfig
@@ -166,8 +166,8 @@ class VARPipeline:
 
     def _prepare_for_device(self) -> None:
         """On CPU: channels-last decoder weights (the decoder runs channels-last there, and its convs then
-        skip a per-call weight copy), Winograd convolutions in the decoder (:mod:`var.winograd`) and packed
-        transformer weights (:mod:`var.packed_linear`). The packed copy costs the transformer's weight
+        skip a per-call weight copy), Winograd convolutions in the decoder (:mod:`var.cpu.winograd`) and packed
+        transformer weights (:mod:`var.cpu.packed_linear`). The packed copy costs the transformer's weight
         memory again, so it is made only where that is at most a quarter of the machine's RAM (d16: 1.2 GiB;
         d30: 8 GiB). Override with ``pipe.var.pack_weights(True / False)``; ``pipe.vqvae.decoder.use_winograd
         (False)`` frees the transformed decoder kernels. Other devices keep the defaults."""

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from .streams import Streams, stream_count
+from .cpu.streams import Streams, stream_count
 from .transformer import VAR, KVCache
 from .vqvae import VQVAE
 
@@ -115,7 +115,7 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
     At scale k of K the guided logits are ``(1 + t) * cond - t * null`` with ``t = cfg * k / (K - 1)``
     (the paper's linear ramp). Where ``keep_masks[k]`` (B, h_k * w_k) is True the token is taken from
     ``keep_tokens[k]`` instead of being sampled. ``streams`` splits the transformer's batch into that many
-    concurrent streams (see :mod:`var.streams`); by default one per CPU thread on CPU, one elsewhere.
+    concurrent streams (see :mod:`var.cpu.streams`); by default one per CPU thread on CPU, one elsewhere.
     Returns the final latent f_hat and the K token maps.
     """
     with torch.inference_mode():

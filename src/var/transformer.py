@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .aliases import patch_nums_from_max_scale, var_config_kwargs  # noqa: F401 (re-exported)
-from .packed_linear import PackedLinear, packing_available
+from .cpu.packed_linear import PackedLinear, packing_available
 from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 
 if TYPE_CHECKING:
@@ -336,7 +336,7 @@ class VAR(nn.Module):
     # ------------------------------------------------------------------------------- helpers
     def pack_weights(self, enabled: bool = True) -> None:
         """Keep (or drop) packed copies of the linear weights for fast CPU float32 inference; see
-        :mod:`var.packed_linear`. Costs the weights' size again in memory."""
+        :mod:`var.cpu.packed_linear`. Costs the weights' size again in memory."""
         if enabled and not packing_available():
             log.info("oneDNN packed linear layers are not available in this PyTorch build: weights stay unpacked")
             return

@@ -18,9 +18,9 @@ import torch.nn.functional as F
 from .aliases import vqvae_config_kwargs
 from .quantizer import MultiScaleQuantizer
 from .schedule import Scale, compact_patch_nums, normalize_patch_nums
-from .streams import split_batch
-from .weight_cache import DerivedWeight
-from .winograd import WinogradConv2d
+from .cpu.streams import split_batch
+from .cpu.weight_cache import DerivedWeight
+from .cpu.winograd import WinogradConv2d
 
 
 @dataclass
@@ -238,7 +238,7 @@ class Decoder(nn.Module):
         self.conv_out = nn.Conv2d(c_in, cfg.in_channels, 3, 1, 1)
 
     def use_winograd(self, enabled: bool) -> None:
-        """Run the residual blocks' 3x3 convolutions by Winograd where it pays (see :mod:`var.winograd`)."""
+        """Run the residual blocks' 3x3 convolutions by Winograd where it pays (see :mod:`var.cpu.winograd`)."""
         for m in self.modules():
             if isinstance(m, WinogradConv2d):
                 m.use_winograd(enabled)
@@ -300,7 +300,7 @@ class VQVAE(nn.Module):
 
     def decode_latent(self, f_hat: torch.Tensor, streams: int | None = None) -> torch.Tensor:
         """Latent f_hat (B, Cvae, h_K, w_K) to an image in [-1, 1]. On CPU the batch is decoded in
-        concurrent streams (see :mod:`var.streams`), ``streams`` of them if given."""
+        concurrent streams (see :mod:`var.cpu.streams`), ``streams`` of them if given."""
         return split_batch(lambda f: self.decoder(self.post_quant_conv(f)).clamp(-1, 1), f_hat, streams)
 
     @torch.no_grad()

@@ -57,7 +57,7 @@ class PackedLinear(nn.Linear):
 
     The packed path is taken only where it gives the same function: no autograd, float32 on the CPU, no
     autocast, not inside ``torch.compile`` (whose CPU backend packs weights itself). The copy follows the
-    weight (see :class:`~var.weight_cache.DerivedWeight`): it is re-packed when the weight has changed since.
+    weight (see :class:`~var.cpu.weight_cache.DerivedWeight`): it is re-packed when the weight has changed since.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, **kw):
