@@ -5,6 +5,6 @@
 - :mod:`~var.cpu.streams`: a batch split into concurrent single-threaded streams.
 - :mod:`~var.cpu.weight_cache`: the cache of weight-derived tensors the first two rely on.
 
-Each falls back to plain PyTorch where it does not apply (another device, training, an unsupported shape),
-so the models compute the same function with or without them.
+Each falls back to plain PyTorch where it does not apply (another device, gradients, an unsupported shape
+or compiled code), so the models compute the same function with or without them, up to float rounding.
 """
