@@ -16,11 +16,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .aliases import vqvae_config_kwargs
-from .quantizer import MultiScaleQuantizer
-from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 from .cpu.streams import split_batch
 from .cpu.weight_cache import DerivedWeight
 from .cpu.winograd import WinogradConv2d
+from .quantizer import MultiScaleQuantizer
+from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 
 
 @dataclass
