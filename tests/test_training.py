@@ -400,3 +400,46 @@ def test_adamw_is_fused_where_it_can_be_and_steps_like_the_default():
     z.grad = torch.ones(2, dtype=torch.complex64)
     opt.step()
     assert torch.isfinite(torch.view_as_real(z)).all() and z.abs().sum() > 0
+
+
+def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae_run, tmp_path, caplog):
+    """`var train-vae --finetune-decoder` trains the decoder alone: the token side of the exported tokenizer
+    is bit-identical to its source's, so it decodes a pipeline's tokens (VARPipeline.use_decoder); a
+    tokenizer with another token side is refused, as are model options and dead-code restarts."""
+    from var import VAR, VARConfig
+    from var.training.runs import load_vqvae
+
+    out = tmp_path / "dec"
+    assert cli(["train-vae", "--data", str(folder), "--out", str(out), "--finetune-decoder", str(vae_run),
+                "--steps", "4", "--batch-size", "8", "--warmup", "1", "--lr", "1e-3", "--sample-every", "4"]) == 0
+    assert json.loads((out / "run.json").read_text())["finetune_decoder"] == str(vae_run)
+    source, _ = load_vqvae(vae_run)
+    tuned, _ = load_vqvae(out)
+    before, after = source.state_dict(), tuned.state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"decoder", "post_quant_conv", "quantize"}  # quantize: its usage statistics only
+    assert all(torch.equal(before[k], after[k]) for k in before
+               if k.startswith(("encoder.", "quant_conv.", "quantize.")) and k != "quantize.ema_vocab_hit_SV")
+
+    torch.manual_seed(0)
+    var = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=2, depth=1, embed_dim=32, num_heads=2,
+                        patch_nums=(1, 2, 4, 8)))
+    pipe = VARPipeline(source, var)
+    images = image_folder_dataset(folder, 16).batch(np.arange(4))[0]
+    tokens = pipe.encode(images)
+    old = pipe.decode(tokens)
+    assert pipe.use_decoder(out) is pipe
+    assert [torch.equal(a, b) for a, b in zip(pipe.encode(images), tokens)] == [True] * len(tokens)
+    new = pipe.decode(tokens)
+    expected = (tuned.eval().indices_to_img(tokens) + 1) / 2
+    torch.testing.assert_close(new, expected, atol=1e-5, rtol=0)
+    assert (new - old).abs().max() > 1e-3
+
+    with pytest.raises(ValueError, match="encoder"):
+        pipe.use_decoder(VQVAE(TINY_VAE))
+    assert cli(["train-vae", "--data", str(folder), "--out", str(tmp_path / "x"), "--finetune-decoder",
+                str(vae_run), "--ch", "64"]) == 2
+    assert "--ch: --finetune-decoder keeps the model" in caplog.text
+    assert cli(["train-vae", "--data", str(folder), "--out", str(tmp_path / "y"), "--finetune-decoder",
+                str(vae_run), "--reinit-every", "5", "--steps", "1", "--batch-size", "8"]) == 2
+    assert "reinit_every=5" in caplog.text

@@ -248,6 +248,29 @@ class VARPipeline:
         (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         return path
 
+
+    def use_decoder(self, tokenizer: VQVAE | str | os.PathLike) -> "VARPipeline":
+        """Decode with ``tokenizer``'s decoder (``post_quant_conv`` and ``decoder``): one fine-tuned by
+        ``var train-vae --finetune-decoder``, given as a VQVAE or a folder. Its token side (configuration,
+        encoder, ``quant_conv``, codebook, phi) must equal this pipeline's, else the transformer's tokens
+        would decode into other images: ValueError names the first weight that differs."""
+        if not isinstance(tokenizer, VQVAE):
+            from .training.runs import load_vqvae
+            tokenizer = load_vqvae(tokenizer)[0]
+        if tokenizer.config.to_dict() != self.vqvae.config.to_dict():
+            raise ValueError(f"the tokenizer's configuration {tokenizer.config.to_dict()} differs from this "
+                             f"pipeline's {self.vqvae.config.to_dict()}")
+        ours = self.vqvae.state_dict()
+        for part in ("encoder", "quant_conv", "quantize"):
+            for k, v in getattr(tokenizer, part).state_dict().items():
+                key = f"{part}.{k}"
+                if key != "quantize.ema_vocab_hit_SV" and not torch.equal(v.to(ours[key]), ours[key]):
+                    raise ValueError(f"{key} differs from this pipeline's: the tokenizer does not make the "
+                                     "tokens this transformer was trained on (fine-tune the decoder of this "
+                                     "pipeline's tokenizer with var train-vae --finetune-decoder)")
+        for part in ("post_quant_conv", "decoder"):
+            getattr(self.vqvae, part).load_state_dict(getattr(tokenizer, part).state_dict())
+        return self
     # ------------------------------------------------------------------------------ checks
     def sampling(self, **given) -> dict:
         """The sampling options of a call: each one given, or else this model's default; checked here,

@@ -317,6 +317,12 @@ class VQVAE(nn.Module):
         return [self.decode_latent(self.quantize.indices_to_latent(indices[: k + 1], upto=k + 1))
                 for k in range(len(indices))]
 
+    def token_side(self) -> tuple[nn.Module, ...]:
+        """The parts that decide an image's tokens and the latent they decode from (encoder, quant_conv, the
+        quantizer's codebook and phi convs). Frozen, they leave every image's tokens, and so a transformer
+        trained on them, valid while the decoder (post_quant_conv and decoder) is fine-tuned."""
+        return self.encoder, self.quant_conv, self.quantize
+
     def forward(self, img_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Training pass: reconstruction (unclamped, [-1, 1] scale), VQ loss, indices per scale."""
         f_hat, vq_loss, indices = self.quantize(self.encode_latent(img_BCHW))

@@ -27,6 +27,10 @@ VAE_RECIPES = {"fashion-mnist": dict(steps=3000, lr=3e-4, warmup=100, save_every
 CUSTOM_VAE_MODEL = dict(image_size=32, channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
                         vocab_size=4096)
 PRESET_VAE_OVERRIDES = ("ch", "num_res_blocks", "z_channels", "vocab_size")
+# `var train-vae --finetune-decoder`: the schedule that replaces the preset's when only the decoder of an already
+# trained tokenizer is trained (GAN from the first step: the reconstructions have long taken shape).
+DECODER_FINETUNE = dict(steps=1500, lr=1e-4, warmup=50, save_every=250, sample_every=500, adv_weight=0.5, ema=0.999,
+                        reinit_every=0, disc_start=0)
 _GENERIC_VAR = dict(steps=6000, lr=4e-4, warmup=200, save_every=500, sample_every=1000, ema=0)
 VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998),
                "small": _GENERIC_VAR, "medium": _GENERIC_VAR, "large": _GENERIC_VAR}
@@ -96,6 +100,12 @@ def register(sub) -> None:
     p.add_argument("--out", type=Path, default=Path("runs/vae"), help="run folder: checkpoint, metrics, weights")
     p.add_argument("--preset", choices=sorted(VAE_RECIPES), default="fashion-mnist",
                    help="fashion-mnist: the bundled model's tokenizer and recipe; custom: the model options below")
+    p.add_argument("--finetune-decoder", metavar="TOKENIZER", default=None,
+                   help="start from this trained tokenizer (a train-vae run folder, a pipeline folder or a bundled "
+                        "model's name) and train its decoder alone: the encoder and codebook stay frozen, so every "
+                        "image's tokens, and a transformer trained on them, stay valid. The model is the source's "
+                        "(no model options); unset schedule options take %s" % ", ".join(
+                            f"{k.replace('_', '-')} {v}" for k, v in DECODER_FINETUNE.items()))
     g = p.add_argument_group("model (--preset custom; the fashion-mnist preset takes --ch, --num-res-blocks, "
                              "--z-channels and --vocab-size as overrides)")
     g.add_argument("--image-size", type=argument_type(parse_size), default=None,
@@ -129,7 +139,8 @@ def register(sub) -> None:
                    + _by_preset(VAE_RECIPES, "adv_weight"))
     l.add_argument("--disc-start", type=int,
                    help="step at which the patch-GAN loss starts (default: a quarter of --steps)")
-    l.add_argument("--reinit-every", type=int, default=200, help="re-initialise dead codes every N steps (0: never)")
+    l.add_argument("--reinit-every", type=int, default=None,
+                   help="re-initialise dead codes every N steps (0: never) (default: 200; 0 with --finetune-decoder)")
     l.add_argument("--betas", type=argument_type(_betas), default=(0.9, 0.95), metavar="B1,B2",
                    help="the tokenizer's Adam betas (VQGAN's 0.5,0.9 reconstructed worse without the GAN loss: "
                         "docs/training-defaults.md)")
@@ -226,14 +237,27 @@ def _custom_vae_config(a: argparse.Namespace):
 def run_train_vae(a: argparse.Namespace) -> int:
     from ..training.runs import train_vqvae
 
-    resolve_preset_defaults(a, VAE_RECIPES)
-    if a.disc_start is None:
-        a.disc_start = a.steps // 4  # after the reconstructions have taken shape (VQGAN-style delayed start)
-    cfg = _preset_vae_config(a) if a.preset == "fashion-mnist" else _custom_vae_config(a)
-    cfg.beta = a.beta
+    if a.finetune_decoder is not None:
+        given = [name for name in (*CUSTOM_VAE_MODEL, "patch_nums", "max_scale", "no_attn", "cosine_lookup")
+                 if getattr(a, name) not in (None, False)]
+        if given:
+            raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in given)}: --finetune-decoder keeps the "
+                             f"model of {a.finetune_decoder}; leave the model options out")
+        for key, value in DECODER_FINETUNE.items():
+            if getattr(a, key) is None:
+                setattr(a, key, value)
+        cfg = None  # the source's
+    else:
+        resolve_preset_defaults(a, VAE_RECIPES)
+        if a.reinit_every is None:
+            a.reinit_every = 200
+        if a.disc_start is None:
+            a.disc_start = a.steps // 4  # after the reconstructions have taken shape (VQGAN-style delayed start)
+        cfg = _preset_vae_config(a) if a.preset == "fashion-mnist" else _custom_vae_config(a)
+        cfg.beta = a.beta
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
-                         betas=a.betas, ema=a.ema or None)
+                         betas=a.betas, ema=a.ema or None, finetune_decoder=a.finetune_decoder)
     if "heldout_psnr" in result:
         log.info("tokenizer saved in %s; held-out PSNR %.2f dB", a.out, result["heldout_psnr"])
     return 0

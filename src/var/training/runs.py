@@ -40,9 +40,14 @@ def export_vqvae(vqvae: VQVAE, out: Path, class_names: list[str] | None, data: s
 
 
 def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
-    """A tokenizer from a ``train-vae`` run folder (or a saved pipeline folder) and its metadata."""
+    """A tokenizer from a ``train-vae`` run folder (or a saved pipeline folder, or a bundled model's name)
+    and its metadata."""
     from safetensors.torch import load_file
+
+    from ..pipeline import BUNDLED_DIR
     folder = Path(folder)
+    if not folder.is_dir() and (BUNDLED_DIR / folder.name / "config.json").is_file() and folder.name == str(folder):
+        folder = BUNDLED_DIR / folder.name
     if (folder / VQVAE_JSON).is_file():
         meta = json.loads((folder / VQVAE_JSON).read_text())
         cfg = VQVAEConfig(**meta["vqvae"])
@@ -111,11 +116,13 @@ FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # PyTorch's fused AdamW kernels (CPU sinc
 
 
 def make_optimizer(model: torch.nn.Module, schedule: Schedule, betas: tuple[float, float]) -> torch.optim.AdamW:
-    """AdamW in two groups: weight decay on the weight matrices and kernels, none on biases, norms and the
-    parameters whose names contain an entry of the model's ``NO_WEIGHT_DECAY``."""
+    """AdamW over the trainable parameters in two groups: weight decay on the weight matrices and kernels,
+    none on biases, norms and the parameters whose names contain an entry of the model's ``NO_WEIGHT_DECAY``."""
     skip = getattr(model, "NO_WEIGHT_DECAY", ())
     decay, no_decay = [], []
     for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
         (no_decay if p.ndim < 2 or any(k in name for k in skip) else decay).append(p)
     return adamw([{"params": decay, "weight_decay": schedule.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}], lr=schedule.lr, betas=betas)
@@ -138,10 +145,18 @@ def _wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module | None:
 
 
 # ------------------------------------------------------------------------------- tokenizer
-def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule, *, l1: float = 1.0,
+def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: Schedule, *, l1: float = 1.0,
                 l2: float = 1.0, adv_weight: float = 0.0, disc_start: int = 0, reinit_every: int = 200,
                 flip: bool = False, amp: bool = False, device: str | None = None,
-                betas: tuple[float, float] = VQVAE_BETAS, ema: float | None = None) -> dict:
+                betas: tuple[float, float] = VQVAE_BETAS, ema: float | None = None,
+                finetune_decoder: str | os.PathLike | None = None) -> dict:
+    """Train a tokenizer into ``out``; with ``finetune_decoder`` (a tokenizer's folder, see :func:`load_vqvae`)
+    start from that tokenizer and train its decoder alone, its token side frozen (``vqvae_cfg`` is then
+    ignored: the model is the source's), so that its tokens and a transformer trained on them stay valid."""
+    source = load_vqvae(finetune_decoder)[0] if finetune_decoder is not None else None
+    vqvae_cfg = source.config if source is not None else vqvae_cfg
+    if vqvae_cfg is None:
+        raise ValueError("train_vqvae needs a VQVAEConfig, or a tokenizer to fine-tune (finetune_decoder)")
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
     ds = build_dataset(data, vqvae_cfg.image_hw, vqvae_cfg.in_channels, "train")
@@ -150,9 +165,19 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
     except (ValueError, FileNotFoundError):
         ds, heldout = split_holdout(ds)
     _check_geometry(ds, vqvae_cfg.image_hw, vqvae_cfg.in_channels)
-    cfg = _fixed_run_config(out, {"kind": "vqvae", "data": data, "vqvae": vqvae_cfg.to_dict(),
-                                  "class_names": ds.class_names}, info)
-    vqvae = VQVAE(VQVAEConfig(**cfg["vqvae"])).to(info.device)
+    run = {"kind": "vqvae", "data": data, "vqvae": vqvae_cfg.to_dict(), "class_names": ds.class_names}
+    if source is not None:
+        run["finetune_decoder"] = str(finetune_decoder)
+    cfg = _fixed_run_config(out, run, info)
+    vqvae = VQVAE(VQVAEConfig(**cfg["vqvae"]))
+    if cfg.get("finetune_decoder"):  # a resumed run then loads its checkpoint over these weights
+        if reinit_every:
+            raise ValueError(f"reinit_every={reinit_every}: restarting dead codes would change the tokens of a "
+                             "decoder fine-tuning run; it needs reinit_every=0")
+        vqvae.load_state_dict((source or load_vqvae(cfg["finetune_decoder"])[0]).state_dict())
+        for part in vqvae.token_side():
+            part.requires_grad_(False)
+    vqvae.to(info.device)
     disc = disc_opt = None
     if adv_weight > 0:
         disc = PatchDiscriminator(vqvae_cfg.in_channels).to(info.device)
@@ -163,8 +188,9 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig, schedule: Schedule
                            ddp_model=_wrap(vqvae, info), ddp_disc=_wrap(disc, info) if disc is not None else None)
     held_x, _ = heldout.batch(np.arange(min(1000, len(heldout))))
     if info.is_main:
-        log.info("tokenizer: %.2fM parameters, %d training images, held-out %d, %d process(es)",
-                 sum(p.numel() for p in vqvae.parameters()) / 1e6, len(ds), len(held_x), info.world)
+        log.info("tokenizer: %.2fM parameters (%.2fM trained), %d training images, held-out %d, %d process(es)",
+                 sum(p.numel() for p in vqvae.parameters()) / 1e6,
+                 sum(p.numel() for p in vqvae.parameters() if p.requires_grad) / 1e6, len(ds), len(held_x), info.world)
 
     def snapshot(step: int) -> None:
         if not info.is_main:
