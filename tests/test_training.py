@@ -1,5 +1,6 @@
 """Training: exact resume, two processes training one model, dead-code recovery, bad data, NaN stop."""
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -409,10 +410,21 @@ def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae
     from var import VAR, VARConfig
     from var.training.runs import load_vqvae
 
+    from var.training.common import load_checkpoint_file
+    from var.training.runs import _continue_discriminator
+    from var.training.trainers import PatchDiscriminator
+
+    caplog.set_level(logging.INFO)
     out = tmp_path / "dec"
     assert cli(["train-vae", "--data", str(folder), "--out", str(out), "--finetune-decoder", str(vae_run),
                 "--steps", "4", "--batch-size", "8", "--warmup", "1", "--lr", "1e-3", "--sample-every", "4"]) == 0
     assert json.loads((out / "run.json").read_text())["finetune_decoder"] == str(vae_run)
+    # the source run's discriminator is continued, not a fresh one
+    assert f"discriminator continued from {vae_run / 'checkpoint.pt'}" in caplog.text
+    disc = PatchDiscriminator(3)
+    _continue_discriminator(disc, vae_run, DistInfo())
+    source_disc = load_checkpoint_file(vae_run / "checkpoint.pt")["models"]["disc"]
+    assert all(torch.equal(v, source_disc[k]) for k, v in disc.state_dict().items())
     source, _ = load_vqvae(vae_run)
     tuned, _ = load_vqvae(out)
     before, after = source.state_dict(), tuned.state_dict()

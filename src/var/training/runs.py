@@ -23,8 +23,8 @@ from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, split_holdout
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import (DistInfo, Schedule, append_metrics, batch_indices, fit, local_batch_size, prefetched,
-                     setup_distributed)
+from .common import (DistInfo, Schedule, append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size,
+                     prefetched, setup_distributed)
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
     if adv_weight > 0:
         disc = PatchDiscriminator(vqvae_cfg.in_channels).to(info.device)
         disc_opt = adamw(disc.parameters(), lr=schedule.lr, betas=DISC_BETAS, weight_decay=0.0)
+        if cfg.get("finetune_decoder"):
+            _continue_discriminator(disc, Path(cfg["finetune_decoder"]), info)
     trainer = VQVAETrainer(vqvae, make_optimizer(vqvae, schedule, betas), info.device, l1=l1, l2=l2,
                            disc=disc, disc_optimizer=disc_opt, adv_weight=adv_weight, disc_start=disc_start,
                            reinit_every=reinit_every, grad_clip=schedule.grad_clip, amp=amp, ema_decay=ema,
@@ -216,6 +218,21 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
         result.update(trainer.evaluate(held_x))
     _finish(info)
     return result
+
+
+def _continue_discriminator(disc: PatchDiscriminator, source: Path, info: DistInfo) -> None:
+    """Start a decoder fine-tuning run's discriminator from the source run's, when the source is a train-vae
+    run folder whose checkpoint holds one: a fresh discriminator first has to learn what the decoder gets
+    wrong, and meanwhile its loss pushes the decoder about at random."""
+    ckpt = source / "checkpoint.pt"
+    state = load_checkpoint_file(ckpt)["models"].get("disc") if ckpt.is_file() else None
+    if state is None:
+        if info.is_main:
+            log.info("%s holds no discriminator: the fine-tuning run trains a fresh one", source)
+        return
+    disc.load_state_dict(state)
+    if info.is_main:
+        log.info("discriminator continued from %s", ckpt)
 
 
 # ---------------------------------------------------------------------------- transformer
