@@ -428,6 +428,7 @@ def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae
     source, _ = load_vqvae(vae_run)
     tuned, _ = load_vqvae(out)
     before, after = source.state_dict(), tuned.state_dict()
+    assert set(VQVAE.TOKEN_SIDE + VQVAE.DECODER_SIDE) == {name for name, _ in source.named_children()}
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"decoder", "post_quant_conv", "quantize"}  # quantize: its usage statistics only
     assert all(torch.equal(before[k], after[k]) for k in before

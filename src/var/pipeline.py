@@ -248,7 +248,6 @@ class VARPipeline:
         (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
         return path
 
-
     def use_decoder(self, tokenizer: VQVAE | str | os.PathLike) -> "VARPipeline":
         """Decode with ``tokenizer``'s decoder (``post_quant_conv`` and ``decoder``): one fine-tuned by
         ``var train-vae --finetune-decoder``, given as a VQVAE or a folder. Its token side (configuration,
@@ -261,16 +260,17 @@ class VARPipeline:
             raise ValueError(f"the tokenizer's configuration {tokenizer.config.to_dict()} differs from this "
                              f"pipeline's {self.vqvae.config.to_dict()}")
         ours = self.vqvae.state_dict()
-        for part in ("encoder", "quant_conv", "quantize"):
+        for part in VQVAE.TOKEN_SIDE:
             for k, v in getattr(tokenizer, part).state_dict().items():
                 key = f"{part}.{k}"
                 if key != "quantize.ema_vocab_hit_SV" and not torch.equal(v.to(ours[key]), ours[key]):
                     raise ValueError(f"{key} differs from this pipeline's: the tokenizer does not make the "
                                      "tokens this transformer was trained on (fine-tune the decoder of this "
                                      "pipeline's tokenizer with var train-vae --finetune-decoder)")
-        for part in ("post_quant_conv", "decoder"):
+        for part in VQVAE.DECODER_SIDE:
             getattr(self.vqvae, part).load_state_dict(getattr(tokenizer, part).state_dict())
         return self
+
     # ------------------------------------------------------------------------------ checks
     def sampling(self, **given) -> dict:
         """The sampling options of a call: each one given, or else this model's default; checked here,

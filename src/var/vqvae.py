@@ -264,6 +264,11 @@ class VQVAE(nn.Module):
     # Trained without weight decay besides biases and norms: the codebook (decay would shrink unused codes
     # towards 0, away from the latents, as VQGAN-style training avoids).
     NO_WEIGHT_DECAY = ("quantize.embedding",)
+    # The parts that decide an image's tokens and the latent they decode from (the quantizer: codebook and phi
+    # convs), and the parts that decode that latent. With the first frozen, the decoder can be fine-tuned while
+    # every image's tokens, and a transformer trained on them, stay valid (`var train-vae --finetune-decoder`).
+    TOKEN_SIDE = ("encoder", "quant_conv", "quantize")
+    DECODER_SIDE = ("post_quant_conv", "decoder")
 
     def __init__(self, cfg: VQVAEConfig | None = None, **overrides):
         super().__init__()
@@ -316,12 +321,6 @@ class VQVAE(nn.Module):
         """Decoded image after 1, 2, ..., K scales: the coarse-to-fine progression."""
         return [self.decode_latent(self.quantize.indices_to_latent(indices[: k + 1], upto=k + 1))
                 for k in range(len(indices))]
-
-    def token_side(self) -> tuple[nn.Module, ...]:
-        """The parts that decide an image's tokens and the latent they decode from (encoder, quant_conv, the
-        quantizer's codebook and phi convs). Frozen, they leave every image's tokens, and so a transformer
-        trained on them, valid while the decoder (post_quant_conv and decoder) is fine-tuned."""
-        return self.encoder, self.quant_conv, self.quantize
 
     def forward(self, img_BCHW: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
         """Training pass: reconstruction (unclamped, [-1, 1] scale), VQ loss, indices per scale."""

@@ -175,8 +175,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
             raise ValueError(f"reinit_every={reinit_every}: restarting dead codes would change the tokens of a "
                              "decoder fine-tuning run; it needs reinit_every=0")
         vqvae.load_state_dict((source or load_vqvae(cfg["finetune_decoder"])[0]).state_dict())
-        for part in vqvae.token_side():
-            part.requires_grad_(False)
+        for name in VQVAE.TOKEN_SIDE:
+            getattr(vqvae, name).requires_grad_(False)
     vqvae.to(info.device)
     disc = disc_opt = None
     if adv_weight > 0:
