@@ -408,10 +408,8 @@ def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae
     is bit-identical to its source's, so it decodes a pipeline's tokens (VARPipeline.use_decoder); a
     tokenizer with another token side is refused, as are model options and dead-code restarts."""
     from var import VAR, VARConfig
-    from var.training.runs import load_vqvae
-
     from var.training.common import load_checkpoint_file
-    from var.training.runs import _continue_discriminator
+    from var.training.runs import _continue_discriminator, load_vqvae
     from var.training.trainers import PatchDiscriminator
 
     caplog.set_level(logging.INFO)

@@ -65,6 +65,12 @@ def _read_config(path: Path) -> dict:
     return cfg
 
 
+def bundled_folder(name: str | os.PathLike) -> Path | None:
+    """The folder of the bundled model called ``name``, or None when ``name`` names none (a path does not)."""
+    folder = BUNDLED_DIR / str(name)
+    return folder if Path(name).name == str(name) and (folder / CONFIG_NAME).is_file() else None
+
+
 def bundled_models() -> list[str]:
     """Names of the pipelines shipped inside the package."""
     if not BUNDLED_DIR.is_dir():
@@ -204,10 +210,8 @@ class VARPipeline:
         precision.resolve_dtype(dtype, precision.PIPELINE_DTYPES)  # a bad dtype fails before any loading
         path = Path(name_or_path)
         if not (path / CONFIG_NAME).is_file():
-            bundled = BUNDLED_DIR / str(name_or_path)
-            if (bundled / CONFIG_NAME).is_file():
-                path = bundled
-            else:
+            path = bundled_folder(name_or_path)
+            if path is None:
                 raise FileNotFoundError(f"{name_or_path!s} is neither a saved pipeline folder (no {CONFIG_NAME}) "
                                         f"nor a bundled model (bundled: {bundled_models() or 'none'})")
         cfg = _read_config(path / CONFIG_NAME)

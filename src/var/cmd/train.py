@@ -19,9 +19,9 @@ def _ints(text: str) -> tuple[int, ...]:
 # (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
 # The tokenizer's recipe (GAN loss, EMA weights) was chosen by the experiments of docs/tokenizer-recipe.md.
 VAE_RECIPES = {"fashion-mnist": dict(steps=3000, lr=3e-4, warmup=100, save_every=250, sample_every=500,
-                                     adv_weight=0.5, ema=0.999),
+                                     adv_weight=0.5, ema=0.999, reinit_every=200),
                "custom": dict(steps=3000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
-                              adv_weight=0.5, ema=0.999)}
+                              adv_weight=0.5, ema=0.999, reinit_every=200)}
 # The model options of `var train-vae --preset custom` left unset take these; the fashion-mnist preset's
 # tokenizer accepts the ones that keep its 28x28 geometry as overrides (the ablations of tokenizer-recipe.md).
 CUSTOM_VAE_MODEL = dict(image_size=32, channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
@@ -42,6 +42,18 @@ def _by_preset(recipes: dict[str, dict], key: str) -> str:
     if others == {str(recipes["fashion-mnist"][key])}:
         return f"(default: {recipes['fashion-mnist'][key]})"
     return f"(default: {recipes['fashion-mnist'][key]} with --preset fashion-mnist, else {', '.join(sorted(others))})"
+
+
+def _flags(names) -> str:
+    """Option names as typed on the command line: ``--max-scale, --no-attn``."""
+    return ", ".join("--" + name.replace("_", "-") for name in names)
+
+
+def _model_options_given(a: argparse.Namespace, allowed: tuple[str, ...] = ()) -> list[str]:
+    """The tokenizer model options set on the command line, besides ``allowed``."""
+    names = (*CUSTOM_VAE_MODEL, "patch_nums", "max_scale", "no_attn", "cosine_lookup")
+    return [name for name in names if name not in allowed and getattr(a, name) is not None
+            and getattr(a, name) is not False]
 
 
 def resolve_preset_defaults(a: argparse.Namespace, recipes: dict[str, dict]) -> None:
@@ -194,14 +206,10 @@ def _preset_vae_config(a: argparse.Namespace):
 
     from ..recipes import fashion_mnist_configs
 
-    geometry = [name for name in CUSTOM_VAE_MODEL if name not in PRESET_VAE_OVERRIDES and getattr(a, name) is not None]
-    geometry += [name for name in ("patch_nums", "max_scale") if getattr(a, name) is not None]
-    geometry += [name for name in ("no_attn", "cosine_lookup") if getattr(a, name)]
+    geometry = _model_options_given(a, allowed=PRESET_VAE_OVERRIDES)
     if geometry:
-        def flags(names):
-            return ", ".join("--" + name.replace("_", "-") for name in names)
-        raise ValueError(f"{flags(geometry)}: only with --preset custom; the fashion-mnist preset's tokenizer takes "
-                         f"{flags(PRESET_VAE_OVERRIDES)} as overrides")
+        raise ValueError(f"{_flags(geometry)}: only with --preset custom; the fashion-mnist preset's tokenizer takes "
+                         f"{_flags(PRESET_VAE_OVERRIDES)} as overrides")
     cfg = fashion_mnist_configs()[0]
     given = {name: getattr(a, name) for name in PRESET_VAE_OVERRIDES if getattr(a, name) is not None}
     return dataclasses.replace(cfg, **given)  # the config's own checks run again on the new values
@@ -238,19 +246,16 @@ def run_train_vae(a: argparse.Namespace) -> int:
     from ..training.runs import train_vqvae
 
     if a.finetune_decoder is not None:
-        given = [name for name in (*CUSTOM_VAE_MODEL, "patch_nums", "max_scale", "no_attn", "cosine_lookup")
-                 if getattr(a, name) not in (None, False)]
+        given = _model_options_given(a)
         if given:
-            raise ValueError(f"{', '.join('--' + n.replace('_', '-') for n in given)}: --finetune-decoder keeps the "
-                             f"model of {a.finetune_decoder}; leave the model options out")
+            raise ValueError(f"{_flags(given)}: --finetune-decoder keeps the model of {a.finetune_decoder}; leave "
+                             "the model options out")
         for key, value in DECODER_FINETUNE.items():
             if getattr(a, key) is None:
                 setattr(a, key, value)
         cfg = None  # the source's
     else:
         resolve_preset_defaults(a, VAE_RECIPES)
-        if a.reinit_every is None:
-            a.reinit_every = 200
         if a.disc_start is None:
             a.disc_start = a.steps // 4  # after the reconstructions have taken shape (VQGAN-style delayed start)
         cfg = _preset_vae_config(a) if a.preset == "fashion-mnist" else _custom_vae_config(a)

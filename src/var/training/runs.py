@@ -44,10 +44,8 @@ def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
     and its metadata."""
     from safetensors.torch import load_file
 
-    from ..pipeline import BUNDLED_DIR
-    folder = Path(folder)
-    if not folder.is_dir() and (BUNDLED_DIR / folder.name / "config.json").is_file() and folder.name == str(folder):
-        folder = BUNDLED_DIR / folder.name
+    from ..pipeline import bundled_folder
+    folder = Path(folder) if Path(folder).is_dir() else bundled_folder(folder) or Path(folder)
     if (folder / VQVAE_JSON).is_file():
         meta = json.loads((folder / VQVAE_JSON).read_text())
         cfg = VQVAEConfig(**meta["vqvae"])
