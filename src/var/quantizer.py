@@ -138,16 +138,18 @@ class MultiScaleQuantizer(nn.Module):
 
     @torch.no_grad()
     def latent_to_indices(self, f_BChw: torch.Tensor) -> list[torch.Tensor]:
-        """Quantize a latent into K index maps, each (B, h_k * w_k), row-major."""
+        """Quantize a latent into K index maps, each (B, h_k * w_k), row-major. Always in float32, also
+        under autocast: the tokens of an image must not depend on the compute dtype of the caller."""
         self._check_latent(f_BChw)
         B, C = f_BChw.shape[:2]
         f_rest = f_BChw.float().clone()
         indices = []
-        for k, (h, w) in enumerate(self.scales):
-            z_BChw = self._area(f_rest, k)
-            idx_Bl = self.nearest_code(z_BChw.permute(0, 2, 3, 1).reshape(-1, C)).view(B, h * w)
-            f_rest -= self._upsampled_code(k, idx_Bl)
-            indices.append(idx_Bl)
+        with torch.autocast(f_BChw.device.type, enabled=False):
+            for k, (h, w) in enumerate(self.scales):
+                z_BChw = self._area(f_rest, k)
+                idx_Bl = self.nearest_code(z_BChw.permute(0, 2, 3, 1).reshape(-1, C)).view(B, h * w)
+                f_rest -= self._upsampled_code(k, idx_Bl)
+                indices.append(idx_Bl)
         return indices
 
     def indices_to_latent(self, indices: Sequence[torch.Tensor], upto: int | None = None) -> torch.Tensor:
