@@ -348,3 +348,29 @@ def test_checkpoints_load_without_running_code_and_old_ones_still_load(tmp_path)
 def test_verbose_shows_the_traceback_of_a_user_error(tmp_path, caplog):
     assert cli(["-v", "sample", "--model", str(tmp_path / "none"), "--cfg", "inf"]) == 2
     assert "Traceback" in caplog.text and "cfg must be a finite number" in caplog.text
+
+
+# ------------------------------------------------------------------------ schedules and configs
+@pytest.mark.parametrize("field, value, expected", [
+    ("steps", 0, "integer >= 1"), ("batch_size", -4, "integer >= 1"), ("save_every", 0, "integer >= 1"),
+    ("sample_every", 0, "integer >= 1"), ("log_every", 0, "integer >= 1"), ("warmup", -1, "integer >= 0"),
+    ("lr", 0.0, "learning rate > 0"), ("min_lr_ratio", 1.5, r"ratio in \[0, 1\]"), ("grad_clip", -1.0, ">= 0")])
+def test_a_schedule_names_a_bad_value_when_made(field, value, expected):
+    with pytest.raises(ValueError, match=rf"{field}={value!r}.*expected .*{expected}"):
+        Schedule(**{field: value})
+
+
+@pytest.mark.parametrize("flag", ["--steps", "--batch-size", "--save-every", "--sample-every", "--log-every"])
+def test_cli_training_counts_must_be_positive(tmp_path, capsys, flag):
+    with pytest.raises(SystemExit) as e:
+        cli(["train-vae", "--data", str(tmp_path), "--out", str(tmp_path / "run"), flag, "0"])
+    assert e.value.code == 2 and f"{flag}: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_a_config_and_keyword_options_together_are_refused():
+    from var import VAR, VQVAE
+
+    with pytest.raises(TypeError, match=r"VAR\(\) takes a VARConfig or keyword options, not both .*\['depth'\]"):
+        VAR(small_pipe().var.config, depth=4)
+    with pytest.raises(TypeError, match=r"VQVAE\(\) takes a VQVAEConfig or keyword options, not both"):
+        VQVAE(TINY_VAE, vocab_size=16)

@@ -454,3 +454,41 @@ def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae
     assert cli(["train-vae", "--data", str(folder), "--out", str(tmp_path / "y"), "--finetune-decoder",
                 str(vae_run), "--reinit-every", "5", "--steps", "1", "--batch-size", "8"]) == 2
     assert "reinit_every=5" in caplog.text
+
+
+def test_a_resume_keeps_what_the_run_trains_on(folder, vae_run, tmp_path, caplog):
+    """Re-running a command resumes its run: the model options of run.json are kept (with a warning naming
+    what the command changed), also the image size its data is read at; other data, another tokenizer for a
+    transformer, or turning EMA on or off are refused with the reason instead of training on something else."""
+    from var.training.runs import load_vqvae
+
+    def train_vae(out, *extra, steps="2"):
+        return cli(["train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", steps,
+                    "--batch-size", "8", "--warmup", "1", "--sample-every", "100", *extra])
+
+    out = tmp_path / "vae"
+    assert train_vae(out) == 0
+    assert train_vae(out, "--image-size", "32", "--patch-nums", "1,2,4,8,16", steps="3") == 0
+    assert "resuming with its configuration (the command's vqvae ignored)" in caplog.text
+    assert load_vqvae(out)[0].config.image_hw == (16, 16)
+    assert json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+    assert train_vae(out, "--ema", "0", steps="4") == 2
+    assert "holds the models ['disc', 'ema', 'vqvae'], but this run trains ['disc', 'vqvae']" in caplog.text
+    other_data = make_folder(tmp_path / "other", n_per_class=6)
+    assert cli(["train-vae", "--data", str(other_data), "--out", str(out), *VAE_ARGS, "--steps", "4",
+                "--batch-size", "8"]) == 2
+    assert f"this run trains with data {str(folder)!r}, the command gives {str(other_data)!r}" in caplog.text
+
+    def train_var(vae, steps):
+        return cli(["train", "--data", str(folder), "--vae", str(vae), "--out", str(tmp_path / "var"), *VAR_ARGS,
+                    "--steps", steps, "--batch-size", "8", "--warmup", "1", "--sample-every", "100",
+                    "--cache-dir", str(tmp_path / "cache")])
+
+    assert train_var(vae_run, "2") == 0
+    moved = tmp_path / "same-tokenizer"
+    moved.mkdir()
+    for f in vae_run.glob("vqvae.*"):
+        (moved / f.name).write_bytes(f.read_bytes())
+    assert train_var(moved, "3") == 0  # the same tokenizer from another folder
+    assert train_var(out, "4") == 2
+    assert f"the tokenizer {out} is not the one {tmp_path / 'var'} trains on (encoder." in caplog.text

@@ -260,17 +260,14 @@ class VARPipeline:
         if not isinstance(tokenizer, VQVAE):
             from .training.runs import load_vqvae
             tokenizer = load_vqvae(tokenizer)[0]
-        if tokenizer.config.to_dict() != self.vqvae.config.to_dict():
+        differs = self.vqvae.token_side_difference(tokenizer)
+        if differs == "configuration":
             raise ValueError(f"the tokenizer's configuration {tokenizer.config.to_dict()} differs from this "
                              f"pipeline's {self.vqvae.config.to_dict()}")
-        ours = self.vqvae.state_dict()
-        for part in VQVAE.TOKEN_SIDE:
-            for k, v in getattr(tokenizer, part).state_dict().items():
-                key = f"{part}.{k}"
-                if key != "quantize.ema_vocab_hit_SV" and not torch.equal(v.to(ours[key]), ours[key]):
-                    raise ValueError(f"{key} differs from this pipeline's: the tokenizer does not make the "
-                                     "tokens this transformer was trained on (fine-tune the decoder of this "
-                                     "pipeline's tokenizer with var train-vae --finetune-decoder)")
+        if differs:
+            raise ValueError(f"{differs} differs from this pipeline's: the tokenizer does not make the tokens this "
+                             "transformer was trained on (fine-tune the decoder of this pipeline's tokenizer with "
+                             "var train-vae --finetune-decoder)")
         for part in VQVAE.DECODER_SIDE:
             getattr(self.vqvae, part).load_state_dict(getattr(tokenizer, part).state_dict())
         return self

@@ -273,6 +273,9 @@ class VAR(nn.Module):
 
     def __init__(self, cfg: VARConfig | None = None, **overrides):
         super().__init__()
+        if cfg is not None and overrides:
+            raise TypeError(f"VAR() takes a VARConfig or keyword options, not both (got a config and "
+                            f"{sorted(overrides)}); use dataclasses.replace(cfg, ...) to change a config")
         cfg = cfg or VARConfig(**var_config_kwargs(overrides))  # also the educational README's keywords
         self.config = cfg
         C, K = cfg.embed_dim, len(cfg.patch_nums)

@@ -272,6 +272,9 @@ class VQVAE(nn.Module):
 
     def __init__(self, cfg: VQVAEConfig | None = None, **overrides):
         super().__init__()
+        if cfg is not None and overrides:
+            raise TypeError(f"VQVAE() takes a VQVAEConfig or keyword options, not both (got a config and "
+                            f"{sorted(overrides)}); use dataclasses.replace(cfg, ...) to change a config")
         cfg = cfg or VQVAEConfig(**vqvae_config_kwargs(overrides))  # also the educational README's keywords
         self.config = cfg
         self.encoder = Encoder(cfg)
@@ -288,6 +291,19 @@ class VQVAE(nn.Module):
     @property
     def scales(self) -> tuple[Scale, ...]:
         return self.quantize.scales
+
+    def token_side_difference(self, other: "VQVAE") -> str | None:
+        """Where ``other`` would tokenize images differently from this tokenizer: "configuration", the name
+        of the first :attr:`TOKEN_SIDE` weight that differs, or None when their tokens are the same."""
+        if other.config.to_dict() != self.config.to_dict():
+            return "configuration"
+        ours = self.state_dict()
+        for part in self.TOKEN_SIDE:
+            for k, v in getattr(other, part).state_dict().items():
+                key = f"{part}.{k}"
+                if key != "quantize.ema_vocab_hit_SV" and not torch.equal(v.to(ours[key]), ours[key]):
+                    return key  # (the codebook-use statistics above change nothing in the tokens)
+        return None
 
     def check_images(self, img_BCHW: torch.Tensor) -> None:
         cfg = self.config

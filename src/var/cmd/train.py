@@ -6,7 +6,7 @@ import logging
 from pathlib import Path
 
 from ..schedule import parse_patch_nums, parse_size
-from .common import add_command, add_device_arg, argument_type
+from .common import add_command, add_device_arg, argument_type, positive_int
 
 log = logging.getLogger("var")
 
@@ -76,19 +76,19 @@ def _betas(text: str) -> tuple[float, float]:
 
 def _schedule_args(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None:
     g = p.add_argument_group("schedule")
-    g.add_argument("--steps", type=int, help="optimizer steps " + _by_preset(recipes, "steps"))
-    g.add_argument("--batch-size", type=int, default=64, help="global batch (split over torchrun processes)")
+    g.add_argument("--steps", type=positive_int, help="optimizer steps " + _by_preset(recipes, "steps"))
+    g.add_argument("--batch-size", type=positive_int, default=64, help="global batch (split over torchrun processes)")
     g.add_argument("--lr", type=float, help="peak learning rate " + _by_preset(recipes, "lr"))
     g.add_argument("--warmup", type=int, help="linear warm-up steps " + _by_preset(recipes, "warmup"))
     g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr x this")
     g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay of the weight matrices")
     g.add_argument("--grad-clip", type=float, default=2.0, help="gradient norm clipping (0: off)")
     g.add_argument("--seed", type=int, default=0, help="random seed: initial weights and the batch of every step")
-    g.add_argument("--save-every", type=int,
+    g.add_argument("--save-every", type=positive_int,
                    help="checkpoint and export every N steps " + _by_preset(recipes, "save_every"))
-    g.add_argument("--sample-every", type=int,
+    g.add_argument("--sample-every", type=positive_int,
                    help="write samples (or reconstructions) every N steps " + _by_preset(recipes, "sample_every"))
-    g.add_argument("--log-every", type=int, default=20, help="log and append to metrics.jsonl every N steps")
+    g.add_argument("--log-every", type=positive_int, default=20, help="log and append to metrics.jsonl every N steps")
     add_device_arg(g)
     g.add_argument("--amp", action="store_true",
                    help="bf16 autocast (mixed precision; the quantizer stays float32): faster on GPUs with bf16 and "

@@ -54,6 +54,8 @@ class Interrupted(TrainingStopped):
 
 @dataclass
 class Schedule:
+    """A training run's optimisation schedule: length, batch, learning-rate curve, and how often to log,
+    write samples and checkpoint. Checked when made, so a bad value is named before any work."""
     steps: int = 1000
     batch_size: int = 64            # global: the sum of every process's local batch
     lr: float = 3e-4
@@ -66,6 +68,22 @@ class Schedule:
     sample_every: int = 500
     log_every: int = 10
 
+    def __post_init__(self) -> None:
+        counts = {"steps": self.steps, "batch_size": self.batch_size, "save_every": self.save_every,
+                  "sample_every": self.sample_every, "log_every": self.log_every}
+        for name, value in counts.items():
+            if not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"Schedule.{name}={value!r}: expected an integer >= 1")
+        if not (isinstance(self.warmup, int) and self.warmup >= 0):
+            raise ValueError(f"Schedule.warmup={self.warmup!r}: expected an integer >= 0")
+        if not self.lr > 0:
+            raise ValueError(f"Schedule.lr={self.lr!r}: expected a learning rate > 0")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"Schedule.min_lr_ratio={self.min_lr_ratio!r}: expected a ratio in [0, 1]")
+        if not (self.weight_decay >= 0 and self.grad_clip >= 0):
+            raise ValueError(f"Schedule weight_decay={self.weight_decay!r}, grad_clip={self.grad_clip!r}: "
+                             "expected values >= 0 (grad_clip 0: no clipping)")
+
     def lr_at(self, step: int) -> float:
         """Linear warm-up, then cosine decay."""
         if step < self.warmup:
@@ -76,6 +94,7 @@ class Schedule:
 
 @dataclass
 class DistInfo:
+    """Where this process trains: its rank among ``world`` processes (torchrun) and its device."""
     rank: int = 0
     world: int = 1
     device: torch.device = torch.device("cpu")

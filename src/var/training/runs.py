@@ -59,13 +59,24 @@ def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
     return vqvae, meta
 
 
-def _fixed_run_config(out: Path, config: dict, info: DistInfo) -> dict:
-    """The run's configuration: written at the first start, read back (and kept) when resuming."""
+def _fixed_run_config(out: Path, config: dict, info: DistInfo, must_match: tuple[str, ...] = (),
+                      checked_by_caller: tuple[str, ...] = ()) -> dict:
+    """The run's configuration: written at the first start, read back (and kept) when resuming. A resume whose
+    command differs in a ``must_match`` entry (what the run trains on) is refused with ValueError; other
+    differences (model options) are named in a warning and the saved values kept, except in the entries the
+    caller compares by content (a tokenizer given by another path)."""
     path = out / "run.json"
     if path.is_file():
         saved = json.loads(path.read_text())
-        if saved != config and info.is_main:
-            log.warning("%s exists: resuming with its configuration (command-line model options ignored)", path)
+        differ = [k for k in config if saved.get(k) != config[k] and k not in checked_by_caller]
+        for k in differ:
+            if k in must_match:
+                raise ValueError(f"{path}: this run trains with {k} {saved.get(k)!r}, the command gives {config[k]!r}; "
+                                 f"resume with the run's {k} (edit run.json if the same data only moved), or "
+                                 "start a new --out")
+        if differ and info.is_main:
+            log.warning("%s exists: resuming with its configuration (the command's %s ignored)", path,
+                        ", ".join(differ))
         return saved
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -143,6 +154,18 @@ def _wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module | None:
 
 
 # ------------------------------------------------------------------------------- tokenizer
+def _training_and_heldout(data: str, cfg: VQVAEConfig):
+    """The training images for a tokenizer of ``cfg`` and 1,000 held out: the data's test split, or else
+    images set aside from the training ones."""
+    ds = build_dataset(data, cfg.image_hw, cfg.in_channels, "train")
+    try:
+        heldout = build_dataset(data, cfg.image_hw, cfg.in_channels, "test")
+    except (ValueError, FileNotFoundError):
+        ds, heldout = split_holdout(ds)
+    _check_geometry(ds, cfg.image_hw, cfg.in_channels)
+    return ds, heldout
+
+
 def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: Schedule, *, l1: float = 1.0,
                 l2: float = 1.0, adv_weight: float = 0.0, disc_start: int = 0, reinit_every: int = 200,
                 flip: bool = False, amp: bool = False, device: str | None = None,
@@ -157,17 +180,15 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
         raise ValueError("train_vqvae needs a VQVAEConfig, or a tokenizer to fine-tune (finetune_decoder)")
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
-    ds = build_dataset(data, vqvae_cfg.image_hw, vqvae_cfg.in_channels, "train")
-    try:
-        heldout = build_dataset(data, vqvae_cfg.image_hw, vqvae_cfg.in_channels, "test")
-    except (ValueError, FileNotFoundError):
-        ds, heldout = split_holdout(ds)
-    _check_geometry(ds, vqvae_cfg.image_hw, vqvae_cfg.in_channels)
+    ds, heldout = _training_and_heldout(data, vqvae_cfg)
     run = {"kind": "vqvae", "data": data, "vqvae": vqvae_cfg.to_dict(), "class_names": ds.class_names}
     if source is not None:
         run["finetune_decoder"] = str(finetune_decoder)
-    cfg = _fixed_run_config(out, run, info)
-    vqvae = VQVAE(VQVAEConfig(**cfg["vqvae"]))
+    cfg = _fixed_run_config(out, run, info, must_match=("data",))
+    if cfg["vqvae"] != run["vqvae"]:  # a resumed run keeps its model, and so its image size and channels
+        vqvae_cfg = VQVAEConfig(**cfg["vqvae"])
+        ds, heldout = _training_and_heldout(data, vqvae_cfg)
+    vqvae = VQVAE(vqvae_cfg)
     if cfg.get("finetune_decoder"):  # a resumed run then loads its checkpoint over these weights
         if reinit_every:
             raise ValueError(f"reinit_every={reinit_every}: restarting dead codes would change the tokens of a "
@@ -333,7 +354,13 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
     var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
-                                  "class_names": ds.class_names, "crop": crop}, info)
+                                  "class_names": ds.class_names, "crop": crop}, info, must_match=("data",),
+                            checked_by_caller=("vae",))
+    if (out / "config.json").is_file():  # resuming: the tokens must be those the transformer trains on so far
+        differs = load_vqvae(out)[0].token_side_difference(vqvae)
+        if differs:
+            raise ValueError(f"the tokenizer {vae_dir} is not the one {out} trains on ({differs} differs from its "
+                             f"saved tokenizer): resume with --vae {cfg['vae']}, or start a new --out")
     crop = cfg.get("crop", False)  # a resumed run keeps its augmentation
     if stored_enlarged and not crop:
         raise ValueError(f"{out} trains without random crops (its run.json), but {data} holds images enlarged for "

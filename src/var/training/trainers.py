@@ -76,6 +76,7 @@ class _Trainer:
             e.copy_(b)
 
     def state(self, rng_per_rank: list[dict] | None = None) -> dict:
+        """What a checkpoint holds: step, every model's and optimizer's state, the RNG states."""
         return {"step": self.step, "models": {k: m.state_dict() for k, m in self.modules.items()},
                 "optimizers": {k: o.state_dict() for k, o in self.optimizers.items()},
                 "rng_per_rank": rng_per_rank or [rng_state()]}
@@ -85,7 +86,14 @@ class _Trainer:
         atomic_save(self.state(rng_per_rank), Path(path))
 
     def load_checkpoint(self, path: str | Path, rank: int = 0) -> None:
+        """Continue from a :meth:`save_checkpoint` file; ValueError when it holds other parts than this run
+        trains (a resume with ``--ema`` or ``--adv-weight`` turned on or off)."""
         ckpt = load_checkpoint_file(Path(path))
+        for part, ours in (("models", sorted(self.modules)), ("optimizers", sorted(self.optimizers))):
+            saved = sorted(ckpt[part])
+            if saved != ours:
+                raise ValueError(f"{path} holds the {part} {saved}, but this run trains {ours}: resume with the "
+                                 "options the run started with (--ema, --adv-weight), or start a new --out")
         for k, m in self.modules.items():
             m.load_state_dict(ckpt["models"][k])
         for k, o in self.optimizers.items():
