@@ -6,6 +6,7 @@ import math
 import os
 import random
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -374,3 +375,41 @@ def test_a_config_and_keyword_options_together_are_refused():
         VAR(small_pipe().var.config, depth=4)
     with pytest.raises(TypeError, match=r"VQVAE\(\) takes a VQVAEConfig or keyword options, not both"):
         VQVAE(TINY_VAE, vocab_size=16)
+
+
+def _fit_with_a_full_disk_on_rank_0(rank: int, init_file: str, out: str, results: dict) -> None:
+    """One of two processes training with a checkpoint every 2 steps; the main process's disk is full."""
+    from datetime import timedelta
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2,
+                            timeout=timedelta(seconds=60))  # a hang fails the test instead of blocking it
+    try:
+        if rank == 0:
+            real_save = torch.save
+
+            def no_space(obj, f, *args, **kwargs):  # checkpoints only (collectives pickle with torch.save too)
+                if str(f).endswith(".tmp"):
+                    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+                return real_save(obj, f, *args, **kwargs)
+            common.torch.save = no_space
+        sched = Schedule(steps=6, batch_size=2, warmup=1, save_every=2, sample_every=100, log_every=100)
+        try:
+            fit(tiny_trainer(), sched, Path(out), DistInfo(rank, 2), batch)
+            results[rank] = "finished"
+        except Exception as e:
+            results[rank] = f"{type(e).__name__}: {e}"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_a_failed_checkpoint_on_the_main_process_stops_every_process(tmp_path):
+    import torch.multiprocessing as mp
+
+    with mp.Manager() as manager:
+        results = manager.dict()
+        mp.spawn(_fit_with_a_full_disk_on_rank_0, args=(str(tmp_path / "init"), str(tmp_path / "run"), results),
+                 nprocs=2)
+        r0, r1 = results[0], results[1]
+    assert r0.startswith("CheckpointWriteFailed") and "No space left on device" in r0, r0
+    assert r1 == "TrainingStopped: process 1: stopping, the main process failed (its log says why)", r1

@@ -102,8 +102,8 @@ def test_resume_from_a_prepared_data_set_is_bit_for_bit(prepared, tmp_path, monk
     args = ["train-vae", "--data", str(prepared), *VAE_ARGS, "--steps", "5", "--batch-size", "8", "--warmup", "1",
             "--sample-every", "100", "--save-every", "100"]
     assert cli([*args, "--out", str(tmp_path / "full")]) == 0
-    with monkeypatch.context() as m:  # Ctrl-C as step 2 is asked for: checkpoint after it, exit 130
-        m.setattr(runs, "prefetched", lambda get: _interrupt_at(2, training_common.prefetched(get)))
+    with monkeypatch.context() as m:  # Ctrl-C as step 2 is read (ahead): checkpoint at the step then done, exit 130
+        m.setattr(runs, "Prefetcher", lambda get, **kw: training_common.Prefetcher(_interrupt_at(2, get), **kw))
         assert cli([*args, "--out", str(tmp_path / "resumed")]) == 130
     assert cli([*args, "--out", str(tmp_path / "resumed")]) == 0
     full, resumed = (load_file(tmp_path / d / "vqvae.safetensors") for d in ("full", "resumed"))
@@ -132,9 +132,10 @@ def test_prefetching_delivers_the_same_batch_for_every_step():
     def get(step):
         calls.append(step)
         return step * 10
-    fetch = training_common.prefetched(get, depth=2)
-    assert [fetch(s) for s in (0, 1, 2, 5, 6)] == [0, 10, 20, 50, 60]
-    assert {0, 1, 2, 5, 6} <= set(calls)
+    with training_common.Prefetcher(get, depth=2, end=7) as fetch:
+        assert [fetch(s) for s in (0, 1, 2, 5, 6)] == [0, 10, 20, 50, 60]
+    assert {0, 1, 2, 5, 6} <= set(calls) and max(calls) == 6  # nothing read past the last step
+    assert fetch.pool._shutdown  # leaving the block stopped the thread
 
 
 def test_an_interrupted_token_cache_resumes_and_equals_an_uninterrupted_one(prepared, tmp_path):

@@ -139,21 +139,32 @@ def batch_indices(step: int, n: int, global_batch: int, seed: int, rank: int = 0
     return perm[i * global_batch:(i + 1) * global_batch][rank::world]
 
 
-def prefetched(get_batch: Callable[[int], Any], depth: int = 2) -> Callable[[int], Any]:
+class Prefetcher:
     """``get_batch`` with the next ``depth`` steps' batches read by a background thread while the current
     step trains (memory-mapped reads, decoding, augmentation), the loader's work overlapping the step's.
-    The batches are the same ones: ``get_batch`` is a function of the step alone."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="var-prefetch")
-    pending: dict[int, Future] = {}
+    The batches are the same ones: ``get_batch`` is a function of the step alone. Steps from ``end`` on are
+    never read ahead. A context manager: leaving it stops the thread and drops what it read ahead."""
 
-    def get(step: int):
-        for s in [s for s in pending if s < step]:  # not asked for (a repeated or skipped step)
-            pending.pop(s).cancel()
-        for s in range(step, step + depth + 1):
-            if s not in pending:
-                pending[s] = pool.submit(get_batch, s)
-        return pending.pop(step).result()
-    return get
+    def __init__(self, get_batch: Callable[[int], Any], depth: int = 2, end: int | None = None):
+        self.get_batch, self.depth, self.end = get_batch, depth, end
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="var-prefetch")
+        self.pending: dict[int, Future] = {}
+
+    def __call__(self, step: int) -> Any:
+        for s in [s for s in self.pending if s < step]:  # not asked for (a repeated or skipped step)
+            self.pending.pop(s).cancel()
+        last = step + self.depth if self.end is None else min(step + self.depth, self.end - 1)
+        for s in range(step, max(step, last) + 1):
+            if s not in self.pending:
+                self.pending[s] = self.pool.submit(self.get_batch, s)
+        return self.pending.pop(step).result()
+
+    def __enter__(self) -> "Prefetcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.pending.clear()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 def atomic_save(obj: Any, path: Path) -> None:
@@ -315,19 +326,34 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
                 if info.is_main:
                     append_metrics(out, last)
             if on_snapshot is not None and (done % schedule.sample_every == 0 or done == schedule.steps):
-                on_snapshot(done)
+                _on_main_process(lambda: on_snapshot(done), info)
             stopping = any_rank(stop.requested, info)
             if done % schedule.save_every == 0 or done == schedule.steps or stopping:
                 check_replicas_in_sync(trainer.modules, info)
                 states = gather_rng_states(info)
-                if info.is_main:
-                    _save(trainer, ckpt, states, done, saved_step)
+                _on_main_process(lambda: _save(trainer, ckpt, states, done, saved_step), info)
                 saved_step = done
                 if stopping:
                     if info.world > 1:
                         dist.barrier()  # every process waits for the checkpoint before any of them exits
                     raise Interrupted(stop.signum, done)
     return last
+
+
+def _on_main_process(work: Callable[[], None], info: DistInfo) -> None:
+    """Run ``work`` (writing files) on the main process alone. When it fails, every process stops: the
+    main one with its error, the others with :class:`TrainingStopped`; they would otherwise wait forever
+    for the main one at the next step's gradient exchange."""
+    error = None
+    if info.is_main:
+        try:
+            work()
+        except Exception as e:  # re-raised below, after the other processes have been told
+            error = e
+    if any_rank(error is not None, info):
+        if error is not None:
+            raise error
+        raise TrainingStopped(f"process {info.rank}: stopping, the main process failed (its log says why)")
 
 
 def _save(trainer, ckpt: Path, states: list[dict], step: int, saved_step: int | None) -> None:

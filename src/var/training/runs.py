@@ -24,7 +24,7 @@ from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
 from .common import (DistInfo, Schedule, append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size,
-                     prefetched, setup_distributed)
+                     Prefetcher, setup_distributed)
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
@@ -231,7 +231,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
         export_vqvae(model, out, ds.class_names, data)
 
     get = _batch_getter(ds.batch, len(ds), schedule, info, flip)
-    last = fit(trainer, schedule, out, info, prefetched(lambda s: get(s)[0]), on_snapshot=snapshot)
+    with Prefetcher(lambda s: get(s)[0], end=schedule.steps) as get_batch:
+        last = fit(trainer, schedule, out, info, get_batch, on_snapshot=snapshot)
     result = dict(last)
     if info.is_main:
         result.update(trainer.evaluate(held_x))
@@ -407,8 +408,8 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         trainer.pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}).save_pretrained(out)
         trainer.var.train()
 
-    last = fit(trainer, schedule, out, info, prefetched(_batch_getter(get_batch, len(ds), schedule, info, flip, margin)),
-               on_snapshot=snapshot)
+    with Prefetcher(_batch_getter(get_batch, len(ds), schedule, info, flip, margin), end=schedule.steps) as batches:
+        last = fit(trainer, schedule, out, info, batches, on_snapshot=snapshot)
     _finish(info)
     return dict(last)
 
