@@ -73,7 +73,9 @@ def test_report_fields_and_table(tmp_path):
     vae = VQVAE(VQVAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=48, patch_nums=(1, 2)))
     pipe = VARPipeline(vae, VAR(tiny_var_config()))
     settings = GenerationSettings(batch_size=2, top_k=5)
+    before = {k: v.clone() for k, v in pipe.var.state_dict().items()}
     report = benchmark_pipeline(pipe, "tiny", settings, repeats=1, train_batch_size=1)
+    assert all(torch.equal(v, before[k]) for k, v in pipe.var.state_dict().items())  # timed steps left no trace
     gen, train = report["generation"], report["training"]
     assert set(gen["seconds"]) == {"transformer", "decoder", "total"} == set(gen["share_of_ceiling"])
     assert gen["images_per_s"] > 0 and gen["flops"]["total"] > 0 and report["matmul_ceiling_gflops"] > 0

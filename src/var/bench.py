@@ -219,8 +219,10 @@ def time_generation(pipe: VARPipeline, s: GenerationSettings, repeats: int) -> d
 
 def time_training_step(pipe: VARPipeline, batch_size: int, repeats: int, dtype: torch.dtype = torch.float32) -> dict:
     """Median seconds of one training step of the transformer on random images: tokenize with the frozen
-    tokenizer, teacher-forced forward, cross-entropy, backward and an AdamW update."""
+    tokenizer, teacher-forced forward, cross-entropy, backward and an AdamW update. The transformer's weights
+    are put back afterwards (a copy is kept on the CPU meanwhile): timing does not change the model."""
     device, var, vqvae = pipe.device, pipe.var, pipe.vqvae
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in var.state_dict().items()}
     side, L = vqvae.config.image_size, var.config.seq_len
     images = torch.rand(batch_size, vqvae.config.in_channels, side, side, device=device) * 2 - 1
     labels = torch.arange(batch_size, device=device) % var.num_classes
@@ -251,6 +253,7 @@ def time_training_step(pipe: VARPipeline, batch_size: int, repeats: int, dtype: 
     finally:
         var.eval()
         opt.zero_grad(set_to_none=True)
+        var.load_state_dict(weights)
     med = {part: statistics.median(r[part] for r in runs) for part in ("tokenize", "step")}
     med["total"] = med["tokenize"] + med["step"]
     return {"seconds": med, "tokens_per_s": batch_size * L / med["total"], "images_per_s": batch_size / med["total"],
