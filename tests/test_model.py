@@ -351,3 +351,24 @@ def test_block_causal_attention_equals_the_masked_attention_and_its_gradients(sc
     k2[:, :, L - scale_lens[-1]:] += 5
     early = L - scale_lens[-1]
     torch.testing.assert_close(mask.attend(q, k2, v, 0.3)[:, :, :early], got[:, :, :early], atol=1e-6, rtol=1e-6)
+
+
+def test_generate_names_bad_edit_inputs():
+    pipe = small_pipe()
+    tokens = pipe.encode(torch.rand(2, 3, 8, 8))
+    masks = [torch.ones_like(t, dtype=torch.bool) for t in tokens]
+    labels = torch.tensor([0, 1])
+
+    def run(**kw):
+        return sample_generate(pipe.var, pipe.vqvae, labels, **kw)
+
+    with pytest.raises(ValueError, match="keep_tokens and keep_masks go together: got keep_masks alone"):
+        run(keep_masks=masks)
+    with pytest.raises(ValueError, match=r"expected 4 keep_masks \(one per scale\), got 3"):
+        run(keep_tokens=tokens, keep_masks=masks[:3])
+    with pytest.raises(ValueError, match=r"keep_masks\[2\] must have shape \(2, 9\), got \(2, 4\)"):
+        run(keep_tokens=tokens, keep_masks=[masks[0], masks[1], masks[1], masks[3]])
+    with pytest.raises(ValueError, match="keep_tokens hold 1 images, the labels 2"):
+        run(keep_tokens=[t[:1] for t in tokens], keep_masks=[m[:1] for m in masks])
+    _, kept = run(keep_tokens=tokens, keep_masks=masks)  # everything kept: the tokens come back unchanged
+    assert all(torch.equal(a, b) for a, b in zip(kept, tokens))

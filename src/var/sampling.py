@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from .cpu.streams import Streams, stream_count
+from .quantizer import MultiScaleQuantizer
 from .transformer import VAR, KVCache
 from .vqvae import VQVAE
 
@@ -136,6 +137,7 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
     if scales != quant.scales:
         raise ValueError(f"transformer scales {var.patch_nums} differ from the tokenizer's {quant.patch_nums}")
     K, B = len(scales), label_B.shape[0]
+    _check_kept(keep_tokens, keep_masks, quant, B)
     guided = cfg != 0  # with cfg == 0 the null-class half would get weight 0: skip it
     labels = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
     n = labels.shape[0]
@@ -182,6 +184,24 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
             x_BlC = var.word_embed(next_map.flatten(2).transpose(1, 2)) + lvl_pos_1LC[:, cur:cur + l_next]
             x_nlC = torch.cat((x_BlC, x_BlC)) if guided else x_BlC
     return f_hat, tokens
+
+
+def _check_kept(keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
+                quant: MultiScaleQuantizer, B: int) -> None:
+    """An edit's kept tokens and masks: both or neither, one (B, h_k * w_k) map each per scale."""
+    if (keep_tokens is None) != (keep_masks is None):
+        raise ValueError("keep_tokens and keep_masks go together: got "
+                         f"{'keep_tokens' if keep_masks is None else 'keep_masks'} alone")
+    if keep_tokens is None:
+        return
+    quant._check_indices(keep_tokens)
+    if keep_tokens[0].shape[0] != B:
+        raise ValueError(f"keep_tokens hold {keep_tokens[0].shape[0]} images, the labels {B}")
+    if len(keep_masks) != len(keep_tokens):
+        raise ValueError(f"expected {len(keep_tokens)} keep_masks (one per scale), got {len(keep_masks)}")
+    for k, (mask, (h, w)) in enumerate(zip(keep_masks, quant.scales)):
+        if tuple(mask.shape) != (B, h * w):
+            raise ValueError(f"keep_masks[{k}] must have shape ({B}, {h * w}), got {tuple(mask.shape)}")
 
 
 class _BatchStreams:
