@@ -149,6 +149,9 @@ def test_clear_errors():
         pipe.logits(tokens, [0, 1, 2])
     with pytest.raises(ValueError, match="unknown preset"):
         VARConfig.from_preset("huge")
+    other = VQVAE(VQVAEConfig(**{**pipe.vqvae.config.to_dict(), "vocab_size": 16}))
+    with pytest.raises(ValueError, match=r"the tokenizer \(vocabulary, latent channels, scales\) \(16, "):
+        VARPipeline(other, pipe.var)
 
 
 def test_presets_have_the_requested_sizes():

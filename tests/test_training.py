@@ -1,6 +1,7 @@
 """Training: exact resume, two processes training one model, dead-code recovery, bad data, NaN stop."""
 import json
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -492,3 +493,24 @@ def test_a_resume_keeps_what_the_run_trains_on(folder, vae_run, tmp_path, caplog
     assert train_var(moved, "3") == 0  # the same tokenizer from another folder
     assert train_var(out, "4") == 2
     assert f"the tokenizer {out} is not the one {tmp_path / 'var'} trains on (encoder." in caplog.text
+
+
+def test_train_epoch_steps_once_per_batch_and_averages_the_metrics(vae_run):
+    """The request's API: VARTrainer.train_epoch(loader) over batches of (images, labels) or (tokens, labels)."""
+    from var import VAR, VARConfig
+    from var.training.runs import VAR_BETAS, load_vqvae, make_optimizer
+    from var.training.trainers import VARTrainer
+
+    vqvae, _ = load_vqvae(vae_run)
+    torch.manual_seed(0)
+    var = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=2, depth=1, embed_dim=32, num_heads=2,
+                        patch_nums=(1, 2, 4, 8)))
+    trainer = VARTrainer(var, vqvae, make_optimizer(var, small_schedule(), VAR_BETAS))
+    images, labels = torch.rand(8, 3, 16, 16), torch.tensor([0, 1] * 4)
+    tokens = torch.cat(vqvae.img_to_indices(images[4:] * 2 - 1), dim=1)
+    before = [p.clone() for p in var.parameters()]
+    metrics = trainer.train_epoch([(images[:4], labels[:4]), (tokens, labels[4:])])
+    assert metrics["steps"] == 2 and trainer.step == 2 and math.isfinite(metrics["loss"]) and 0 <= metrics["acc"] <= 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, var.parameters()))
+    with pytest.raises(ValueError, match="the loader yielded no batch"):
+        trainer.train_epoch([])

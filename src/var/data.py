@@ -34,7 +34,11 @@ _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Parse an IDX file (optionally gzipped): magic 0x0000TTNN (type TT, NN dimensions), sizes, data."""
     path = Path(path)
-    raw = gzip.open(path, "rb").read() if path.suffix == ".gz" else path.read_bytes()
+    if path.suffix == ".gz":
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    else:
+        raw = path.read_bytes()
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_DTYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number {raw[:4].hex()})")
     ndim = raw[3]
@@ -91,7 +95,6 @@ class ImageArrayDataset(torch.utils.data.Dataset):
     labels: np.ndarray
     class_names: list[str] | None = None
     name: str = "images"
-    flip: bool = False
     skipped: list[str] = field(default_factory=list)
     rows: np.ndarray | None = None
     fingerprint: str | None = None
@@ -114,7 +117,7 @@ class ImageArrayDataset(torch.utils.data.Dataset):
 
     def subset(self, indices: np.ndarray) -> "ImageArrayDataset":
         """Items ``indices`` as a data set sharing this one's pixel array (no copy)."""
-        return ImageArrayDataset(self.images, self.labels[indices], self.class_names, self.name, self.flip,
+        return ImageArrayDataset(self.images, self.labels[indices], self.class_names, self.name,
                                  rows=self.image_rows(np.asarray(indices)), fingerprint=self.fingerprint)
 
     @property

@@ -87,14 +87,10 @@ class VARPipeline:
 
     def __init__(self, vqvae: VQVAE, var: VAR, class_names: Sequence[str] | None = None, pad: int = 0,
                  info: dict | None = None, sampling_defaults: dict | None = None):
-        if tuple(vqvae.patch_nums) != tuple(var.patch_nums):
-            raise ValueError(f"tokenizer scales {vqvae.patch_nums} and transformer scales {var.patch_nums} differ")
-        if (vqvae.config.vocab_size, vqvae.config.z_channels) != (var.config.vocab_size, var.config.latent_channels):
-            raise ValueError("tokenizer and transformer disagree on the vocabulary size or latent channels")
         if class_names is not None and len(class_names) != var.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model of {var.num_classes} classes")
+        var.pair_tokenizer(vqvae)  # checks that they fit; and var.generate(...) then finds its tokenizer
         self.vqvae, self.var = vqvae.eval(), var.eval()
-        var.pair_tokenizer(vqvae)  # so that var.generate(...) finds its tokenizer
         self.class_names = list(class_names) if class_names is not None else None
         self.pad = int(pad)
         self.info = dict(info or {})

@@ -162,6 +162,14 @@ class MultiScaleQuantizer(nn.Module):
             f_hat = r_BCHW if f_hat is None else f_hat + r_BCHW
         return f_hat
 
+    def split_sequence(self, tokens_BL: torch.Tensor) -> list[torch.Tensor]:
+        """A (B, L) token sequence, scales concatenated coarse to fine, as its K maps (B, h_k * w_k)."""
+        sizes = [h * w for h, w in self.scales]
+        if tokens_BL.ndim != 2 or tokens_BL.shape[1] != sum(sizes):
+            raise ValueError(f"a token sequence of this tokenizer is (B, L) with L = {sum(sizes)} tokens (scales "
+                             f"{self.patch_nums}), got shape {tuple(tokens_BL.shape)}")
+        return list(tokens_BL.split(sizes, dim=1))
+
     def _check_indices(self, indices: Sequence[torch.Tensor], allow_prefix: bool = False) -> None:
         if not allow_prefix and len(indices) != self.num_scales:
             raise ValueError(f"expected {self.num_scales} token maps (one per scale of {self.patch_nums}), "

@@ -107,15 +107,6 @@ def generate_sequence(var: VAR, batch_size: int, *, temperature: float, top_k: i
     return torch.cat(tokens, dim=1)
 
 
-def _split_scales(tokens_BL: torch.Tensor, quant: MultiScaleQuantizer) -> list[torch.Tensor]:
-    """A (B, L) sequence as its K maps (B, h_k * w_k)."""
-    sizes = [h * w for h, w in quant.scales]
-    if tokens_BL.shape[1] != sum(sizes):
-        raise ValueError(f"a token sequence of this tokenizer has L = {sum(sizes)} tokens (scales {quant.patch_nums}), "
-                         f"got shape {tuple(tokens_BL.shape)}")
-    return list(tokens_BL.split(sizes, dim=1))
-
-
 def _last_scale_latent(quant: MultiScaleQuantizer, tokens_Bhw: torch.Tensor) -> torch.Tensor:
     """The latent the last scale's map (B, h, w) adds on its own: the finest residual."""
     (h, w), V = quant.latent_hw, quant.vocab_size
@@ -140,4 +131,4 @@ def tokens_to_latent(vqvae: VQVAE, tokens: torch.Tensor | Sequence[torch.Tensor]
     if tokens.ndim != 2:
         raise ValueError(f"tokens must be (B, L), a list of per-scale maps, or the last scale's (B, h, w) map; "
                          f"got shape {tuple(tokens.shape)}")
-    return quant.indices_to_latent(_split_scales(tokens, quant))
+    return quant.indices_to_latent(quant.split_sequence(tokens))

@@ -258,8 +258,7 @@ class VARTrainer(_Trainer):
     def _split(self, tokens) -> list[torch.Tensor]:
         """Tokens as K maps from (B, L) or a list of maps."""
         if isinstance(tokens, torch.Tensor):
-            sizes = [h * w for h, w in self.var.scales]
-            return list(tokens.long().to(self.device).split(sizes, dim=1))
+            return self.vqvae.quantize.split_sequence(tokens.long().to(self.device))
         return [t.long().to(self.device) for t in tokens]
 
     def train_step(self, batch) -> dict:
