@@ -91,3 +91,15 @@ def test_report_fields_and_table(tmp_path):
 def test_bench_command_is_registered():
     args = build_parser().parse_args(["bench", "--config", "fashion-mnist", "--batch-size", "4", "--json", "x.json"])
     assert args.command == "bench" and args.batch_size == 4 and args.config == "fashion-mnist"
+
+
+def test_random_weights_for_timing_are_seeded_and_leave_the_callers_random_state_alone():
+    from var.bench import build_pipeline
+
+    torch.manual_seed(7)
+    expected_next = torch.rand(3)
+    torch.manual_seed(7)
+    a = build_pipeline("small", "cpu", seed=3)
+    assert torch.equal(torch.rand(3), expected_next)
+    b = build_pipeline("small", "cpu", seed=3)
+    assert torch.equal(a.var.head.weight, b.var.head.weight)

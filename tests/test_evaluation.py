@@ -212,3 +212,19 @@ def test_var_eval_says_plainly_when_fid_is_not_computed(tmp_path, monkeypatch, c
     assert json.loads(out_json.read_text())["inception"]["computed"] is False
     np.savez(tmp_path / "bad.npz", arr_0=arr.astype(np.float32))
     assert main(["eval", "--per-class", "0", "--npz", str(tmp_path / "bad.npz")]) == 2
+
+
+def test_classifier_training_is_seeded_and_leaves_the_callers_random_state_alone():
+    from var.evaluation import train_classifier
+
+    data = random_dataset(4, seed=0)
+    small = dict(epochs=1, batch_size=8, config=ClassifierConfig(widths=(8, 16), feature_dim=16))
+    torch.manual_seed(123)
+    expected_next = torch.rand(3)
+    torch.manual_seed(123)
+    a, record = train_classifier(data, seed=1, **small)
+    assert torch.equal(torch.rand(3), expected_next)  # as if it had not run
+    b, _ = train_classifier(data, seed=1, **small)
+    c, _ = train_classifier(data, seed=2, **small)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    assert not torch.equal(a.head.weight, c.head.weight) and record["seed"] == 1 and not a.training

@@ -129,14 +129,21 @@ def train_classifier(train: ImageArrayDataset, test: ImageArrayDataset | None = 
     (``flip``) are the only augmentation. Deterministic for a given seed and thread count.
 
     Returns the model (eval mode) and a record: epochs, seed, wall time and the test accuracy when
-    ``test`` is given.
+    ``test`` is given. The initial weights and dropout draw from ``seed``; the caller's random state is left
+    as it was.
     """
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     config = config or ClassifierConfig(image_size=train.images.shape[1], channels=train.channels,
                                         num_classes=train.num_classes, class_names=train.class_names)
-    torch.manual_seed(seed)
-    model = Classifier(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _train_classifier(Classifier(config), train, test, epochs, batch_size, lr, seed, flip)
+
+
+def _train_classifier(model: Classifier, train: ImageArrayDataset, test: ImageArrayDataset | None, epochs: int,
+                      batch_size: int, lr: float, seed: int, flip: bool) -> tuple[Classifier, dict]:
+    """The training loop of :func:`train_classifier`."""
     gen = torch.Generator().manual_seed(seed)
     steps_per_epoch = math.ceil(len(train) / batch_size)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
