@@ -42,9 +42,10 @@ CSS = (".var-pixels img, .var-pixels canvas { image-rendering: pixelated; }\n"
 
 
 def import_gradio():
-    """Gradio, with its analytics turned off before it is imported (it reads the setting on import)."""
-    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
-    os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+    """Gradio, with its analytics turned off before it is imported (it reads the setting on import), unless
+    the user's environment says otherwise."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     import gradio
 
     return gradio

@@ -20,9 +20,7 @@ def read_metrics(run_dir: Path) -> list[dict]:
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     """One panel per metric family: total loss, per-scale losses, accuracy or PSNR, learning rate."""
     try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # no pyplot: no backend chosen, nothing global changed
     except ImportError as e:
         raise ValueError("var plot needs matplotlib: pip install 'var[plot]'") from e
     rows = read_metrics(run_dir)
@@ -35,7 +33,8 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     if not panels:
         raise ValueError(f"{run_dir}/{METRICS} holds no metric to plot")
     _warn_if_too_short(run_dir, rows)
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 3.5), squeeze=False)
+    fig = Figure(figsize=(4.5 * len(panels), 3.5))
+    axes = fig.subplots(1, len(panels), squeeze=False)
     for ax, (title, ks) in zip(axes[0], panels):
         for k in ks:
             pts = [(r["step"], r[k]) for r in rows if k in r]
@@ -47,7 +46,6 @@ def plot_run(run_dir: Path, out: Path | None = None) -> Path:
     fig.tight_layout()
     out = Path(out) if out else Path(run_dir) / "loss.png"
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
 
 
