@@ -202,6 +202,27 @@ def test_config_disagreeing_with_the_weights_names_key_and_shapes(saved, tmp_pat
         VARPipeline.from_pretrained(folder)
 
 
+def test_a_tokenizer_folder_that_does_not_match_its_description_is_named(saved, tmp_path, caplog):
+    """`--vae` / `--finetune-decoder` / use_decoder read a tokenizer the way pipelines are read."""
+    from var.training.runs import export_vqvae, load_vqvae
+
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    export_vqvae(VARPipeline.from_pretrained(saved).vqvae, folder, NAMES, "data")
+    assert load_vqvae(folder)[0].config.vocab_size == 48
+    meta = json.loads((folder / "vqvae.json").read_text())
+    (folder / "vqvae.json").write_text(json.dumps({**meta, "vqvae": {**meta["vqvae"], "vocab_size": 32}}))
+    with pytest.raises(ValueError, match=r"vqvae.safetensors does not match .*vqvae.json: wrong shapes "
+                                         r"\['quantize.ema_vocab_hit_SV: file \(4, 48\) vs expected \(4, 32\)"):
+        load_vqvae(folder)
+    (folder / "vqvae.json").write_text(json.dumps({**meta, "format": "something-else"}))
+    with pytest.raises(ValueError, match=r"vqvae.json is not a var-vqvae config"):
+        load_vqvae(folder)
+    (folder / "vqvae.json").write_text("{")
+    assert cli(["train", "--vae", str(folder), "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    assert "vqvae.json is not valid JSON: " in one_error_line(caplog.text)
+
+
 def test_from_official_on_files_that_are_not_checkpoints(tmp_path):
     (tmp_path / "notes.pth").write_bytes(b"these are notes, not tensors\n" * 20)
     with pytest.raises(ValueError, match="notes.pth is not a PyTorch checkpoint / state dict"):

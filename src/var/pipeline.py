@@ -52,16 +52,17 @@ def _is_pipeline_folder(path: Path) -> bool:
         return False
 
 
-def _read_config(path: Path) -> dict:
-    """A pipeline's config.json, with errors that name the file (and the line of a JSON syntax error)."""
+def read_config(path: Path, fmt: str = "var-pipeline") -> dict:
+    """A saved model's JSON description (a pipeline's config.json, a tokenizer's vqvae.json), with errors
+    that name the file (and the line of a JSON syntax error); it must say ``"format": fmt``."""
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from e
     except UnicodeDecodeError as e:
         raise ValueError(f"{path} is not a text file: {e}") from e
-    if not isinstance(cfg, dict) or cfg.get("format") != "var-pipeline":
-        raise ValueError(f"{path} is not a VAR pipeline config (no \"format\": \"var-pipeline\")")
+    if not isinstance(cfg, dict) or cfg.get("format") != fmt:
+        raise ValueError(f"{path} is not a {fmt} config (no \"format\": \"{fmt}\")")
     return cfg
 
 
@@ -210,7 +211,7 @@ class VARPipeline:
             if path is None:
                 raise FileNotFoundError(f"{name_or_path!s} is neither a saved pipeline folder (no {CONFIG_NAME}) "
                                         f"nor a bundled model (bundled: {bundled_models() or 'none'})")
-        cfg = _read_config(path / CONFIG_NAME)
+        cfg = read_config(path / CONFIG_NAME)
         try:
             with torch.device("meta"):
                 vqvae, model = VQVAE(VQVAEConfig(**cfg["vqvae"])), VAR(VARConfig(**cfg["var"]))

@@ -41,21 +41,26 @@ def export_vqvae(vqvae: VQVAE, out: Path, class_names: list[str] | None, data: s
 
 def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
     """A tokenizer from a ``train-vae`` run folder (or a saved pipeline folder, or a bundled model's name)
-    and its metadata."""
-    from safetensors.torch import load_file
+    and its metadata; ValueError names a file that does not describe or match a tokenizer."""
+    from .. import official
+    from ..pipeline import CONFIG_NAME, bundled_folder, read_config
 
-    from ..pipeline import bundled_folder
     folder = Path(folder) if Path(folder).is_dir() else bundled_folder(folder) or Path(folder)
     if (folder / VQVAE_JSON).is_file():
-        meta = json.loads((folder / VQVAE_JSON).read_text())
-        cfg = VQVAEConfig(**meta["vqvae"])
-    elif (folder / "config.json").is_file():
-        meta = json.loads((folder / "config.json").read_text())
-        cfg = VQVAEConfig(**meta["vqvae"])
+        described_by = folder / VQVAE_JSON
+        meta = read_config(described_by, "var-vqvae")
+    elif (folder / CONFIG_NAME).is_file():
+        described_by = folder / CONFIG_NAME
+        meta = read_config(described_by)
     else:
         raise FileNotFoundError(f"{folder} holds no trained tokenizer ({VQVAE_JSON} from `var train-vae`)")
-    vqvae = VQVAE(cfg)
-    vqvae.load_state_dict(load_file(folder / VQVAE_WEIGHTS))
+    try:
+        with torch.device("meta"):
+            vqvae = VQVAE(VQVAEConfig(**meta["vqvae"]))
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{described_by} does not describe a tokenizer: {e}") from e
+    official.load_strict(vqvae, official.load_state_dict(folder / VQVAE_WEIGHTS),
+                         f"{folder / VQVAE_WEIGHTS} does not match {described_by}")
     return vqvae, meta
 
 
