@@ -1,4 +1,5 @@
 """The benchmark's non-timing logic: analytic FLOP counts and the report's fields."""
+import dataclasses
 import json
 
 import pytest
@@ -103,3 +104,17 @@ def test_random_weights_for_timing_are_seeded_and_leave_the_callers_random_state
     assert torch.equal(torch.rand(3), expected_next)
     b = build_pipeline("small", "cpu", seed=3)
     assert torch.equal(a.var.head.weight, b.var.head.weight)
+
+
+def test_flops_and_a_benchmark_of_a_non_square_model():
+    """Without attention every decoder layer is linear in the pixels: a 2x4 latent costs twice a 2x2 one."""
+    convs_only = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=48, using_sa=False,
+                      using_mid_sa=False)
+    wide, square = VQVAEConfig(patch_nums=((1, 2), (2, 4)), **convs_only), VQVAEConfig(patch_nums=(1, 2), **convs_only)
+    assert decoder_flops(wide, 3) == 2 * decoder_flops(square, 3)
+    torch.manual_seed(0)
+    var_cfg = dataclasses.replace(tiny_var_config(), patch_nums=wide.patch_nums)
+    report = benchmark_pipeline(VARPipeline(VQVAE(wide), VAR(var_cfg)), "wide", GenerationSettings(batch_size=2),
+                                repeats=1, train_batch_size=1)
+    assert report["model"]["image_size"] == "4x8" and report["training"]["tokens_per_s"] > 0
+    assert "(4x8 px" in format_table(report)

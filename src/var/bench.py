@@ -69,37 +69,38 @@ def build_pipeline(name: str, device: str | torch.device, seed: int = 0) -> VARP
 
 
 # -------------------------------------------------------------------------------------------- FLOPs
-def _conv(k: int, c_in: int, c_out: int, side: int) -> int:
-    return 2 * k * k * c_in * c_out * side * side
+def _conv(k: int, c_in: int, c_out: int, n: int) -> int:
+    """A k x k convolution over ``n`` output pixels."""
+    return 2 * k * k * c_in * c_out * n
 
 
-def _resnet_block(c_in: int, c_out: int, side: int) -> int:
-    shortcut = _conv(1, c_in, c_out, side) if c_in != c_out else 0
-    return _conv(3, c_in, c_out, side) + _conv(3, c_out, c_out, side) + shortcut
+def _resnet_block(c_in: int, c_out: int, n: int) -> int:
+    shortcut = _conv(1, c_in, c_out, n) if c_in != c_out else 0
+    return _conv(3, c_in, c_out, n) + _conv(3, c_out, c_out, n) + shortcut
 
 
-def _attn_block(c: int, side: int) -> int:
-    n = side * side
-    return _conv(1, c, 3 * c, side) + _conv(1, c, c, side) + 2 * (2 * n * n * c)
+def _attn_block(c: int, n: int) -> int:
+    return _conv(1, c, 3 * c, n) + _conv(1, c, c, n) + 2 * (2 * n * n * c)
 
 
 def decoder_flops(cfg: VQVAEConfig, batch: int) -> int:
     """FLOPs of decoding ``batch`` latents to images: post-quant conv and the decoder."""
-    side, levels = cfg.patch_nums[-1], len(cfg.ch_mult)
+    (h, w), levels = cfg.scales[-1], len(cfg.ch_mult)
+    n = h * w  # pixels at the current resolution: x4 at each 2x upsampling
     c = cfg.ch * cfg.ch_mult[-1]
-    total = _conv(3, cfg.z_channels, cfg.z_channels, side) + _conv(3, cfg.z_channels, c, side)
-    total += 2 * _resnet_block(c, c, side) + (_attn_block(c, side) if cfg.using_mid_sa else 0)
+    total = _conv(3, cfg.z_channels, cfg.z_channels, n) + _conv(3, cfg.z_channels, c, n)
+    total += 2 * _resnet_block(c, c, n) + (_attn_block(c, n) if cfg.using_mid_sa else 0)
     for i in reversed(range(levels)):
         c_out = cfg.ch * cfg.ch_mult[i]
         for _ in range(cfg.num_res_blocks + 1):
-            total += _resnet_block(c, c_out, side)
+            total += _resnet_block(c, c_out, n)
             c = c_out
             if cfg.using_sa and i == levels - 1:
-                total += _attn_block(c, side)
+                total += _attn_block(c, n)
         if i != 0:
-            side *= 2
-            total += _conv(3, c, c, side)  # nearest 2x upsampling, then a 3x3 conv
-    return batch * (total + _conv(3, c, cfg.in_channels, side))
+            n *= 4
+            total += _conv(3, c, c, n)  # nearest 2x upsampling, then a 3x3 conv
+    return batch * (total + _conv(3, c, cfg.in_channels, n))
 
 
 def transformer_flops(cfg: VARConfig, batch: int, guided: bool = True) -> int:
@@ -107,18 +108,18 @@ def transformer_flops(cfg: VARConfig, batch: int, guided: bool = True) -> int:
     word embedding and the tokenizer's per-scale phi conv. Guidance doubles the transformer's batch."""
     n = 2 * batch if guided else batch
     C, D, V, Cv = cfg.embed_dim, round(cfg.embed_dim * cfg.mlp_ratio), cfg.vocab_size, cfg.latent_channels
-    side = cfg.patch_nums[-1]
+    latent_pixels = cfg.scales[-1][0] * cfg.scales[-1][1]
     total = 2 * n * C * 6 * C * (1 if cfg.shared_aln else cfg.depth)  # AdaLN modulations, once per call
     seen = 0
-    for k, p in enumerate(cfg.patch_nums):
-        l = p * p
+    for k, (h, w) in enumerate(cfg.scales):
+        l = h * w
         seen += l
         linear = 2 * n * l * (C * 3 * C + C * C + C * D + D * C)
         attention = 2 * (2 * n * l * seen * C)  # scores and weighted values over the cached prefix
         total += cfg.depth * (linear + attention)
         total += 2 * n * C * 2 * C + 2 * n * l * C * V  # head AdaLN and head
         total += 2 * batch * l * Cv * C if k else 0  # word embedding of the scale's input
-        total += batch * _conv(3, Cv, Cv, side)  # phi conv on the full-size latent
+        total += batch * _conv(3, Cv, Cv, latent_pixels)  # phi conv on the full-size latent
     return total
 
 
@@ -225,8 +226,8 @@ def time_training_step(pipe: VARPipeline, batch_size: int, repeats: int, dtype: 
     are put back afterwards (a copy is kept on the CPU meanwhile): timing does not change the model."""
     device, var, vqvae = pipe.device, pipe.var, pipe.vqvae
     weights = {k: v.detach().to("cpu", copy=True) for k, v in var.state_dict().items()}
-    side, L = vqvae.config.image_size, var.config.seq_len
-    images = torch.rand(batch_size, vqvae.config.in_channels, side, side, device=device) * 2 - 1
+    (H, W), L = vqvae.config.image_hw, var.config.seq_len
+    images = torch.rand(batch_size, vqvae.config.in_channels, H, W, device=device) * 2 - 1
     labels = torch.arange(batch_size, device=device) % var.num_classes
     opt = adamw(var.parameters(), lr=1e-4)  # as var train's optimizer: fused where it can be
 
@@ -294,7 +295,7 @@ def benchmark_pipeline(pipe: VARPipeline, name: str, settings: GenerationSetting
     achieved = {part: flops[part] / gen["seconds"][part] / 1e9 for part in flops}
     report = {
         "config": name, "device": str(device), "machine": machine_info(),
-        "model": {"image_size": vae_cfg.image_size, "patch_nums": list(var_cfg.patch_nums), "depth": var_cfg.depth,
+        "model": {"image_size": "x".join(map(str, vae_cfg.image_hw)), "patch_nums": list(var_cfg.patch_nums), "depth": var_cfg.depth,
                   "embed_dim": var_cfg.embed_dim, "vocab_size": var_cfg.vocab_size,
                   "transformer_params": sum(p.numel() for p in pipe.var.parameters()),
                   "tokenizer_params": sum(p.numel() for p in pipe.vqvae.parameters()),
