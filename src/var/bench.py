@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from .pipeline import VARPipeline
-from .precision import autocast, dtype_name
+from .precision import autocast, default_device, dtype_name
 from .sampling import generate
 from .training.runs import adamw
 from .transformer import PRESETS, VAR, VARConfig
@@ -273,7 +273,7 @@ def compile_pipeline(pipe: VARPipeline) -> None:
 def run_benchmark(config: str = "d16", device: str | None = None, settings: GenerationSettings | None = None,
                   repeats: int = 3, train_batch_size: int | None = None, compile: bool = False) -> dict:
     """All measurements for a named config (see :data:`CONFIGS`) on ``device`` (default: CUDA if present)."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = torch.device(device or default_device())
     pipe = build_pipeline(config, device)
     if compile:
         compile_pipeline(pipe)

@@ -22,6 +22,11 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 PIPELINE_DTYPES = ("fp32", "bf16")
 
 
+def default_device() -> str:
+    """Where models run when no device is given: the GPU when there is one, else the CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_dtype(value: str | torch.dtype, choices: tuple[str, ...] = tuple(DTYPES)) -> torch.dtype:
     """A dtype given by name (``"bf16"``) or as a ``torch.dtype``, checked against ``choices``."""
     allowed = {DTYPES[name]: name for name in choices}

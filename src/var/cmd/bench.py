@@ -9,7 +9,8 @@ from pathlib import Path
 import torch
 
 from .. import bench, precision
-from .common import add_command, add_device_arg, default_device
+from ..precision import default_device
+from .common import add_command, add_device_arg
 
 log = logging.getLogger("var")
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..pipeline import VARPipeline, bundled_models
-from ..precision import PIPELINE_DTYPES
+from ..precision import PIPELINE_DTYPES, default_device
 from ..sampling import check_sampling_options
 
 log = logging.getLogger("var")
@@ -31,10 +31,6 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 def add_command(sub, name: str, summary: str) -> argparse.ArgumentParser:
     """A subcommand whose ``--help`` opens with ``summary``, the line ``var --help`` lists."""
     return sub.add_parser(name, help=summary, description=summary, formatter_class=HelpFormatter)
-
-
-def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:

@@ -14,7 +14,8 @@ import torch
 from ..data import ImageArrayDataset, fashion_mnist_dataset
 from ..evaluation import evaluate_pipeline, load_classifier, save_classifier, train_classifier
 from ..inception import InceptionUnavailable, inception_metrics, load_npz_images
-from .common import add_command, add_model_args, default_device, load_pipeline
+from ..precision import default_device
+from .common import add_command, add_model_args, load_pipeline
 
 log = logging.getLogger("var")
 

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..precision import default_device
+
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
@@ -107,7 +109,7 @@ class DistInfo:
 def setup_distributed(device: str | None = None) -> DistInfo:
     """Join the process group when launched by torchrun (WORLD_SIZE > 1): NCCL on GPUs, gloo on CPUs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    want = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    want = device or default_device()
     if world == 1:
         return DistInfo(0, 1, torch.device(want))
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
