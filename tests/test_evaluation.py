@@ -66,8 +66,10 @@ def test_psnr_over_a_region_ignores_the_rest():
     assert psnr(a, b, where=1 - top) == pytest.approx(100.0)
     per_image = torch.stack([top, 1 - top])[:, None]   # image 0: the top, image 1: the bottom
     assert psnr(a, b, where=per_image) == pytest.approx(60.0, abs=1e-3)
-    with pytest.raises(ValueError, match="selects no pixel"):
+    with pytest.raises(ValueError, match=r"selects no pixel of image\(s\) \[0, 1\]"):
         psnr(a, b, where=torch.zeros(4, 4))
+    with pytest.raises(ValueError, match=r"selects no pixel of image\(s\) \[1\]"):
+        psnr(a, b, where=torch.stack([top, torch.zeros(4, 4)])[:, None])
     with pytest.raises(ValueError, match=r"`where` must be"):
         psnr(a, b, where=torch.ones(3, 3))
 

@@ -258,7 +258,8 @@ def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) ->
         w_B1HW = w.expand(a.shape[0], 1, *a.shape[-2:])
         count_B = w_B1HW.flatten(1).sum(1) * a.shape[1]
         if bool((count_B == 0).any()):
-            raise ValueError("psnr's `where` selects no pixel of some image")
+            empty = torch.nonzero(count_B == 0).flatten().tolist()
+            raise ValueError(f"psnr's `where` selects no pixel of image(s) {empty[:10]}")
         mse_B = (sq_BCHW * w_B1HW).flatten(1).sum(1) / count_B
     return float((-10 * torch.log10(mse_B.clamp_min(1e-10))).mean())
 

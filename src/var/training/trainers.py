@@ -140,7 +140,8 @@ class VQVAETrainer(_Trainer):
             modules["ema"] = self.ema
         if adv_weight > 0:
             if disc is None or disc_optimizer is None:
-                raise ValueError("adv_weight > 0 needs a discriminator and its optimizer")
+                raise ValueError(f"adv_weight={adv_weight} needs a discriminator and its optimizer (disc=, "
+                                 "disc_optimizer=); adv_weight=0 trains without the GAN loss")
             modules["disc"], optimizers["disc"] = disc, disc_optimizer
         super().__init__(modules, optimizers, device, grad_clip, amp)
         self.vqvae, self.model, self.disc, self.disc_model = vqvae, ddp_model or vqvae, disc, ddp_disc or disc
