@@ -144,6 +144,7 @@ class ImageArrayDataset(torch.utils.data.Dataset):
 
 
 def fashion_mnist_dataset(root: str | os.PathLike | None = None, split: str = "train") -> ImageArrayDataset:
+    """Fashion-MNIST's ``split`` ("train" or "test") from its IDX files, with the class names."""
     from .recipes import FASHION_MNIST_CLASSES
     images, labels = load_fashion_mnist(root, split)
     return ImageArrayDataset(images, labels, list(FASHION_MNIST_CLASSES), name=f"fashion-mnist-{split}")

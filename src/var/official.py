@@ -93,6 +93,7 @@ def patch_nums_from_lvl(lvl_1L: torch.Tensor) -> tuple[int, ...]:
 
 
 def vqvae_config_from_state_dict(sd: StateDict, patch_nums: tuple[int, ...]) -> VQVAEConfig:
+    """The tokenizer configuration a (released) state dict implies: widths, levels and codebook from its shapes."""
     w_in = _need(sd, "encoder.conv_in.weight", "VQ-VAE")
     ch, in_channels = w_in.shape[0], w_in.shape[1]
     levels = _indices(sd, r"encoder\.down\.(\d+)\.")

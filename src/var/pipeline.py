@@ -31,6 +31,8 @@ CONFIG_NAME, VQVAE_WEIGHTS, VAR_WEIGHTS = "config.json", "vqvae.safetensors", "v
 FORMAT_VERSION = 1
 # The reference's settings (its FID settings); a saved model may recommend others (``sampling_defaults``).
 REFERENCE_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0}
+# Classes as a pipeline takes them: an id, a class name, a sequence of either, or an integer tensor.
+ClassLabels = int | str | Sequence[int | str] | torch.Tensor
 # RGB to grey as Pillow's "L" mode does it (ITU-R 601-2 luma), shaped to weigh (B, 3, H, W) images.
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
@@ -162,6 +164,7 @@ class VARPipeline:
         return precision.autocast(self.device, self._compute_dtype)
 
     def to(self, device: str | torch.device) -> "VARPipeline":
+        """Move both models to ``device`` and redo the per-device preparation (packing, Winograd, dtype)."""
         self.vqvae.to(device)
         self.var.to(device)
         self._prepare_for_device()
@@ -277,7 +280,7 @@ class VARPipeline:
         check_sampling_options(**options)
         return options
 
-    def class_ids(self, class_labels, allow_null: bool = False) -> torch.Tensor:
+    def class_ids(self, class_labels: ClassLabels, allow_null: bool = False) -> torch.Tensor:
         """Class labels as a 1-D LongTensor: ids (ints, an integer tensor) or this model's class names
         (matched case-insensitively), alone or in a sequence. ValueError names a bad or unknown label.
         ``allow_null`` also accepts the null class's id, ``num_classes`` (what generation takes)."""
@@ -311,7 +314,8 @@ class VARPipeline:
         return int(label)
 
 
-    def _labels(self, class_labels, num_samples: int | None, generator: torch.Generator | None) -> torch.Tensor:
+    def _labels(self, class_labels: ClassLabels | None, num_samples: int | None,
+                generator: torch.Generator | None) -> torch.Tensor:
         if class_labels is None:
             n = 1 if num_samples is None else num_samples
             if isinstance(n, bool) or not isinstance(n, Integral) or n < 1:
@@ -322,7 +326,7 @@ class VARPipeline:
             raise ValueError(f"num_samples={num_samples} but {labels.numel()} class labels were given")
         return labels
 
-    def _edit_labels(self, class_labels, n: int) -> torch.Tensor:
+    def _edit_labels(self, class_labels: ClassLabels | None, n: int) -> torch.Tensor:
         """Labels of n edited images: the null class when none is given, one label for all, or n labels."""
         if class_labels is None:
             return torch.full((n,), self.num_classes, dtype=torch.long, device=self.device)
@@ -395,7 +399,7 @@ class VARPipeline:
         return [self._to_user_images(x) for x in stages]
 
     @torch.no_grad()
-    def logits(self, tokens: Sequence[torch.Tensor], class_labels) -> torch.Tensor:
+    def logits(self, tokens: Sequence[torch.Tensor], class_labels: ClassLabels) -> torch.Tensor:
         """Teacher-forced logits (B, L, V) of the transformer for these tokens; no label is dropped."""
         tokens = [t.to(self.device) for t in tokens]
         labels = self._labels(class_labels, None, None)
@@ -405,9 +409,10 @@ class VARPipeline:
         with self._autocast():
             return self.var(labels, self.vqvae.quantize.teacher_forcing_input(tokens))
 
-    def __call__(self, class_labels=None, num_samples: int | None = None, cfg: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, temperature: float | None = None,
-                 smooth: bool = False, seed: int | None = None, batch_size: int | None = None, progress: bool = False,
+    def __call__(self, class_labels: ClassLabels | None = None, num_samples: int | None = None,
+                 cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                 temperature: float | None = None, smooth: bool = False, seed: int | None = None,
+                 batch_size: int | None = None, progress: bool = False,
                  on_scale: Callable[[int], None] | None = None) -> VAROutput:
         """Generate images of ``class_labels`` (ids or class names such as ``["Dress"]``; or ``num_samples``
         of uniformly drawn classes; the id ``num_classes`` is the null class: unconditional).
@@ -424,8 +429,9 @@ class VARPipeline:
                                       on_scale=on_scale,
                                       **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
-    def inpaint(self, images: torch.Tensor, mask, class_labels=None, *, cfg: float | None = None,
-                top_k: int | None = None, top_p: float | None = None, temperature: float | None = None, smooth: bool = False, seed: int | None = None,
+    def inpaint(self, images: torch.Tensor, mask, class_labels: ClassLabels | None = None, *,
+                cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                temperature: float | None = None, smooth: bool = False, seed: int | None = None,
                 batch_size: int | None = None, progress: bool = False,
                 on_scale: Callable[[int], None] | None = None) -> VAROutput:
         """Regenerate the masked part of ``images`` (B, channels, H, W) in [0, 1] and keep the rest.
@@ -446,8 +452,9 @@ class VARPipeline:
                           on_scale=on_scale,
                           **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
-    def vary(self, images: torch.Tensor, keep_scales: int, class_labels=None, *, cfg: float | None = None,
-             top_k: int | None = None, top_p: float | None = None, temperature: float | None = None, smooth: bool = False, seed: int | None = None,
+    def vary(self, images: torch.Tensor, keep_scales: int, class_labels: ClassLabels | None = None, *,
+             cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
+             temperature: float | None = None, smooth: bool = False, seed: int | None = None,
              batch_size: int | None = None, progress: bool = False,
              on_scale: Callable[[int], None] | None = None) -> VAROutput:
         """Variations of ``images``: keep their first ``keep_scales`` token maps and regenerate the finer ones.
@@ -461,8 +468,8 @@ class VARPipeline:
                           on_scale=on_scale,
                           **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
-    def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels, seed: int | None,
-              batch_size: int | None, progress: bool, **sampling) -> VAROutput:
+    def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels: ClassLabels | None,
+              seed: int | None, batch_size: int | None, progress: bool, **sampling) -> VAROutput:
         """Generate with ``tokens`` teacher-forced where ``keep_masks`` say so (shared by the edits)."""
         generator = make_generator(seed, self.device)
         labels = self._edit_labels(class_labels, tokens[0].shape[0])

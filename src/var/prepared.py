@@ -39,10 +39,12 @@ CHUNK = 256  # files per worker task: the unit of progress and of resuming
 
 
 def is_prepared(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``var prepare-data`` (it holds the manifest)."""
     return (Path(path) / MANIFEST).is_file()
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of a prepared data set; ValueError when the file is not one."""
     manifest = json.loads((Path(path) / MANIFEST).read_text())
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}/{MANIFEST} is not a var prepare-data manifest (format {manifest.get('format')!r}, "

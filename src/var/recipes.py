@@ -11,6 +11,7 @@ FASHION_MNIST_PATCH_NUMS = (1, 2, 3, 4, 5, 7)
 
 
 def fashion_mnist_configs() -> tuple[VQVAEConfig, VARConfig, list[str]]:
+    """The bundled model's tokenizer and transformer configurations, and its class names."""
     vae = VQVAEConfig(in_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16, vocab_size=4096,
                       patch_nums=FASHION_MNIST_PATCH_NUMS, share_quant_resi=4, using_sa=False, using_mid_sa=True)
     var = VARConfig(vocab_size=4096, latent_channels=16, num_classes=10, depth=8, embed_dim=224, num_heads=7,

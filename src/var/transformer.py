@@ -67,6 +67,7 @@ class VARConfig:
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "VARConfig":
+        """The configuration of a named preset (:data:`PRESETS`), with ``overrides`` applied."""
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
         kw = dict(PRESETS[name])
@@ -352,6 +353,7 @@ class VAR(nn.Module):
                 m.unpack()
 
     def check_labels(self, labels: torch.Tensor, allow_null: bool = False) -> None:
+        """ValueError unless ``labels`` is a 1-D tensor of class ids (and the null class if ``allow_null``)."""
         hi = self.num_classes + (1 if allow_null else 0)
         if labels.ndim != 1:
             raise ValueError(f"class labels must be a 1-D tensor, got shape {tuple(labels.shape)}")
@@ -377,6 +379,7 @@ class VAR(nn.Module):
         return x_BLC
 
     def logits_from_hidden(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
+        """The head's float32 logits (B, L, V) from the last block's output, AdaLN-modulated by the class."""
         return self.head(self.head_nm(x_BLC, cond_BC)).float()
 
     # ------------------------------------------------------------------------------- forward

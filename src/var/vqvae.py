@@ -306,6 +306,7 @@ class VQVAE(nn.Module):
         return None
 
     def check_images(self, img_BCHW: torch.Tensor) -> None:
+        """ValueError unless ``img_BCHW`` is a (B, in_channels, H, W) batch of this tokenizer's image size."""
         cfg = self.config
         if img_BCHW.ndim != 4 or img_BCHW.shape[1] != cfg.in_channels:
             raise ValueError(f"expected images of shape (B, {cfg.in_channels}, H, W), got {tuple(img_BCHW.shape)}")
@@ -316,6 +317,7 @@ class VQVAE(nn.Module):
                              f"(last scale {h}x{w} x {cfg.downsample}x down-sampling)")
 
     def encode_latent(self, img_BCHW: torch.Tensor) -> torch.Tensor:
+        """Images in [-1, 1] to the continuous latent f (B, Cvae, h_K, w_K), before quantization."""
         self.check_images(img_BCHW)
         return self.quant_conv(self.encoder(img_BCHW))
 
@@ -330,6 +332,7 @@ class VQVAE(nn.Module):
         return self.quantize.latent_to_indices(self.encode_latent(img_BCHW))
 
     def indices_to_img(self, indices: Sequence[torch.Tensor]) -> torch.Tensor:
+        """K index maps (B, h_k * w_k) to images in [-1, 1]."""
         return self.decode_latent(self.quantize.indices_to_latent(indices))
 
     @torch.no_grad()

@@ -72,6 +72,8 @@ def random_placeholder() -> VARPipeline:
 
 
 def load_pipeline(args: argparse.Namespace) -> VARPipeline:
+    """The pipeline a command's model options name (a folder, a bundled model or the released checkpoints),
+    on its device and in its dtype."""
     if args.official:
         missing = [path for path in args.official if not Path(path).is_file()]
         if missing:

@@ -124,6 +124,7 @@ def setup_distributed(device: str | None = None) -> DistInfo:
 
 
 def local_batch_size(global_batch: int, world: int) -> int:
+    """Each process's share of the global batch; ValueError when it does not divide evenly."""
     if global_batch % world:
         raise ValueError(f"--batch-size {global_batch} is not divisible by the {world} processes")
     return global_batch // world
@@ -256,6 +257,7 @@ class StopRequest:
 
 
 def append_metrics(out: Path, record: dict) -> None:
+    """Append one JSON line to the run's metrics.jsonl."""
     with open(out / METRICS, "a") as f:
         f.write(json.dumps(record) + "\n")
 

@@ -11,6 +11,7 @@ log = logging.getLogger(__name__)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
+    """The records of a run folder's metrics.jsonl, one dict per logged step."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run folder?")

@@ -156,6 +156,7 @@ class VQVAETrainer(_Trainer):
         return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0, 1e4).detach()
 
     def train_step(self, batch) -> dict:
+        """One optimizer step on images in [0, 1] (or (images, labels)); returns the step's metrics."""
         images01 = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = images01.to(self.device) * 2 - 1
         self.vqvae.train()
@@ -306,6 +307,7 @@ class VARTrainer(_Trainer):
         return {k: v / n for k, v in sums.items()} | {"steps": n}
 
     def sampling_model(self) -> VAR:
+        """The weights samples are drawn with: the EMA copy when kept, else the trained model."""
         return self.ema if self.ema is not None else self.var
 
     def pipeline(self, class_names: Sequence[str] | None = None, pad: int = 0, info: dict | None = None) -> VARPipeline:
