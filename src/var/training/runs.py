@@ -23,8 +23,8 @@ from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, split_holdout
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import (DistInfo, Schedule, append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size,
-                     Prefetcher, setup_distributed)
+from .common import (DistInfo, Prefetcher, Schedule, append_metrics, batch_indices, fit, load_checkpoint_file,
+                     local_batch_size, setup_distributed)
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
