@@ -62,8 +62,8 @@ def build_pipeline(name: str, device: str | torch.device, seed: int = 0) -> VARP
             log.info("no bundled fashion-mnist model: timing random weights of the same geometry")
     vae_cfg, var_cfg = model_configs(name)
     device = torch.device(device)
-    accelerator = [] if device.type == "cpu" else [device.index or 0]  # its random state is forked too
-    with torch.random.fork_rng(devices=accelerator, device_type=device.type if accelerator else "cuda"), device:
+    on_device = [] if device.type == "cpu" else [device.index or 0]  # the CPU's state is always forked
+    with torch.random.fork_rng(devices=on_device, device_type=device.type), device:
         torch.manual_seed(seed)  # random weights of a seed, the caller's random state left as it was
         return VARPipeline(VQVAE(vae_cfg), VAR(var_cfg), info={"source": "random"})
 

@@ -154,7 +154,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def indices_to_latent(self, indices: Sequence[torch.Tensor], upto: int | None = None) -> torch.Tensor:
         """Sum of the first ``upto`` scales' contributions (all by default): f_hat, (B, C, H, W)."""
-        self._check_indices(indices, allow_prefix=upto is not None)
+        self.check_indices(indices, allow_prefix=upto is not None)
         n = len(indices) if upto is None else upto
         f_hat = None
         for k in range(n):
@@ -170,7 +170,9 @@ class MultiScaleQuantizer(nn.Module):
                              f"{self.patch_nums}), got shape {tuple(tokens_BL.shape)}")
         return list(tokens_BL.split(sizes, dim=1))
 
-    def _check_indices(self, indices: Sequence[torch.Tensor], allow_prefix: bool = False) -> None:
+    def check_indices(self, indices: Sequence[torch.Tensor], allow_prefix: bool = False) -> None:
+        """ValueError unless ``indices`` are K (or, with ``allow_prefix``, the first k) maps (B, h_k * w_k)
+        of ids in [0, vocab_size)."""
         if not allow_prefix and len(indices) != self.num_scales:
             raise ValueError(f"expected {self.num_scales} token maps (one per scale of {self.patch_nums}), "
                              f"got {len(indices)}")
@@ -187,7 +189,7 @@ class MultiScaleQuantizer(nn.Module):
 
         Entry k is ``area(f_hat after scales 1..k, (h_{k+1}, w_{k+1}))``, flattened row-major.
         """
-        self._check_indices(indices)
+        self.check_indices(indices)
         B = indices[0].shape[0]
         f_hat = torch.zeros(B, self.channels, *self.latent_hw, device=self.embedding.weight.device)
         inputs = []

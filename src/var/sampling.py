@@ -194,7 +194,7 @@ def _check_kept(keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence
                          f"{'keep_tokens' if keep_masks is None else 'keep_masks'} alone")
     if keep_tokens is None:
         return
-    quant._check_indices(keep_tokens)
+    quant.check_indices(keep_tokens)
     if keep_tokens[0].shape[0] != B:
         raise ValueError(f"keep_tokens hold {keep_tokens[0].shape[0]} images, the labels {B}")
     if len(keep_masks) != len(keep_tokens):
