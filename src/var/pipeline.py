@@ -68,6 +68,20 @@ def read_config(path: Path, fmt: str = "var-pipeline") -> dict:
     return cfg
 
 
+def load_module(build: Callable[[], torch.nn.Module], weights: Path, described_by: Path,
+                what: str) -> torch.nn.Module:
+    """``build()`` (a model of the configuration in ``described_by``) made on the meta device, then the
+    ``weights`` file loaded into it; ValueError names a configuration that is not ``what`` and weights that do
+    not match it."""
+    try:
+        with torch.device("meta"):
+            module = build()
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"{described_by} does not describe {what}: {e}") from e
+    official.load_strict(module, official.load_state_dict(weights), f"{weights} does not match {described_by}")
+    return module
+
+
 def bundled_folder(name: str | os.PathLike) -> Path | None:
     """The folder of the bundled model called ``name``, or None when ``name`` names none (a path does not)."""
     folder = BUNDLED_DIR / str(name)
@@ -215,14 +229,10 @@ class VARPipeline:
                 raise FileNotFoundError(f"{name_or_path!s} is neither a saved pipeline folder (no {CONFIG_NAME}) "
                                         f"nor a bundled model (bundled: {bundled_models() or 'none'})")
         cfg = read_config(path / CONFIG_NAME)
-        try:
-            with torch.device("meta"):
-                vqvae, model = VQVAE(VQVAEConfig(**cfg["vqvae"])), VAR(VARConfig(**cfg["var"]))
-        except (KeyError, TypeError) as e:
-            raise ValueError(f"{path / CONFIG_NAME} does not describe a VAR pipeline: {e}") from e
-        for module, name in ((vqvae, VQVAE_WEIGHTS), (model, VAR_WEIGHTS)):
-            official.load_strict(module, official.load_state_dict(path / name),
-                                 f"{path / name} does not match {path / CONFIG_NAME}")
+        vqvae = load_module(lambda: VQVAE(VQVAEConfig(**cfg["vqvae"])), path / VQVAE_WEIGHTS, path / CONFIG_NAME,
+                            "a VAR pipeline")
+        model = load_module(lambda: VAR(VARConfig(**cfg["var"])), path / VAR_WEIGHTS, path / CONFIG_NAME,
+                            "a VAR pipeline")
         pipe = cls(vqvae, model, class_names=cfg.get("class_names"), pad=cfg.get("pad", 0), info=cfg.get("info"),
                    sampling_defaults=cfg.get("sampling_defaults"))
         return pipe._place(device, dtype, force_dtype)

@@ -42,8 +42,7 @@ def export_vqvae(vqvae: VQVAE, out: Path, class_names: list[str] | None, data: s
 def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
     """A tokenizer from a ``train-vae`` run folder (or a saved pipeline folder, or a bundled model's name)
     and its metadata; ValueError names a file that does not describe or match a tokenizer."""
-    from .. import official
-    from ..pipeline import CONFIG_NAME, bundled_folder, read_config
+    from ..pipeline import CONFIG_NAME, bundled_folder, load_module, read_config
 
     folder = Path(folder) if Path(folder).is_dir() else bundled_folder(folder) or Path(folder)
     if (folder / VQVAE_JSON).is_file():
@@ -54,13 +53,8 @@ def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
         meta = read_config(described_by)
     else:
         raise FileNotFoundError(f"{folder} holds no trained tokenizer ({VQVAE_JSON} from `var train-vae`)")
-    try:
-        with torch.device("meta"):
-            vqvae = VQVAE(VQVAEConfig(**meta["vqvae"]))
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{described_by} does not describe a tokenizer: {e}") from e
-    official.load_strict(vqvae, official.load_state_dict(folder / VQVAE_WEIGHTS),
-                         f"{folder / VQVAE_WEIGHTS} does not match {described_by}")
+    vqvae = load_module(lambda: VQVAE(VQVAEConfig(**meta["vqvae"])), folder / VQVAE_WEIGHTS, described_by,
+                        "a tokenizer")
     return vqvae, meta
 
 
