@@ -514,3 +514,30 @@ def test_train_epoch_steps_once_per_batch_and_averages_the_metrics(vae_run):
     assert any(not torch.equal(a, b) for a, b in zip(before, var.parameters()))
     with pytest.raises(ValueError, match="the loader yielded no batch"):
         trainer.train_epoch([])
+
+
+@pytest.mark.parametrize("ema", [None, 0.9])
+def test_samples_during_training_leave_no_packed_weights_behind(vae_run, ema):
+    """A snapshot's pipeline packs the sampled weights for fast CPU inference; the copy (the model's size
+    again) must go when the snapshot is done, and the trained model must be back in training mode."""
+    from var import VAR, VARConfig
+    from var.cpu.packed_linear import PackedLinear, packing_available
+    from var.training.runs import VAR_BETAS, load_vqvae, make_optimizer
+    from var.training.trainers import VARTrainer
+
+    if not packing_available():
+        pytest.skip("this PyTorch build has no oneDNN packed linear layers")
+    vqvae, _ = load_vqvae(vae_run)
+    torch.manual_seed(0)
+    var = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=2, depth=1, embed_dim=32, num_heads=2,
+                        patch_nums=(1, 2, 4, 8)))
+    trainer = VARTrainer(var, vqvae, make_optimizer(var, small_schedule(), VAR_BETAS), ema_decay=ema)
+    sampled = trainer.sampling_model()
+    linears = [m for m in sampled.modules() if isinstance(m, PackedLinear)]
+    with trainer.sampling_pipeline() as pipe:
+        assert all(m.packed for m in linears)  # the pipeline's CPU preparation did pack them
+        images = pipe(class_labels=[0, 1], seed=0).images
+    assert not any(m.packed for m in linears) and var.training
+    # generate_samples goes through the same block, and gives the same images
+    assert torch.equal(trainer.generate_samples(2, seed=0).images, images)
+    assert not any(m.packed for m in linears) and var.training

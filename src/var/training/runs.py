@@ -399,13 +399,13 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     def snapshot(step: int) -> None:
         if not info.is_main:
             return
-        out_s = trainer.generate_samples(samples_per_class * ds.num_classes,
-                                         class_labels=np.repeat(np.arange(ds.num_classes), samples_per_class).tolist())
+        labels = np.repeat(np.arange(ds.num_classes), samples_per_class).tolist()
+        with trainer.sampling_pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}) as pipe:
+            out_s = pipe(class_labels=labels, seed=0)
+            pipe.save_pretrained(out)
         (out / "samples").mkdir(exist_ok=True)
         grid(out_s.images.cpu(), nrow=samples_per_class, scale=max(1, 64 // out_s.images.shape[-1]),
              row_labels=ds.class_names).save(out / "samples" / f"samples_{step:07d}.png")
-        trainer.pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}).save_pretrained(out)
-        trainer.var.train()
 
     with Prefetcher(_batch_getter(get_batch, len(ds), schedule, info, flip, margin), end=schedule.steps) as batches:
         last = fit(trainer, schedule, out, info, batches, on_snapshot=snapshot)

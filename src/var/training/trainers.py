@@ -7,10 +7,11 @@ is kept for saving and sampling.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
@@ -311,13 +312,26 @@ class VARTrainer(_Trainer):
         return self.ema if self.ema is not None else self.var
 
     def pipeline(self, class_names: Sequence[str] | None = None, pad: int = 0, info: dict | None = None) -> VARPipeline:
-        """A pipeline of the current (EMA, if kept) weights; shares tensors with the trainer."""
+        """A pipeline of the current (EMA, if kept) weights; shares tensors with the trainer. On CPU it
+        packs those weights (a copy of their size, see :mod:`var.cpu.packed_linear`); a pipeline used only
+        for a moment during training is better taken from :meth:`sampling_pipeline`."""
         return VARPipeline(self.vqvae, self.sampling_model(), class_names=class_names, pad=pad, info=info)
+
+    @contextlib.contextmanager
+    def sampling_pipeline(self, class_names: Sequence[str] | None = None, pad: int = 0,
+                          info: dict | None = None) -> Iterator[VARPipeline]:
+        """:meth:`pipeline` for the length of a ``with`` block. On leaving it, the packed copies of the
+        weights are dropped (they would otherwise sit in memory, the model's size again, until the next
+        snapshot) and the trained model is back in training mode."""
+        try:
+            yield self.pipeline(class_names, pad, info)
+        finally:
+            self.sampling_model().pack_weights(False)
+            self.var.train()
 
     def generate_samples(self, num_samples: int, class_labels: Sequence[int] | None = None, seed: int = 0,
                          **sampling) -> VAROutput:
         """Samples from the current weights (EMA if kept); classes cycle through all if not given."""
         labels = list(class_labels) if class_labels is not None else [i % self.var.num_classes for i in range(num_samples)]
-        out = self.pipeline()(class_labels=labels, seed=seed, **sampling)
-        self.var.train()
-        return out
+        with self.sampling_pipeline() as pipe:
+            return pipe(class_labels=labels, seed=seed, **sampling)
