@@ -73,6 +73,42 @@ def test_packed_copy_follows_optimizer_steps(optimizer):
         torch.testing.assert_close(model(x), plain(x), atol=1e-5, rtol=1e-5)
 
 
+def test_a_weight_frozen_when_packed_and_trained_later_is_repacked():
+    """Packed while frozen (no gradient hook yet), then trained by fused AdamW, whose steps move no version
+    counter: the copy made while frozen must not be served once the weight can be trained."""
+    torch.manual_seed(0)
+    layer = PackedLinear(24, 40).requires_grad_(False)
+    layer.pack()
+    x = torch.randn(4, 24)
+    with torch.no_grad():
+        layer(x)
+    layer.requires_grad_(True)
+    opt = torch.optim.AdamW(layer.parameters(), lr=0.1, fused=True)
+    for _ in range(2):
+        layer(x).square().sum().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    with torch.no_grad():
+        torch.testing.assert_close(layer(x), F.linear(x, layer.weight, layer.bias), atol=1e-5, rtol=1e-5)
+
+
+def test_packing_again_and_again_keeps_one_gradient_hook():
+    """Each pack / unpack (a training snapshot's) watches the weight's gradients; the hook of a dropped
+    copy goes with it instead of piling up on the weight and running at every backward."""
+    import gc
+    layer = _packed_layer()
+    x = torch.randn(4, 24)
+    for _ in range(4):
+        layer.pack()
+        with torch.no_grad():
+            layer(x)
+        layer.unpack()
+        gc.collect()
+    assert len(layer.weight._post_accumulate_grad_hooks or {}) == 0
+    layer.pack()
+    assert len(layer.weight._post_accumulate_grad_hooks) == 1
+
+
 def test_pack_repacks_the_current_weight():
     layer = _packed_layer()
     x = torch.randn(4, 24)

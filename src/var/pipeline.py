@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from . import editing, official, precision
 from .cpu.packed_linear import PackedLinear, total_memory_bytes
+from .cpu.weight_cache import clear_derived_weights
 from .sampling import check_sampling_options, generate, make_generator
 from .schedule import Scale
 from .transformer import VAR, VARConfig
@@ -280,6 +281,9 @@ class VARPipeline:
                              "var train-vae --finetune-decoder)")
         for part in VQVAE.DECODER_SIDE:
             getattr(self.vqvae, part).load_state_dict(getattr(tokenizer, part).state_dict())
+            # A load into inference tensors (a pipeline made under torch.inference_mode) moves no version
+            # counter, so the decoder's cached kernels would not notice the new weights.
+            clear_derived_weights(getattr(self.vqvae, part))
         return self
 
     # ------------------------------------------------------------------------------ checks
