@@ -221,6 +221,9 @@ def test_load_mask_thresholds_checks_the_size_and_resizes_without_losing_the_hol
     assert small.nonzero().tolist() == [[0, 0], [2, 2]]
     with pytest.raises(ValueError, match=r"m.png is 12x12 .* its image is 10x12"):
         load_mask(tmp_path / "m.png", expect=(10, 12))
+    inverse = load_mask(tmp_path / "m.png", size=4, invert=True)  # outpainting: the white is kept
+    assert (inverse == 1).all()  # every 3x3 cell holds a black pixel, to be generated: none is lost to the resize
+    assert load_mask(tmp_path / "m.png", invert=True).nonzero().shape[0] == 144 - 2
     (tmp_path / "bad.png").write_text("not an image")
     with pytest.raises(ValueError, match="cannot read mask .*bad.png"):
         load_mask(tmp_path / "bad.png")

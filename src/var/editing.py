@@ -47,12 +47,15 @@ def cover(mask_B1HW: torch.Tensor, size: int | Scale) -> torch.Tensor:
     return F.adaptive_max_pool2d(mask_B1HW.float(), as_hw(size))
 
 
-def load_mask(path: str | Path, size: int | Scale | None = None, expect: tuple[int, int] | None = None) -> torch.Tensor:
-    """A mask image as an (H, W) 0/1 float tensor: pixels of at least mid-grey (128 of 255) are 1 (generate).
+def load_mask(path: str | Path, size: int | Scale | None = None, expect: tuple[int, int] | None = None,
+              invert: bool = False) -> torch.Tensor:
+    """A mask image as an (H, W) 0/1 float tensor: pixels of at least mid-grey (128 of 255) are 1 (generate),
+    or with ``invert`` (outpainting: the white part is kept) those below it.
 
     ``expect`` (width, height) is the size the file must have (its image's); ``size`` (a side or
-    (height, width)) resizes the mask with :func:`cover`. Raises ValueError naming the file when it cannot
-    be read or has the wrong size.
+    (height, width)) resizes the mask with :func:`cover`, after inverting, so that a pixel to regenerate is
+    never lost to the resize either way. Raises ValueError naming the file when it cannot be read or has
+    the wrong size.
     """
     try:
         with Image.open(path) as im:
@@ -63,7 +66,7 @@ def load_mask(path: str | Path, size: int | Scale | None = None, expect: tuple[i
     if expect is not None and (w, h) != tuple(expect):
         raise ValueError(f"mask {path} is {w}x{h} (width x height) but its image is {expect[0]}x{expect[1]}: "
                          "they must have the same size")
-    mask_HW = torch.from_numpy(gray_HW >= 128).float()
+    mask_HW = torch.from_numpy((gray_HW < 128) if invert else (gray_HW >= 128)).float()
     if size is None or (h, w) == as_hw(size):
         return mask_HW
     return cover(mask_HW[None, None], size)[0, 0]

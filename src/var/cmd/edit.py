@@ -90,9 +90,11 @@ def run_edit(args: argparse.Namespace) -> int:
     pipe = load_pipeline(args)
     image, size = _load_input(args.image, pipe)
     H, W = pipe.image_hw
-    mask_HW = load_mask(args.mask, size=(H, W), expect=size) if args.mask else box_mask(H, W, *args.box)
-    if args.outpaint:
-        mask_HW = 1 - mask_HW
+    if args.mask:
+        mask_HW = load_mask(args.mask, size=(H, W), expect=size, invert=args.outpaint)
+    else:
+        mask_HW = box_mask(H, W, *args.box)
+        mask_HW = 1 - mask_HW if args.outpaint else mask_HW
     out = pipe.inpaint(image, mask_HW, class_labels=args.label, **sampling)
     _write(args, pipe, {"input": image, "mask": mask_HW[None, None], "result": out.images})
     return 0
