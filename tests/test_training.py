@@ -172,10 +172,12 @@ def test_discriminator_steps_on_its_own_loss_alone():
 def test_two_processes_train_a_tokenizer_with_its_discriminator(folder, tmp_path):
     """torchrun, 2 processes, GAN loss on, EMA weights, dead-code restarts: the discriminator is synchronised
     too, and every process restarts the same codes (so their Adam moments stay equal), so the replica check
-    at every checkpoint passes and the run finishes."""
+    at every checkpoint passes and the run finishes. Three scales leave one of the 4 shared phi convs unused
+    (no gradient), which DDP must not wait for."""
     out = tmp_path / "gan"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "var",
-           "train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", "6", "--batch-size", "8",
+           "train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--patch-nums", "1,4,8",
+           "--steps", "6", "--batch-size", "8",
            "--warmup", "1", "--adv-weight", "0.1", "--disc-start", "1", "--ema", "0.9", "--reinit-every", "2",
            "--save-every", "2", "--sample-every", "1000"]
     proc = subprocess.run(cmd, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
@@ -183,6 +185,8 @@ def test_two_processes_train_a_tokenizer_with_its_discriminator(folder, tmp_path
     assert "2 process(es)" in proc.stderr
     rows = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("d_loss" in r for r in rows)
+    from var.training.runs import load_vqvae
+    assert len(load_vqvae(out)[0].quantize.quant_resi.unused()) == 1
 
 
 def test_dead_codes_are_recovered():
@@ -446,6 +450,10 @@ def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae
     expected = (tuned.eval().indices_to_img(tokens) + 1) / 2
     torch.testing.assert_close(new, expected, atol=1e-5, rtol=0)
     assert (new - old).abs().max() > 1e-3
+    with torch.inference_mode():  # weights loaded into inference tensors move no version counter
+        frozen = VARPipeline(load_vqvae(vae_run)[0], var)
+        torch.testing.assert_close(frozen.decode(tokens), old, atol=1e-5, rtol=0)  # fills the kernel caches
+        torch.testing.assert_close(frozen.use_decoder(out).decode(tokens), expected, atol=1e-5, rtol=0)
 
     with pytest.raises(ValueError, match="encoder"):
         pipe.use_decoder(VQVAE(TINY_VAE))
@@ -455,6 +463,31 @@ def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae
     assert cli(["train-vae", "--data", str(folder), "--out", str(tmp_path / "y"), "--finetune-decoder",
                 str(vae_run), "--reinit-every", "5", "--steps", "1", "--batch-size", "8"]) == 2
     assert "reinit_every=5" in caplog.text
+
+
+def test_a_resumed_decoder_finetune_keeps_the_tokenizer_its_run_names(folder, vae_run, tmp_path, caplog):
+    """A decoder fine-tuning run stopped before its first checkpoint, re-run with another tokenizer: it
+    resumes with the one its run.json names, as the log says, not the command's."""
+    from var.training.runs import export_vqvae, load_vqvae
+
+    source = load_vqvae(vae_run)[0]
+    other = load_vqvae(vae_run)[0]
+    with torch.no_grad():
+        other.encoder.conv_in.weight.mul_(-1)
+    (tmp_path / "other").mkdir()
+    export_vqvae(other, tmp_path / "other", None, str(folder))
+    out = tmp_path / "dec"
+
+    def finetune(src):
+        return cli(["train-vae", "--data", str(folder), "--out", str(out), "--finetune-decoder", str(src),
+                    "--steps", "2", "--batch-size", "8", "--warmup", "1", "--sample-every", "100"])
+
+    assert finetune(vae_run) == 0
+    (out / "checkpoint.pt").unlink()  # as if stopped before its first save
+    caplog.set_level(logging.INFO)
+    assert finetune(tmp_path / "other") == 0
+    assert "ignored" in caplog.text
+    assert load_vqvae(out)[0].token_side_difference(source) is None
 
 
 def test_a_resume_keeps_what_the_run_trains_on(folder, vae_run, tmp_path, caplog):

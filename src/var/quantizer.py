@@ -65,6 +65,11 @@ class PhiBank(nn.Module):
         """Apply the phi conv of scale ``k`` (0-based)."""
         return self.for_scale(k)(h_BChw)
 
+    def unused(self) -> list[Phi]:
+        """The convs no scale uses (e.g. one of 4 shared convs with 3 scales): they never get a gradient."""
+        used = {id(self.for_scale(k)) for k in range(self.num_scales)}
+        return [m for m in self.modules() if isinstance(m, Phi) and id(m) not in used]
+
     def for_scale(self, k: int) -> Phi:
         if self.share == 1:
             return self.qresi

@@ -192,9 +192,13 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
         if reinit_every:
             raise ValueError(f"reinit_every={reinit_every}: restarting dead codes would change the tokens of a "
                              "decoder fine-tuning run; it needs reinit_every=0")
-        vqvae.load_state_dict((source or load_vqvae(cfg["finetune_decoder"])[0]).state_dict())
+        if source is None or cfg["finetune_decoder"] != str(finetune_decoder):  # a resume: the run's own source
+            source = load_vqvae(cfg["finetune_decoder"])[0]
+        vqvae.load_state_dict(source.state_dict())
         for name in VQVAE.TOKEN_SIDE:
             getattr(vqvae, name).requires_grad_(False)
+    for phi in vqvae.quantize.quant_resi.unused():  # no gradient ever: under torchrun DDP would wait for one
+        phi.requires_grad_(False)
     vqvae.to(info.device)
     disc = disc_opt = None
     if adv_weight > 0:
