@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import to_8bit
 from .schedule import as_hw
 
 log = logging.getLogger(__name__)
@@ -155,7 +156,7 @@ def load_resized(path: str | os.PathLike, size: int | tuple[int, int], channels:
     H x W: (H, W, C) uint8. For a square size this resizes the short side to it."""
     H, W = as_hw(size)
     with Image.open(path) as im:
-        im = im.convert("L" if channels == 1 else "RGB")
+        im = to_8bit(im, channels)
         w, h = im.size
         s = max(W / w, H / h)
         im = im.resize((max(W, round(w * s)), max(H, round(h * s))), Image.BICUBIC)
@@ -182,10 +183,16 @@ def list_image_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], l
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subdirs:
         class_names = [d.name for d in subdirs]
-        files = [(f, c) for c, d in enumerate(subdirs) for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES]
+        # Hidden files and folders (.ipynb_checkpoints, .thumbnails, ...) are not data, at any depth.
+        files = [(f, c) for c, d in enumerate(subdirs) for f in sorted(d.rglob("*"))
+                 if f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in f.relative_to(d).parts)]
+        loose = [f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        if loose:
+            log.warning("ignoring %d image(s) directly in %s (e.g. %s): with class folders, images belong in "
+                        "one of them", len(loose), root, loose[0].name)
     else:
         class_names = [root.name or "images"]
-        files = [(f, 0) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
+        files = [(f, 0) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
     return files, class_names
@@ -245,9 +252,8 @@ def split_holdout(ds: ImageArrayDataset, fraction: float = 0.05, seed: int = 0, 
                   ) -> tuple[ImageArrayDataset, ImageArrayDataset]:
     """A deterministic (train, held-out) split for data sets without a test split."""
     n = len(ds)
-    n_hold = min(max_items, max(1, int(n * fraction))) if n > 1 else 0
+    if n < 2:
+        raise ValueError(f"{ds.name} has {n} image(s): holding images out for measuring needs at least 2")
+    n_hold = min(max_items, max(1, int(n * fraction)))
     perm = np.random.default_rng(seed).permutation(n)
-    hold, train = perm[:n_hold], perm[n_hold:]
-    if n_hold == 0:
-        return ds, ds
-    return ds.subset(train), ds.subset(hold)
+    return ds.subset(perm[n_hold:]), ds.subset(perm[:n_hold])

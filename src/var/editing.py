@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .images import to_8bit
 from .schedule import Scale, as_hw, normalize_patch_nums
 
 
@@ -59,7 +60,7 @@ def load_mask(path: str | Path, size: int | Scale | None = None, expect: tuple[i
     """
     try:
         with Image.open(path) as im:
-            gray_HW = np.asarray(im.convert("L"))
+            gray_HW = np.asarray(to_8bit(im, channels=1))
     except (OSError, ValueError) as e:
         raise ValueError(f"cannot read mask {path}: {e}") from e
     h, w = gray_HW.shape

@@ -36,13 +36,23 @@ def write_npz(rgb_NHW3: np.ndarray, labels: np.ndarray, path: str | Path) -> Pat
     return path
 
 
+def to_8bit(im: Image.Image, channels: int) -> Image.Image:
+    """``im`` as 8-bit greyscale ("L", ``channels`` 1) or RGB. 16-bit greyscale (modes "I;16*", and "I",
+    which Pillow also uses for 16-bit PNGs) is scaled by 255/65535 first: Pillow's own convert clips it at
+    255, which turns all but the darkest pixels white."""
+    if im.mode.startswith("I;16") or im.mode == "I":
+        values = np.asarray(im, dtype=np.float64) * (255 / 65535)
+        im = Image.fromarray(values.round().clip(0, 255).astype(np.uint8), "L")
+    return im.convert("L" if channels == 1 else "RGB")
+
+
 def load_image(path: str | Path, channels: int, size: int | tuple[int, int] | None = None
                ) -> tuple[torch.Tensor, tuple[int, int]]:
     """An image file as (1, channels, H, W) in [0, 1] (resized when ``size``, a side or (H, W), differs)
     and its original (width, height). Raises ValueError naming the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
+            im = to_8bit(im, channels)
             original = im.size
             if size is not None:
                 H, W = as_hw(size)
