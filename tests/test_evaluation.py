@@ -1,5 +1,6 @@
 """The evaluation tools: Frechet distance, PSNR, the classifier, evaluate_pipeline, var eval."""
 import json
+import logging
 import sys
 import types
 
@@ -151,6 +152,30 @@ def test_evaluate_pipeline_on_a_tiny_random_model(tmp_path):
     wrong = Classifier(ClassifierConfig(image_size=32, widths=(8,), feature_dim=8))
     with pytest.raises(ValueError, match="32x32 images"):
         evaluate_pipeline(pipe, wrong, test, train, **kw)
+
+
+def test_evaluate_pipeline_refuses_what_would_be_wrong_before_sampling(monkeypatch, caplog):
+    """More images per class than the data holds, a zero batch, or the classifier's classes in another order
+    (class folders sort by name) fail at once, not after generating every sample."""
+    pipe = tiny_pipe()
+    monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: pytest.fail("sampled before checking"))
+    names = [f"class {i}" for i in range(10)]
+    classifier = Classifier(ClassifierConfig(widths=(8, 16), feature_dim=16, class_names=names)).eval()
+    test, train = random_dataset(6, seed=1), random_dataset(6, seed=2)
+    with pytest.raises(ValueError, match="class 0 has 6 images, fewer than n_per_class=7"):
+        evaluate_pipeline(pipe, classifier, test, train, n_per_class=7)
+    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+        evaluate_pipeline(pipe, classifier, test, train, n_per_class=3, batch_size=0)
+    pipe.class_names = names[::-1]
+    with pytest.raises(ValueError, match="in another order"):
+        evaluate_pipeline(pipe, classifier, test, train, n_per_class=3)
+    pipe.class_names = [n.upper() for n in names]  # the same names, spelled in capitals: accepted
+    with pytest.raises(pytest.fail.Exception, match="sampled before checking"):
+        evaluate_pipeline(pipe, classifier, test, train, n_per_class=3)
+    pipe.class_names = [f"other {i}" for i in range(10)]
+    with caplog.at_level(logging.WARNING), pytest.raises(pytest.fail.Exception):
+        evaluate_pipeline(pipe, classifier, test, train, n_per_class=3)
+    assert "differ from the classifier's" in caplog.text
 
 
 def test_bundled_classifier_reaches_90_percent():

@@ -277,6 +277,22 @@ def balanced_indices(labels: np.ndarray, n_per_class: int, num_classes: int, see
 
 
 # --------------------------------------------------------------------------------- the pipeline
+def _check_class_order(model_names: list[str] | None, classifier_names: list[str] | None) -> None:
+    """Classes are matched by id. The same names in another order (e.g. a model trained on class folders,
+    which are sorted by name) would judge each class's samples as another class: ValueError. Other names
+    are only logged, since a data set may spell the same classes differently."""
+    if not model_names or not classifier_names:
+        return
+    ours, theirs = [n.lower() for n in model_names], [n.lower() for n in classifier_names]
+    if ours == theirs:
+        return
+    if sorted(ours) == sorted(theirs):
+        raise ValueError(f"the model's classes {model_names} are the classifier's {classifier_names} in another "
+                         "order: its samples of each class would be judged as another class")
+    log.warning("the model's class names %s differ from the classifier's %s: classes are matched by id",
+                model_names, classifier_names)
+
+
 @torch.no_grad()
 def reconstruct(pipe: VARPipeline, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
     """The tokenizer's round trip (encode to tokens, decode) of [0, 1] images, batch by batch."""
@@ -304,8 +320,14 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
         raise ValueError(f"the classifier takes {c.image_size}x{c.image_size} images with {c.channels} channel(s) "
                          f"and {c.num_classes} classes; the model makes {pipe.image_size}x{pipe.image_size} images "
                          f"with {pipe.channels} channel(s) and {pipe.num_classes} classes")
+    _check_class_order(pipe.class_names, c.class_names)
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be at least 1, got {n_per_class}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    # The real images are drawn first: a split too small for n_per_class fails before any sampling.
+    train_rows = balanced_indices(train.labels, n_per_class, c.num_classes, seed)
+    test_rows = balanced_indices(test.labels, n_per_class, c.num_classes, seed)
     labels = torch.arange(c.num_classes).repeat_interleave(n_per_class)
     start = time.perf_counter()
     samples = pipe(class_labels=labels, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
@@ -320,9 +342,9 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
 
     test_images, _ = dataset_images(test)
     _, test_feats = classify(classifier, test_images)
-    train_images, _ = dataset_images(train, balanced_indices(train.labels, n_per_class, c.num_classes, seed))
+    train_images, _ = dataset_images(train, train_rows)
     _, train_feats = classify(classifier, train_images)
-    originals, _ = dataset_images(test, balanced_indices(test.labels, n_per_class, c.num_classes, seed))
+    originals, _ = dataset_images(test, test_rows)
     recons = reconstruct(pipe, originals, batch_size)
     log.info("reconstructed %d test images; features of %d test and %d train images", len(recons), len(test),
              len(train_images))

@@ -15,7 +15,7 @@ from ..data import ImageArrayDataset, fashion_mnist_dataset
 from ..evaluation import evaluate_pipeline, load_classifier, save_classifier, train_classifier
 from ..inception import InceptionUnavailable, inception_metrics, load_npz_images
 from ..precision import default_device
-from .common import add_command, add_model_args, load_pipeline
+from .common import add_command, add_model_args, load_pipeline, positive_int
 
 log = logging.getLogger("var")
 
@@ -31,7 +31,7 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the samples and of the real images drawn")
-    p.add_argument("--batch-size", type=int, default=100, help="images generated per call")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images generated per call")
     p.add_argument("--classifier", metavar="PATH", default="bundled",
                    help="a folder written by var train-classifier, or 'bundled' for the shipped one")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder holding its IDX files: the "
