@@ -146,6 +146,24 @@ def test_sample_writes_every_image_for_fid_tools(tmp_path):
     assert not (tmp_path / "grid.png").exists()
 
 
+def test_sample_runs_with_nearby_seeds_share_no_chunk(tmp_path):
+    """Chunk 0 is seeded with --seed itself (as one pipeline call with that seed); the later chunks take seeds
+    drawn from (seed, i): with seed + i, chunk 1 of seed 0 was chunk 0 of seed 1, the same images."""
+    from var import VARPipeline
+    from var.images import to_rgb_uint8
+
+    runs = {}
+    for seed in (0, 1):
+        npz = tmp_path / f"s{seed}.npz"
+        assert cli(["sample", "--classes", "0", "--per-class", "2", "--batch-size", "1", "--no-grid", "--npz", str(npz),
+                    "--seed", str(seed), "--device", "cpu"]) == 0
+        with np.load(npz) as f:
+            runs[seed] = f["arr_0"]
+    assert not np.array_equal(runs[0][1], runs[1][0])
+    pipe = VARPipeline.from_pretrained("fashion-mnist")
+    assert np.array_equal(runs[1][0], to_rgb_uint8(pipe(class_labels=[0], seed=1).images)[0])
+
+
 def test_inception_weights_path_is_used_or_named_when_missing(tmp_path, monkeypatch):
     import var.inception
     from var.inception import InceptionUnavailable, find_backend

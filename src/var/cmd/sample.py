@@ -29,7 +29,8 @@ def register(sub) -> None:
     p.add_argument("--per-class", type=positive_int, default=8, help="samples per class")
     add_sampling_args(p)
     p.add_argument("--batch-size", type=positive_int, default=64,
-                   help="images generated per call; call i uses seed + i, so results depend on it")
+                   help="images generated per call; call i is seeded from --seed and i (call 0 with --seed itself), "
+                        "so results depend on it")
     p.add_argument("--out", default="samples/grid.png", help="PNG grid to write")
     p.add_argument("--no-grid", dest="grid", action="store_false",
                    help="write no grid (for many samples: the files below are what FID tools read)")
@@ -56,7 +57,7 @@ def _write_pngs(images_NHW3: np.ndarray, labels: torch.Tensor, folder: Path, sta
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate in chunks of ``--batch-size`` (chunk i seeded with seed + i). Under torchrun the chunks are
+    """Generate in chunks of ``--batch-size`` (chunk i seeded with :func:`chunk_seed`). Under torchrun the chunks are
     dealt out round-robin over the processes and gathered on rank 0, so the files are identical to one
     process's with the same seed."""
     from ..training.common import setup_distributed
@@ -98,6 +99,15 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def chunk_seed(seed: int, i: int) -> int:
+    """The seed of chunk ``i``: chunk 0 takes ``seed`` itself (a run of one chunk is ``pipe(..., seed=seed)``),
+    later chunks a number drawn from (seed, i) by numpy's SeedSequence. With seed + i, runs with nearby seeds
+    shared chunks (chunk 1 of seed 0 was chunk 0 of seed 1), so they were not independent replicates."""
+    if i == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2 ** 64, i]).generate_state(1, np.uint64)[0] >> 1)
+
+
 def _generate_chunks(pipe, labels: torch.Tensor, starts: list[int], chunk_ids, firsts: set[int],
                      args: argparse.Namespace, sampling: dict, show: bool) -> dict[int, tuple]:
     """Chunk i -> (uint8 images (n, H, W, 3), its progression rows' tokens) for the chunks ``chunk_ids``;
@@ -108,7 +118,7 @@ def _generate_chunks(pipe, labels: torch.Tensor, starts: list[int], chunk_ids, f
     for i in tqdm(list(chunk_ids), desc="generating", unit="batch", disable=not show):
         start = starts[i]
         part = labels[start:start + args.batch_size]
-        out = pipe(class_labels=part, **{**sampling, "seed": args.seed + i})
+        out = pipe(class_labels=part, **{**sampling, "seed": chunk_seed(args.seed, i)})
         rgb = to_rgb_uint8(out.images)                              # uint8: 50,000 samples fit in memory
         if args.png_dir:
             _write_pngs(rgb, part, args.png_dir, start)
