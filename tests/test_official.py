@@ -98,3 +98,31 @@ def test_official_files_load_from_disk_without_code(fixture, tmp_path):
     assert pipe.patch_nums == (1, 2, 3, 4)
     with pytest.raises(FileNotFoundError):
         VARPipeline.from_official(tmp_path / "nope.pth", tmp_path / "var.pth")
+
+
+def test_an_unstored_head_count_outside_the_released_family_is_a_named_guess(caplog):
+    """Without L2-normalized attention the head count is not in the tensors: width 64 * depth follows the
+    released rule quietly; any other width is guessed at head size 64 with a warning naming num_heads."""
+    import logging
+
+    def state_dict(depth, width):
+        with torch.device("meta"):
+            model = VAR(VARConfig(depth=depth, embed_dim=width, num_heads=4, patch_nums=(1, 2), attn_l2_norm=False))
+        sd = {k: torch.empty(v.shape, device="meta") for k, v in model.state_dict().items()}
+        return sd | {"lvl_1L": torch.tensor([[0, 1, 1, 1, 1]])}  # read for the schedule: a real tensor
+
+    with caplog.at_level(logging.WARNING):
+        assert var_config_from_state_dict(state_dict(4, 256)).num_heads == 4
+        assert not caplog.text
+        assert var_config_from_state_dict(state_dict(4, 128)).num_heads == 2
+        assert "assuming head size 64, 2 heads for width 128 and depth 4" in caplog.text
+        assert var_config_from_state_dict(state_dict(4, 128), num_heads=4).num_heads == 4
+
+
+def test_model_options_conflict_is_a_usage_error(tmp_path, capsys, caplog):
+    from var.cli import main as cli
+    with pytest.raises(SystemExit) as e:
+        cli(["sample", "--model", "fashion-mnist", "--official", "a.pth", "b.pth"])
+    assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
+    assert cli(["sample", "--num-heads", "4", "--out", str(tmp_path / "g.png")]) == 2
+    assert "--num-heads is for --official checkpoints" in caplog.text

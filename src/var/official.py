@@ -133,6 +133,10 @@ def var_config_from_state_dict(sd: StateDict, num_heads: int | None = None) -> V
             num_heads = sd["blocks.0.attn.scale_mul_1H11"].shape[1]
         elif C % 64 == 0:
             num_heads = C // 64
+            if C != 64 * depth:  # outside the released family (width = 64 * depth) the rule is a guess
+                log.warning("head count is not stored for a model without L2-normalized attention: assuming head "
+                            "size 64, %d heads for width %d and depth %d (pass num_heads, --num-heads, to override)",
+                            num_heads, C, depth)
         else:
             num_heads = depth
             log.warning("head count is not stored for a model without L2-normalized attention and width %d is "

@@ -38,12 +38,16 @@ def add_device_arg(p: argparse.ArgumentParser) -> None:
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="bundled model name or a folder written by save_pretrained or var train "
-                        "(default: %(default)s)")
-    p.add_argument("--official", nargs=2, metavar=("VAE", "VAR"),
-                   help="the released ImageNet checkpoints instead of --model, e.g. vae_ch160v4096z32.pth "
-                        "var_d16.pth (download: %s)" % RELEASED_CHECKPOINTS)
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--model", default=DEFAULT_MODEL,
+                       help="bundled model name or a folder written by save_pretrained or var train "
+                            "(default: %(default)s)")
+    which.add_argument("--official", nargs=2, metavar=("VAE", "VAR"),
+                       help="the released ImageNet checkpoints instead of --model, e.g. vae_ch160v4096z32.pth "
+                            "var_d16.pth (download: %s)" % RELEASED_CHECKPOINTS)
+    p.add_argument("--num-heads", type=positive_int, default=None,
+                   help="with --official: the transformer's attention heads, for a checkpoint that does not store "
+                        "them (no L2-normalized attention; default: head size 64, as the released models)")
     add_device_arg(p)
     add_dtype_args(p)
 
@@ -80,7 +84,9 @@ def load_pipeline(args: argparse.Namespace) -> VARPipeline:
             raise FileNotFoundError(f"checkpoint not found: {missing[0]} (the released checkpoints, "
                                     f"vae_ch160v4096z32.pth and var_d16.pth ... var_d36.pth, are at "
                                     f"{RELEASED_CHECKPOINTS})")
-        pipe = VARPipeline.from_official(*args.official)
+        pipe = VARPipeline.from_official(*args.official, num_heads=args.num_heads)
+    elif args.num_heads is not None:
+        raise ValueError("--num-heads is for --official checkpoints: a --model folder stores its heads")
     elif args.model == DEFAULT_MODEL and DEFAULT_MODEL not in bundled_models():
         log.warning("the bundled %s model is not in this installation: using a RANDOMLY INITIALISED model of the "
                     "same shape, so the images are noise, not samples of a trained model", DEFAULT_MODEL)

@@ -30,6 +30,8 @@ def run(args: argparse.Namespace) -> int:
         return 2
     pipe = load_pipeline(args)
     model_args = ["--official", *args.official] if args.official else ["--model", args.model]
+    if args.num_heads is not None:
+        model_args += ["--num-heads", str(args.num_heads)]
     app = serve.build_app(pipe, model_args, concurrency=args.concurrency)
     log.info("serving the demo at http://%s:%d (Ctrl-C stops it)",
              f"[{args.host}]" if ":" in args.host else args.host, args.port)
