@@ -574,3 +574,19 @@ def test_samples_during_training_leave_no_packed_weights_behind(vae_run, ema):
     # generate_samples goes through the same block, and gives the same images
     assert torch.equal(trainer.generate_samples(2, seed=0).images, images)
     assert not any(m.packed for m in linears) and var.training
+
+
+def test_token_cache_key_follows_the_tokenizer_configuration_and_the_pixels(vae_run, folder):
+    """The same weights with cosine lookup make other tokens, so they must not reuse a cache entry."""
+    import dataclasses
+    from var.training.runs import load_vqvae, token_cache_key
+
+    vqvae, _ = load_vqvae(vae_run)
+    ds = image_folder_dataset(folder, 16)
+    key = token_cache_key(vqvae, ds, flip=False)
+    assert token_cache_key(load_vqvae(vae_run)[0], ds, flip=False) == key
+    cosine = VQVAE(dataclasses.replace(vqvae.config, cosine_lookup=True))
+    cosine.load_state_dict(vqvae.state_dict())
+    assert token_cache_key(cosine, ds, flip=False) != key
+    ds.images[0, 0, 0, 0] ^= 1
+    assert token_cache_key(vqvae, ds, flip=False) != key

@@ -260,14 +260,16 @@ def _continue_discriminator(disc: PatchDiscriminator, source: Path, info: DistIn
 
 # ---------------------------------------------------------------------------- transformer
 def token_cache_key(vqvae: VQVAE, ds: ImageArrayDataset, flip: bool) -> str:
-    """Hash of the tokenizer's weights and the data's pixels (a prepared data set's digest of them: no full
-    read), rows and labels: a cache entry is reused only for exactly the same tokenizer and images."""
+    """Hash of the tokenizer's configuration and weights and the data's pixels (a prepared data set's digest
+    of them: no full read), rows and labels: a cache entry is reused only for exactly the same tokenizer and
+    images. The configuration counts: the same weights with another code lookup make other tokens."""
     h = hashlib.sha1()
+    h.update(json.dumps(vqvae.config.to_dict(), sort_keys=True).encode())
     for k, v in sorted(vqvae.state_dict().items()):
         if k != "quantize.ema_vocab_hit_SV":
             h.update(k.encode())
             h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    h.update(ds.fingerprint.encode() if ds.fingerprint else np.ascontiguousarray(ds.images).tobytes())
+    h.update(ds.fingerprint.encode() if ds.fingerprint else np.ascontiguousarray(ds.images))  # hashed in place
     if ds.rows is not None:
         h.update(np.asarray(ds.rows, np.int64).tobytes())
     h.update(np.ascontiguousarray(ds.labels).tobytes())
