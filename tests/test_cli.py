@@ -233,3 +233,16 @@ def test_sampling_sharded_over_two_processes_equals_one_process(tmp_path):
         assert np.array_equal(one["arr_0"], two["arr_0"]) and np.array_equal(one["labels"], two["labels"])
     assert sorted(p.name for p in (tmp_path / "one").iterdir()) == sorted(p.name for p in (tmp_path / "two").iterdir())
     assert np.array_equal(np.asarray(Image.open(tmp_path / "one.png")), np.asarray(Image.open(tmp_path / "two.png")))
+
+
+def test_output_files_that_cannot_be_written_fail_before_any_work(tmp_path, caplog, monkeypatch):
+    """A folder given as --json, or a file where a folder would be, is named at once, not after sampling."""
+    import var.cmd.evaluate
+    import var.cmd.sample
+    for module in (var.cmd.evaluate, var.cmd.sample):
+        monkeypatch.setattr(module, "load_pipeline", lambda args: pytest.fail("loaded a model first"))
+    (tmp_path / "a_file").write_text("")
+    assert cli(["eval", "--json", str(tmp_path)]) == 2
+    assert f"--json {tmp_path}: is a folder, expected a file name" in caplog.text
+    assert cli(["sample", "--npz", str(tmp_path / "a_file" / "s.npz")]) == 2
+    assert f"--npz {tmp_path / 'a_file' / 's.npz'}: {tmp_path / 'a_file'} is a file, not a folder" in caplog.text

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from pathlib import Path
 
 import torch
@@ -137,6 +138,21 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
     return value
+
+
+def check_output_files(**paths: str | os.PathLike | None) -> None:
+    """ValueError naming the option (``save_npz=...`` is ``--save-npz``) whose output file could not be
+    written: a folder of that name, or a file where a folder would be. Checked before long work, so that
+    an hour of sampling is not lost to a typo at the end."""
+    for option, path in paths.items():
+        if path is None:
+            continue
+        path, flag = Path(path), "--" + option.replace("_", "-")
+        if path.is_dir():
+            raise ValueError(f"{flag} {path}: is a folder, expected a file name")
+        blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+        if blocking is not None:
+            raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder")
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

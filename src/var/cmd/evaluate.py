@@ -15,7 +15,7 @@ from ..data import ImageArrayDataset, fashion_mnist_dataset
 from ..evaluation import evaluate_pipeline, load_classifier, save_classifier, train_classifier
 from ..inception import InceptionUnavailable, inception_metrics, load_npz_images
 from ..precision import default_device
-from .common import add_command, add_model_args, load_pipeline, positive_int
+from .common import add_command, add_model_args, check_output_files, load_pipeline, positive_int
 
 log = logging.getLogger("var")
 
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--per-class must be 0 or more, got {args.per_class}")
     if args.per_class == 0 and not args.npz:
         raise ValueError("--per-class 0 skips the model, so --npz is needed to have something to evaluate")
+    check_output_files(json=args.json, save_npz=args.save_npz)
     report: dict = {}
     if args.per_class:
         report.update(_evaluate_model(args))

@@ -11,8 +11,8 @@ import torch
 from PIL import Image
 
 from ..images import grid, progression_grid, to_rgb_uint8, write_npz
-from .common import (add_command, add_model_args, add_sampling_args, class_list, load_pipeline, positive_int,
-                     sampling_kwargs)
+from .common import (add_command, add_model_args, add_sampling_args, check_output_files, class_list, load_pipeline,
+                     positive_int, sampling_kwargs)
 
 log = logging.getLogger("var")
 
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training.common import setup_distributed
 
     sampling = sampling_kwargs(args)
+    check_output_files(out=args.out if args.grid else None, npz=args.npz, progression=args.progression)
     info = setup_distributed(args.device)
     if info.world > 1:
         args.device = str(info.device)
