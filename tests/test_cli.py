@@ -61,7 +61,7 @@ def test_fashion_mnist_preset_defaults_are_the_bundled_models_recipe():
     """docs/model-card.md's commands, with the options they give left out, are the defaults."""
     vae = parse(["train-vae"], VAE_RECIPES)
     assert (vae.steps, vae.batch_size, vae.lr, vae.warmup, vae.save_every, vae.sample_every) == \
-        (3000, 64, 3e-4, 100, 250, 500)
+        (8000, 64, 3e-4, 100, 250, 500)
     assert (vae.adv_weight, vae.ema, vae.disc_start) == (0.5, 0.999, None)  # None: a quarter of the steps
     var = parse(["train"], VAR_RECIPES)
     assert (var.steps, var.batch_size, var.lr, var.warmup, var.ema, var.save_every, var.sample_every) == \
@@ -72,7 +72,7 @@ def test_other_presets_keep_the_generic_schedule_and_options_override_presets():
     small = parse(["train", "--preset", "small"], VAR_RECIPES)
     assert (small.steps, small.lr, small.ema) == (6000, 4e-4, 0)
     custom = parse(["train-vae", "--preset", "custom"], VAE_RECIPES)
-    assert (custom.steps, custom.lr) == (3000, 2e-4)
+    assert (custom.steps, custom.lr) == (8000, 2e-4)
     given = parse(["train", "--steps", "2", "--ema", "0", "--lr", "1e-3"], VAR_RECIPES)
     assert (given.steps, given.ema, given.lr, given.warmup) == (2, 0, 1e-3, 150)
 

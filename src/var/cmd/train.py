@@ -18,9 +18,9 @@ def _ints(text: str) -> tuple[int, ...]:
 # Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
 # (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
 # The tokenizer's recipe (GAN loss, EMA weights) was chosen by the experiments of docs/tokenizer-recipe.md.
-VAE_RECIPES = {"fashion-mnist": dict(steps=3000, lr=3e-4, warmup=100, save_every=250, sample_every=500,
+VAE_RECIPES = {"fashion-mnist": dict(steps=8000, lr=3e-4, warmup=100, save_every=250, sample_every=500,
                                      adv_weight=0.5, ema=0.999, reinit_every=200),
-               "custom": dict(steps=3000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
+               "custom": dict(steps=8000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
                               adv_weight=0.5, ema=0.999, reinit_every=200)}
 # The model options of `var train-vae --preset custom` left unset take these; the fashion-mnist preset's
 # tokenizer accepts the ones that keep its 28x28 geometry as overrides (the ablations of tokenizer-recipe.md).
