@@ -189,6 +189,38 @@ def test_two_processes_train_a_tokenizer_with_its_discriminator(folder, tmp_path
     assert len(load_vqvae(out)[0].quantize.quant_resi.unused()) == 1
 
 
+_ONE_BY_ONE_CONV_UNDER_DDP = """
+import copy, os, socket, sys, torch
+import torch.distributed as dist
+from var.training.common import DistInfo
+from var.training.runs import _wrap
+with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(s.getsockname()[1]))
+dist.init_process_group("gloo", rank=0, world_size=1)
+torch.manual_seed(0)
+conv = torch.nn.Conv2d(64, 32, 1)
+plain = copy.deepcopy(conv)
+ddp = _wrap(conv, DistInfo(world=2)) if sys.argv[1] == "wrap" else torch.nn.parallel.DistributedDataParallel(conv)
+x = torch.randn(32, 64, 28, 28).contiguous(memory_format=torch.channels_last)  # as the decoder's activations
+ddp(x).sum().backward()
+plain(x).sum().backward()
+assert torch.equal(conv.weight.grad, plain.weight.grad)
+dist.destroy_process_group()
+"""
+
+
+@pytest.mark.parametrize("wrapper", ["wrap", "bare"])
+def test_ddp_gets_a_1x1_convs_gradient_in_its_own_layout(wrapper):
+    """A 1x1 conv on channels-last activations (the tokenizer's decoder on CPU) makes its weight's gradient
+    channels-last: the same memory, but DDP warns that the strides differ (spuriously). The training runs'
+    wrapper hands DDP the gradient with the parameter's strides; bare DDP shows the warning it avoids."""
+    proc = subprocess.run([sys.executable, "-c", _ONE_BY_ONE_CONV_UNDER_DDP, wrapper], capture_output=True,
+                          text=True, timeout=120, env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert ("Grad strides do not match" in proc.stderr) == (wrapper == "bare")
+
+
 def test_dead_codes_are_recovered():
     torch.manual_seed(0)
     vqvae = VQVAE(TINY_VAE)

@@ -149,7 +149,24 @@ def adamw(params, **options) -> torch.optim.AdamW:
 def _wrap(model: torch.nn.Module, info: DistInfo) -> torch.nn.Module | None:
     if info.world == 1:
         return None
+    for param in model.parameters():
+        if param.requires_grad:
+            param.register_post_accumulate_grad_hook(_match_param_strides)
     return DDP(model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+
+
+def _match_param_strides(param: torch.Tensor) -> None:
+    """Give a gradient its parameter's strides where they differ only in size-1 dimensions (the same memory).
+
+    A 1x1 convolution on channels-last activations returns its weight's gradient with channels-last strides;
+    DDP compares them with its bucket's and warns "Grad strides do not match bucket view strides", a warning
+    PyTorch's maintainers call spurious for this case (pytorch/pytorch#47163). The view costs nothing; any
+    other difference of layout is left for DDP to copy (and to warn about)."""
+    grad = param.grad
+    if grad is None or grad.stride() == param.stride():
+        return
+    if all(a == b for n, a, b in zip(param.shape, grad.stride(), param.stride()) if n != 1):
+        param.grad = grad.as_strided(param.shape, param.stride())
 
 
 # ------------------------------------------------------------------------------- tokenizer
