@@ -191,7 +191,7 @@ def test_vary_keeps_the_first_scales_and_regenerates_the_rest():
     assert same_tokens(none.tokens, pipe(class_labels=[2, 2], top_k=0, top_p=0, seed=1).tokens)
     half = pipe.vary(images, keep_scales=2, top_k=0, top_p=0, seed=1)
     assert same_tokens(half.tokens[:2], source[:2]) and not torch.equal(half.tokens[-1], source[-1])
-    with pytest.raises(ValueError, match=r"keep_scales must be in \[0, 4\].*got 5"):
+    with pytest.raises(ValueError, match=r"keep_scales must be an integer in \[0, 4\].*got 5"):
         pipe.vary(images, keep_scales=5)
 
 
@@ -315,7 +315,7 @@ def test_cli_errors_are_clear(saved, caplog):
     assert run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--mask", str(tmp / "junk.png"), *args) == 2
     assert "cannot read mask" in caplog.text
     assert run_cli(tmp, "vary", "--image", str(tmp / "in.png"), "--keep-scales", "9", *args) == 2
-    assert "keep_scales must be in [0, 4]" in caplog.text
+    assert "keep_scales must be an integer in [0, 4]" in caplog.text
     assert not (tmp / "never.png").exists()
     with pytest.raises(SystemExit):
         run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--box", "0,0,1", *args)

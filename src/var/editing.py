@@ -10,6 +10,7 @@ the image is kept. Token masks handed to ``generate`` are the opposite: True = k
 from __future__ import annotations
 
 import math
+import operator
 from pathlib import Path
 from typing import Sequence
 
@@ -141,7 +142,12 @@ def keep_masks_for_scales(batch: int, patch_nums: Sequence, keep_scales: int,
     finer ones: the layout of an image with new details (variations)."""
     scales = normalize_patch_nums(patch_nums)
     K = len(scales)
-    if not 0 <= keep_scales <= K:
-        raise ValueError(f"keep_scales must be in [0, {K}] (this model has {K} scales), got {keep_scales}")
+    try:  # ints, numpy and 0-d tensor integers; not 2.5 (which kept 3 scales) nor True (1)
+        count = None if isinstance(keep_scales, bool) else operator.index(keep_scales)
+    except TypeError:
+        count = None
+    if count is None or not 0 <= count <= K:
+        raise ValueError(f"keep_scales must be an integer in [0, {K}] (this model has {K} scales), got {keep_scales!r}")
+    keep_scales = count
     return [torch.full((batch, h * w), k < keep_scales, dtype=torch.bool, device=device)
             for k, (h, w) in enumerate(scales)]

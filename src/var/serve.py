@@ -19,6 +19,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from .editing import box_mask, cover
@@ -104,16 +105,22 @@ class Demo:
         image, _ = load_image(path, self.pipe.channels, self.pipe.image_size)
         return image.to(self.pipe.device)
 
-    def painted_mask(self, layers: Sequence[str]) -> torch.Tensor:
+    def painted_mask(self, layers: Sequence[str], invert: bool = False) -> torch.Tensor:
         """The brush strokes of the editor's layers (any pixel not transparent) as an (S, S) 0/1 mask; a
-        model pixel is painted when any upload pixel it covers is."""
+        model pixel is 1 when any upload pixel it covers is painted, or with ``invert`` (outpainting: the
+        strokes are kept) when any is not. Inverted before the resize, as :func:`var.editing.load_mask` does,
+        so that an upload pixel to regenerate is never lost to it either way."""
         S = self.pipe.image_size
-        mask = torch.zeros(S, S)
+        painted = None
         for layer in layers:
             with Image.open(layer) as im:
                 alpha = torch.from_numpy(np.asarray(im.convert("RGBA"))[..., 3] > 0)
-            mask = torch.maximum(mask, cover(alpha[None, None], S)[0, 0])
-        return mask
+            if painted is not None and alpha.shape != painted.shape:  # the editor's layers share the canvas size
+                alpha = F.interpolate(alpha[None, None].float(), size=painted.shape, mode="nearest")[0, 0] > 0
+            painted = alpha if painted is None else painted | alpha
+        if painted is None:
+            return torch.full((S, S), float(invert))
+        return cover((~painted if invert else painted)[None, None], S)[0, 0]
 
     def sampling(self, cfg: float | None, top_k: float | None, top_p: float | None, temperature: float | None,
                  smooth: bool, seed: float | None) -> dict:
@@ -156,16 +163,18 @@ class Demo:
         fractions of the height and width). Returns (input, mask, result) at the model's resolution and the seed."""
         image = self.read_image((editor or {}).get("background"))
         S = self.pipe.image_size
-        if region == BOX:
-            mask = box_mask(S, S, y0, x0, y1, x1)
-        elif region == PAINTED:
-            mask = self.painted_mask((editor or {}).get("layers") or [])
-        else:
-            raise ValueError(f"unknown region {region!r}; expected {PAINTED!r} or {BOX!r}")
         if operation not in (INPAINT, OUTPAINT):
             raise ValueError(f"unknown operation {operation!r}; expected {INPAINT!r} or {OUTPAINT!r}")
-        if operation == OUTPAINT:
-            mask = 1 - mask
+        if region == BOX:
+            mask = box_mask(S, S, y0, x0, y1, x1)
+            mask = 1 - mask if operation == OUTPAINT else mask
+        elif region == PAINTED:
+            mask = self.painted_mask((editor or {}).get("layers") or [], invert=operation == OUTPAINT)
+        else:
+            raise ValueError(f"unknown region {region!r}; expected {PAINTED!r} or {BOX!r}")
+        if operation == OUTPAINT and mask.all():  # else the upload is ignored: a plain generation
+            raise ValueError(f"nothing to keep: the {region} region is empty or covers no whole pixel of the "
+                             f"model's {S}x{S} image: paint the part to keep, or choose a box")
         if not mask.any():
             where = "is empty: paint the part to regenerate, or choose a box" if operation == INPAINT else \
                 "covers the whole image: nothing is left to regenerate around it"
