@@ -83,6 +83,18 @@ def load_module(build: Callable[[], torch.nn.Module], weights: Path, described_b
     return module
 
 
+def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to a temporary file beside ``path``, then rename it to ``path``: a process killed while
+    writing (training overwrites its exported model at every snapshot) leaves the previous file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def bundled_folder(name: str | os.PathLike) -> Path | None:
     """The folder of the bundled model called ``name``, or None when ``name`` names none (a path does not)."""
     folder = BUNDLED_DIR / str(name)
@@ -258,9 +270,10 @@ class VARPipeline:
                "var": self.var.config.to_dict(), "class_names": self.class_names, "pad": self.pad, "info": self.info,
                "sampling_defaults": self.sampling_defaults}
         for module, name in ((self.vqvae, VQVAE_WEIGHTS), (self.var, VAR_WEIGHTS)):
-            save_file({k: (v.to(store) if v.is_floating_point() else v).detach().contiguous().cpu()
-                       for k, v in module.state_dict().items()}, path / name)
-        (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+            tensors = {k: (v.to(store) if v.is_floating_point() else v).detach().contiguous().cpu()
+                       for k, v in module.state_dict().items()}
+            write_atomically(path / name, lambda tmp: save_file(tensors, tmp))
+        write_atomically(path / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
         return path
 
     def use_decoder(self, tokenizer: VQVAE | str | os.PathLike) -> "VARPipeline":

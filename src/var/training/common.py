@@ -310,6 +310,9 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
     if ckpt.exists():
         trainer.load_checkpoint(ckpt, info.rank)
         saved_step = trainer.step
+        if saved_step > schedule.steps:  # else the run would end at once, its step-`saved_step` model kept
+            raise ValueError(f"{ckpt} is at step {saved_step}, past --steps {schedule.steps}: a run does not go "
+                             f"back; give --steps {saved_step} or more to resume it, or start a new --out")
         if info.is_main:
             log.info("resuming %s from step %d", ckpt, trainer.step)
     images_per_step = images_per_step or schedule.batch_size

@@ -23,8 +23,8 @@ from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, split_holdout
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import (DistInfo, Prefetcher, Schedule, append_metrics, batch_indices, fit, load_checkpoint_file,
-                     local_batch_size, setup_distributed)
+from .common import (CHECKPOINT, DistInfo, Prefetcher, Schedule, append_metrics, batch_indices, fit,
+                     load_checkpoint_file, local_batch_size, setup_distributed)
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,14 @@ VQVAE_JSON, VQVAE_WEIGHTS = "vqvae.json", "vqvae.safetensors"
 
 # ------------------------------------------------------------------------------- artifacts
 def export_vqvae(vqvae: VQVAE, out: Path, class_names: list[str] | None, data: str) -> None:
+    """Write the tokenizer's weights and description into ``out``, each file atomically (snapshots overwrite them)."""
     from safetensors.torch import save_file
-    save_file({k: v.detach().contiguous().cpu() for k, v in vqvae.state_dict().items()}, out / VQVAE_WEIGHTS)
+
+    from ..pipeline import write_atomically
+    tensors = {k: v.detach().contiguous().cpu() for k, v in vqvae.state_dict().items()}
+    write_atomically(out / VQVAE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
     meta = {"format": "var-vqvae", "vqvae": vqvae.config.to_dict(), "class_names": class_names, "data": data}
-    (out / VQVAE_JSON).write_text(json.dumps(meta, indent=2) + "\n")
+    write_atomically(out / VQVAE_JSON, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
 
 
 def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
@@ -65,6 +69,7 @@ def _fixed_run_config(out: Path, config: dict, info: DistInfo, must_match: tuple
     differences (model options) are named in a warning and the saved values kept, except in the entries the
     caller compares by content (a tokenizer given by another path)."""
     path = out / "run.json"
+    config = json.loads(json.dumps(config))  # as run.json holds it (tuples are lists), so that equal is equal
     if path.is_file():
         saved = json.loads(path.read_text())
         differ = [k for k in config if saved.get(k) != config[k] and k not in checked_by_caller]
@@ -201,7 +206,7 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
     if source is not None:
         run["finetune_decoder"] = str(finetune_decoder)
     cfg = _fixed_run_config(out, run, info, must_match=("data",))
-    if cfg["vqvae"] != run["vqvae"]:  # a resumed run keeps its model, and so its image size and channels
+    if VQVAEConfig(**cfg["vqvae"]) != vqvae_cfg:  # a resumed run keeps its model, so its image size and channels
         vqvae_cfg = VQVAEConfig(**cfg["vqvae"])
         ds, heldout = _training_and_heldout(data, vqvae_cfg)
     vqvae = VQVAE(vqvae_cfg)
@@ -379,8 +384,9 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
                                   "class_names": ds.class_names, "crop": crop}, info, must_match=("data",),
                             checked_by_caller=("vae",))
-    if (out / "config.json").is_file():  # resuming: the tokens must be those the transformer trains on so far
-        differs = load_vqvae(out)[0].token_side_difference(vqvae)
+    reference = _trained_on_tokenizer(out, cfg["vae"], vae_dir)
+    if reference is not None:  # resuming: the tokens must be those the transformer trains on so far
+        differs = reference.token_side_difference(vqvae)
         if differs:
             raise ValueError(f"the tokenizer {vae_dir} is not the one {out} trains on ({differs} differs from its "
                              f"saved tokenizer): resume with --vae {cfg['vae']}, or start a new --out")
@@ -434,6 +440,22 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         last = fit(trainer, schedule, out, info, batches, on_snapshot=snapshot)
     _finish(info)
     return dict(last)
+
+
+def _trained_on_tokenizer(out: Path, run_vae: str, vae_dir: str | os.PathLike) -> VQVAE | None:
+    """The tokenizer whose tokens the transformer of ``out`` has trained on so far, to compare the command's
+    with: the one its last snapshot saved; before the first snapshot, when a checkpoint exists, the one its
+    run.json names (``run_vae``). None when nothing has been trained yet, or nothing else is named."""
+    if (out / "config.json").is_file():
+        return load_vqvae(out)[0]
+    if not (out / CHECKPOINT).is_file() or run_vae == str(vae_dir):
+        return None
+    try:
+        return load_vqvae(run_vae)[0]
+    except (FileNotFoundError, ValueError) as e:
+        log.warning("cannot check that %s makes the tokens %s was trained on so far: its tokenizer %s does not "
+                    "load (%s)", vae_dir, out, run_vae, e)
+        return None
 
 
 def _check_geometry(ds: ImageArrayDataset, image_hw: tuple[int, int], channels: int) -> None:

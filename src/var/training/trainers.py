@@ -101,7 +101,13 @@ class _Trainer:
             o.load_state_dict(ckpt["optimizers"][k])
         self.step = ckpt["step"]
         states = ckpt["rng_per_rank"]
-        set_rng_state(states[rank] if rank < len(states) else states[0])
+        if rank < len(states):
+            set_rng_state(states[rank])
+        else:  # a resume with more processes than the run had: each new one draws its own numbers (dropout)
+            set_rng_state(states[0])
+            torch.manual_seed(int(torch.randint(2 ** 62, ())) + rank)
+            log.info("process %d: %s holds the RNG states of %d process(es); this one's is derived from the "
+                     "first's", rank, path, len(states))
 
 
 # ----------------------------------------------------------------------------------- tokenizer
