@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig, patch_nums_from_max_scale, precision
-from var.sampling import filter_logits, sample_tokens
+from var.sampling import draw, filter_logits, sample_tokens
 from var.sampling import generate as sample_generate
 
 
@@ -92,6 +92,25 @@ def test_top_k_top_p_filtering_keeps_the_right_candidates():
     draws = sample_tokens(logits.expand(1, 4000, 4), top_k=2, generator=g)
     share0 = (draws == 0).float().mean().item()
     assert set(draws.unique().tolist()) == {0, 1} and abs(share0 - 0.5 / 0.8) < 0.03
+
+
+def test_draws_follow_the_distribution_and_never_pick_a_dropped_candidate():
+    probs = torch.tensor([0.0, 0.2, 0.0, 0.5, 0.3, 0.0])
+    logits = probs.log().expand(1, 200_000, 6)  # -inf where the probability is 0
+    vals, ids = filter_logits(logits)  # nothing to cut: the logits as they are, no sort
+    assert ids is None and vals is logits
+    draws = draw(vals, ids, torch.Generator().manual_seed(0))
+    share = torch.bincount(draws.flatten(), minlength=6).double() / draws.numel()
+    torch.testing.assert_close(share, probs.double(), atol=0.005, rtol=0)
+    assert share[probs == 0].sum() == 0
+
+
+def test_a_draw_at_the_top_of_the_distribution_takes_the_last_candidate_with_weight(monkeypatch):
+    # u * total can round up to the total: the draw must not fall on the zero-weight tail.
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape, dtype=kw.get("dtype")))
+    logits = torch.tensor([[[0.0, 1.0, -torch.inf, -torch.inf]]])
+    assert draw(logits, None).tolist() == [[1]]
+    assert draw(logits, torch.tensor([[[7, 8, 9, 10]]])).tolist() == [[8]]
 
 
 def test_save_and_load_pretrained_roundtrip(tmp_path):

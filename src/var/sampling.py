@@ -42,8 +42,11 @@ def _is_real(x) -> bool:
 
 
 def check_finite_logits(logits: torch.Tensor, k: int, hw: tuple[int, int]) -> None:
-    """Stop with a clear message where the model's logits hold NaN or inf (sampling cannot draw from them)."""
-    if not torch.isfinite(logits).all():
+    """Stop with a clear message where the model's logits hold NaN or inf (sampling cannot draw from them).
+    The smallest and largest logit are NaN or infinite exactly when one logit is: one pass over the
+    logits, where ``isfinite(...).all()`` takes four (a tenth of a CPU generation at 4,096 codes)."""
+    lowest, highest = torch.aminmax(logits)
+    if not (torch.isfinite(lowest) and torch.isfinite(highest)):
         raise ValueError(f"the model produced non-finite logits (NaN or inf) at scale {k} ({hw[0]}x{hw[1]} tokens): "
                          "its weights or inputs hold NaN or inf")
 
@@ -58,19 +61,24 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
     return generator
 
 
-def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """Candidates left by top-k then top-p: (logits, vocabulary ids), both (B, l, k), best first.
+def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0,
+                  top_p: float = 0.0) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Candidates left by top-k then top-p: (logits, vocabulary ids), both (B, l, k), best first; ids
+    None, and the logits as they are, where neither option cuts anything (no sort of the vocabulary).
 
     Top-p drops a candidate when the candidates more likely than it already hold at least ``top_p`` of
     the probability (the reference's rule, stated on the k sorted candidates rather than on a sort of
     the whole vocabulary); the most likely token is never dropped. Dropped entries get -inf.
     """
     V = logits_BlV.shape[-1]
+    nucleus = 0 < top_p < 1
     if 0 < top_k < V:
         vals, ids = logits_BlV.topk(top_k, dim=-1, largest=True, sorted=True)
-    else:
+    elif nucleus:
         vals, ids = logits_BlV.sort(dim=-1, descending=True)
-    if 0 < top_p < 1:
+    else:
+        return logits_BlV, None
+    if nucleus:
         probs = vals.softmax(dim=-1)
         mass_before = probs.cumsum(dim=-1) - probs
         drop = mass_before >= top_p
@@ -79,13 +87,23 @@ def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0) 
     return vals, ids
 
 
-def draw(vals: torch.Tensor, ids: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One draw per position among the candidates of :func:`filter_logits`: vocabulary ids (B, l)."""
-    if vals.shape[-1] == 1:  # greedy: no random number is consumed
-        return ids[..., 0]
-    B, l, k = vals.shape
-    choice = torch.multinomial(vals.softmax(dim=-1).view(B * l, k), 1, generator=generator).view(B, l, 1)
-    return ids.gather(-1, choice)[..., 0]
+def draw(vals: torch.Tensor, ids: torch.Tensor | None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One draw per position among the candidates of :func:`filter_logits`: vocabulary ids (B, l).
+
+    By the inverse of the cumulative distribution: one uniform number per position, where
+    ``torch.multinomial`` draws an exponential per candidate (40% of a CPU generation at 4,096 codes).
+    """
+    k = vals.shape[-1]
+    if k == 1:  # greedy: no random number is consumed
+        return ids[..., 0] if ids is not None else torch.zeros(vals.shape[:-1], dtype=torch.long, device=vals.device)
+    logits = vals.float()
+    cdf = (logits - logits.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)  # unnormalised: the best weighs 1
+    total = cdf[..., -1:].contiguous()
+    u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype)
+    choice = torch.searchsorted(cdf, u * total, right=True)  # the first candidate whose cdf passes u * total
+    # u * total can round up to total itself: then take the last candidate with any weight.
+    choice = torch.minimum(choice, torch.searchsorted(cdf, total))
+    return choice[..., 0] if ids is None else ids.gather(-1, choice)[..., 0]
 
 
 def sample_tokens(logits_BlV: torch.Tensor, top_k: int = 0, top_p: float = 0.0,
@@ -100,8 +118,10 @@ def gumbel_softmax(logits: torch.Tensor, tau: float, generator: torch.Generator 
     return ((logits + gumbels) / tau).softmax(dim=-1)
 
 
-def _scatter_filtered(logits_BlV: torch.Tensor, vals: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+def _scatter_filtered(logits_BlV: torch.Tensor, vals: torch.Tensor, ids: torch.Tensor | None) -> torch.Tensor:
     """Full-vocabulary logits with everything but the kept candidates at -inf."""
+    if ids is None:  # nothing was cut
+        return vals
     return torch.full_like(logits_BlV, -torch.inf).scatter_(-1, ids, vals)
 
 
@@ -156,11 +176,10 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
             ratio = k / (K - 1) if K > 1 else 1.0
             logits_BlV = transformer.logits(x_nlC)
             check_finite_logits(logits_BlV, k, (h, w))
-            if guided:
-                t = cfg * ratio
-                logits_BlV = (1 + t) * logits_BlV[:B] - t * logits_BlV[B:]
+            if guided:  # (1 + t) * conditional - t * unconditional, in one pass
+                logits_BlV = torch.lerp(logits_BlV[B:], logits_BlV[:B], 1 + cfg * ratio)
             if temperature != 1.0:
-                logits_BlV = logits_BlV / temperature
+                logits_BlV.div_(temperature)  # a tensor of this call's own: no copy
             vals, ids = filter_logits(logits_BlV, top_k, top_p)
             idx_Bl = draw(vals, ids, generator)
             if smooth:
