@@ -44,3 +44,32 @@ def test_holding_out_needs_two_images():
         split_holdout(one)
     train, held = split_holdout(ImageArrayDataset(np.zeros((3, 4, 4, 1), np.uint8), np.zeros(3, np.int64), ["x"]))
     assert (len(train), len(held)) == (2, 1)
+
+
+def test_photos_are_read_upright_as_their_exif_orientation_says(tmp_path):
+    """A phone photo is stored sideways with an orientation tag: images, data sets and masks must all be
+    read as displayed, or a mask painted on the displayed photo misses its region."""
+    upright = np.zeros((8, 12), np.uint8)  # 8 rows, 12 columns: a bright block in the top-left corner
+    upright[:3, :4] = 255
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)  # as the camera wrote it
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    stored.save(tmp_path / "photo.png", exif=exif)
+    image, original = load_image(tmp_path / "photo.png", channels=1)
+    assert original == (12, 8) and np.array_equal(image[0, 0].mul(255).round().byte().numpy(), upright)
+    assert np.array_equal(load_resized(tmp_path / "photo.png", (8, 12), channels=1)[..., 0], upright)
+    assert np.array_equal(load_mask(tmp_path / "photo.png").numpy(), upright >= 128)
+
+
+def test_a_folder_without_images_is_not_a_class(tmp_path, caplog):
+    """An unzipped macOS archive holds __MACOSX (only hidden ._ files): it must not become a class that has
+    no images, which would shift nothing but leave a class the model can never learn."""
+    for name in ("coat", "__MACOSX", "shirt"):
+        (tmp_path / name).mkdir()
+    for name in ("coat", "shirt"):
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / name / "a.png")
+    (tmp_path / "__MACOSX" / "._a.png").write_bytes(b"\x00\x05\x16\x07")
+    with caplog.at_level(logging.WARNING):
+        files, names = list_image_files(tmp_path)
+    assert names == ["coat", "shirt"] and [c for _, c in files] == [0, 1]
+    assert "__MACOSX" in caplog.text

@@ -113,6 +113,23 @@ def test_a_draw_at_the_top_of_the_distribution_takes_the_last_candidate_with_wei
     assert draw(logits, torch.tensor([[[7, 8, 9, 10]]])).tolist() == [[8]]
 
 
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, True])
+def test_a_batch_size_that_is_not_a_positive_integer_is_named(batch_size):
+    # -1 used to fail inside torch.cat, 1.5 to run as 1 and 0 as the whole batch, without a word
+    with pytest.raises(ValueError, match=rf"batch_size must be an integer >= 1 .*got {batch_size!r}"):
+        small_pipe()(class_labels=[0, 1], batch_size=batch_size)
+
+
+def test_saving_in_fp16_refuses_a_weight_float16_cannot_hold(tmp_path):
+    pipe = small_pipe()
+    with torch.no_grad():
+        pipe.var.head.weight[0, 0] = 1e5  # float16 ends at 65504: it would be stored as inf
+    with pytest.raises(ValueError, match=r"var.safetensors: head.weight holds 100000, beyond torch.float16"):
+        pipe.save_pretrained(tmp_path / "m", weights_dtype="fp16")
+    again = VARPipeline.from_pretrained(pipe.save_pretrained(tmp_path / "m", weights_dtype="bf16"))
+    assert again.var.head.weight[0, 0].item() == 1e5 - 1e5 % 512  # bf16 holds it (rounded)
+
+
 def test_save_and_load_pretrained_roundtrip(tmp_path):
     pipe = small_pipe()
     pipe.class_names = [f"c{i}" for i in range(5)]

@@ -182,10 +182,16 @@ def list_image_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], l
         raise FileNotFoundError(f"data folder not found: {root}")
     subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if subdirs:
-        class_names = [d.name for d in subdirs]
         # Hidden files and folders (.ipynb_checkpoints, .thumbnails, ...) are not data, at any depth.
-        files = [(f, c) for c, d in enumerate(subdirs) for f in sorted(d.rglob("*"))
-                 if f.suffix.lower() in IMAGE_SUFFIXES and not any(p.startswith(".") for p in f.relative_to(d).parts)]
+        per_dir = [[f for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES
+                    and not any(p.startswith(".") for p in f.relative_to(d).parts)] for d in subdirs]
+        empty = [d.name for d, found in zip(subdirs, per_dir) if not found]
+        if empty and len(empty) < len(subdirs):  # e.g. __MACOSX of an unzipped archive: not a class
+            log.warning("ignoring %d folder(s) of %s without images: %s (a class needs images)", len(empty), root,
+                        ", ".join(empty))
+        kept = [(d, found) for d, found in zip(subdirs, per_dir) if found]
+        class_names = [d.name for d, _ in kept]
+        files = [(f, c) for c, (_, found) in enumerate(kept) for f in found]
         loose = [f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
         if loose:
             log.warning("ignoring %d image(s) directly in %s (e.g. %s): with class folders, images belong in "

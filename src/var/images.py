@@ -6,7 +6,7 @@ from typing import Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .schedule import as_hw, normalize_patch_nums
 
@@ -37,9 +37,12 @@ def write_npz(rgb_NHW3: np.ndarray, labels: np.ndarray, path: str | Path) -> Pat
 
 
 def to_8bit(im: Image.Image, channels: int) -> Image.Image:
-    """``im`` as 8-bit greyscale ("L", ``channels`` 1) or RGB. 16-bit greyscale (modes "I;16*", and "I",
-    which Pillow also uses for 16-bit PNGs) is scaled by 255/65535 first: Pillow's own convert clips it at
-    255, which turns all but the darkest pixels white."""
+    """``im`` upright and as 8-bit greyscale ("L", ``channels`` 1) or RGB. Upright: turned as its EXIF
+    orientation says (cameras and phones store photos sideways and tag them), so that an image, and a mask
+    painted over it as displayed, line up. 16-bit greyscale (modes "I;16*", and "I", which Pillow also uses
+    for 16-bit PNGs) is scaled by 255/65535 first: Pillow's own convert clips it at 255, which turns all but
+    the darkest pixels white."""
+    im = ImageOps.exif_transpose(im)
     if im.mode.startswith("I;16") or im.mode == "I":
         values = np.asarray(im, dtype=np.float64) * (255 / 65535)
         im = Image.fromarray(values.round().clip(0, 255).astype(np.uint8), "L")

@@ -95,6 +95,19 @@ def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
         raise
 
 
+def _for_storage(name: str, tensor: torch.Tensor, store: torch.dtype) -> torch.Tensor:
+    """``tensor`` as saved, floating point in ``store``. Refuses a finite value that ``store`` cannot hold
+    (float16 ends at 65504): it would be saved as inf, and the model would load broken without a word."""
+    tensor = tensor.detach()
+    if not tensor.is_floating_point():
+        return tensor.contiguous().cpu()
+    stored = tensor.to(store)
+    if not torch.equal(torch.isfinite(stored), torch.isfinite(tensor)):
+        raise ValueError(f"{name} holds {tensor.abs().max().item():g}, beyond {store}'s largest value "
+                         f"{torch.finfo(store).max:g}: save it in bf16 or fp32 (weights_dtype)")
+    return stored.contiguous().cpu()
+
+
 def bundled_folder(name: str | os.PathLike) -> Path | None:
     """The folder of the bundled model called ``name``, or None when ``name`` names none (a path does not)."""
     folder = BUNDLED_DIR / str(name)
@@ -270,8 +283,7 @@ class VARPipeline:
                "var": self.var.config.to_dict(), "class_names": self.class_names, "pad": self.pad, "info": self.info,
                "sampling_defaults": self.sampling_defaults}
         for module, name in ((self.vqvae, VQVAE_WEIGHTS), (self.var, VAR_WEIGHTS)):
-            tensors = {k: (v.to(store) if v.is_floating_point() else v).detach().contiguous().cpu()
-                       for k, v in module.state_dict().items()}
+            tensors = {k: _for_storage(f"{name}: {k}", v, store) for k, v in module.state_dict().items()}
             write_atomically(path / name, lambda tmp: save_file(tensors, tmp))
         write_atomically(path / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
         return path
@@ -510,8 +522,11 @@ class VARPipeline:
         """Run :func:`generate` over chunks of the batch and decode; editing passes per-scale keeps."""
         from tqdm.auto import tqdm
 
+        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, Integral)
+                                       or batch_size < 1):
+            raise ValueError(f"batch_size must be an integer >= 1 (or None: the whole batch at once), got {batch_size!r}")
         n = labels.numel()
-        bs = n if not batch_size else int(batch_size)
+        bs = batch_size or n
         images, tokens = [], []
         with tqdm(total=n, desc="generating", unit="img", disable=not progress) as bar:
             for s in range(0, n, bs):
