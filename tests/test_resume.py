@@ -129,3 +129,17 @@ def test_processes_the_checkpoint_has_no_rng_state_for_draw_their_own_numbers(tm
         draws.append(torch.rand(8))
     assert not torch.equal(draws[0], draws[1])
     assert torch.equal(draws[1], draws[2])
+
+
+def test_a_resume_logs_each_step_once_and_drops_a_line_cut_by_the_kill(tmp_path):
+    """Steps logged after the last checkpoint run again on resume: kept, they showed twice in metrics.jsonl
+    (a curve that turns back in `var plot`), and a line cut short by the kill made the file unreadable."""
+    from var.training.plot import read_metrics
+
+    sched = dict(batch_size=2, warmup=1, save_every=2, sample_every=100, log_every=1)
+    fit(tiny_trainer(), Schedule(steps=2, **sched), tmp_path, DistInfo(), batch)
+    with open(tmp_path / "metrics.jsonl", "a") as f:  # steps 3 and 4 were logged, then the kill (no checkpoint)
+        f.write('{"step": 3, "loss": 1.0}\n{"step": 4, "loss": 1.0}\n{"step": 5, "lo')
+    fit(tiny_trainer(), Schedule(steps=4, **sched), tmp_path, DistInfo(), batch)
+    steps = [r["step"] for r in read_metrics(tmp_path)]
+    assert steps == [1, 2, 3, 4]

@@ -262,6 +262,29 @@ def append_metrics(out: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def drop_metrics_after(out: Path, step: int) -> int:
+    """Remove from metrics.jsonl the records of steps after ``step`` and any line cut short by a kill: a run
+    resumed from its step-``step`` checkpoint logs those steps again, and kept they would show twice (a
+    curve that turns back). Returns how many lines went."""
+    path = out / METRICS
+    if not path.is_file():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
+    return len(lines) - len(kept)
+
+
 def any_rank(flag: bool, info: DistInfo) -> bool:
     """True on every process if it is True on any (a stop request on one rank stops them all)."""
     if info.world == 1:
@@ -315,6 +338,9 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
                              f"back; give --steps {saved_step} or more to resume it, or start a new --out")
         if info.is_main:
             log.info("resuming %s from step %d", ckpt, trainer.step)
+            dropped = drop_metrics_after(out, saved_step)
+            if dropped:
+                log.info("dropped %d metrics record(s) logged after the checkpoint: those steps run again", dropped)
     images_per_step = images_per_step or schedule.batch_size
     last: dict = {}
     with StopRequest() as stop, tqdm(total=schedule.steps, initial=trainer.step, disable=not info.is_main,
