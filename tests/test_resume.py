@@ -13,7 +13,7 @@ from var.training.common import DistInfo, Schedule, fit, rng_state
 
 from test_hardening import batch, tiny_trainer
 from test_model import small_pipe
-from test_training import VAE_ARGS, VAR_ARGS, folder, make_folder, vae_run  # noqa: F401 (fixtures)
+from test_training import VAE_ARGS, VAR_ARGS, folder, make_folder, other_tokenizer, vae_run  # noqa: F401 (fixtures)
 
 
 class Killed(BaseException):
@@ -59,13 +59,7 @@ def test_resuming_with_the_same_command_warns_of_nothing_and_reads_the_data_once
 def test_a_resume_before_the_first_snapshot_still_refuses_another_tokenizer(folder, vae_run, tmp_path, caplog):
     """Until the first snapshot the run folder holds no tokenizer to compare with: the one run.json names is
     the reference then, and a tokenizer making other tokens is refused as it is later."""
-    from var.training.runs import export_vqvae, load_vqvae
-
-    other = load_vqvae(vae_run)[0]
-    with torch.no_grad():
-        other.encoder.conv_in.weight.mul_(-1)
-    (tmp_path / "other").mkdir()
-    export_vqvae(other, tmp_path / "other", None, str(folder))
+    other_tokenizer(vae_run, folder, tmp_path / "other")
     out = tmp_path / "var"
 
     def train_var(vae, steps):

@@ -497,17 +497,25 @@ def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae
     assert "reinit_every=5" in caplog.text
 
 
-def test_a_resumed_decoder_finetune_keeps_the_tokenizer_its_run_names(folder, vae_run, tmp_path, caplog):
-    """A decoder fine-tuning run stopped before its first checkpoint, re-run with another tokenizer: it
-    resumes with the one its run.json names, as the log says, not the command's."""
+def other_tokenizer(vae_run: Path, data: Path, out: Path) -> Path:
+    """``vae_run``'s tokenizer with its first encoder conv negated (other tokens), exported into ``out``."""
     from var.training.runs import export_vqvae, load_vqvae
 
-    source = load_vqvae(vae_run)[0]
     other = load_vqvae(vae_run)[0]
     with torch.no_grad():
         other.encoder.conv_in.weight.mul_(-1)
-    (tmp_path / "other").mkdir()
-    export_vqvae(other, tmp_path / "other", None, str(folder))
+    out.mkdir()
+    export_vqvae(other, out, None, str(data))
+    return out
+
+
+def test_a_resumed_decoder_finetune_keeps_the_tokenizer_its_run_names(folder, vae_run, tmp_path, caplog):
+    """A decoder fine-tuning run stopped before its first checkpoint, re-run with another tokenizer: it
+    resumes with the one its run.json names, as the log says, not the command's."""
+    from var.training.runs import load_vqvae
+
+    source = load_vqvae(vae_run)[0]
+    other_tokenizer(vae_run, folder, tmp_path / "other")
     out = tmp_path / "dec"
 
     def finetune(src):
