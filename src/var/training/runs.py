@@ -82,9 +82,11 @@ def _fixed_run_config(out: Path, config: dict, info: DistInfo, must_match: tuple
             log.warning("%s exists: resuming with its configuration (the command's %s ignored)", path,
                         ", ".join(differ))
         return saved
-    if info.is_main:
+    if info.is_main:  # atomically: the other processes, not waiting, may read it while it is written
+        from ..pipeline import write_atomically
+
         out.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(config, indent=2) + "\n")
+        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     return config
 
 
