@@ -137,3 +137,19 @@ def test_a_resume_logs_each_step_once_and_drops_a_line_cut_by_the_kill(tmp_path)
     fit(tiny_trainer(), Schedule(steps=4, **sched), tmp_path, DistInfo(), batch)
     steps = [r["step"] for r in read_metrics(tmp_path)]
     assert steps == [1, 2, 3, 4]
+
+
+def test_a_resume_that_sees_fewer_gpus_restores_the_states_of_those_it_sees(monkeypatch):
+    """A checkpoint of a process that saw 2 GPUs, resumed where 1 is visible: setting the second's state
+    failed ('invalid device ordinal'); the GPUs both runs see get theirs."""
+    from var.training.common import set_rng_state
+
+    state = rng_state()
+    state["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 2
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: calls.append(device))
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", lambda states: calls.extend(range(len(states))))
+    set_rng_state(state)
+    assert calls == [0]

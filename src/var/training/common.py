@@ -203,8 +203,9 @@ def set_rng_state(state: dict) -> None:
                     np_state["gauss"])
     np.random.set_state(np_state)
     random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if "cuda" in state and torch.cuda.is_available():  # as many GPUs as both runs see (a resume may see fewer)
+        for device, cuda_state in enumerate(state["cuda"][:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(cuda_state, device)
 
 
 # What checkpoints written before the states were stored as tensors hold besides tensors: numpy's RNG state.
