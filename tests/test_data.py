@@ -73,3 +73,14 @@ def test_a_folder_without_images_is_not_a_class(tmp_path, caplog):
         files, names = list_image_files(tmp_path)
     assert names == ["coat", "shirt"] and [c for _, c in files] == [0, 1]
     assert "__MACOSX" in caplog.text
+
+
+def test_an_image_too_large_to_decode_is_named_not_a_traceback(tmp_path, monkeypatch):
+    """Pillow refuses images over twice MAX_IMAGE_PIXELS with DecompressionBombError, which is no OSError:
+    `var edit` on one printed a traceback instead of naming the file."""
+    Image.fromarray(np.zeros((64, 64), np.uint8)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 64 * 64 // 4)  # so this one counts as a bomb
+    with pytest.raises(ValueError, match="cannot read image .*big.png"):
+        load_image(tmp_path / "big.png", channels=1)
+    with pytest.raises(ValueError, match="cannot read mask .*big.png"):
+        load_mask(tmp_path / "big.png")

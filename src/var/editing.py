@@ -62,7 +62,7 @@ def load_mask(path: str | Path, size: int | Scale | None = None, expect: tuple[i
     try:
         with Image.open(path) as im:
             gray_HW = np.asarray(to_8bit(im, channels=1))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read mask {path}: {e}") from e
     h, w = gray_HW.shape
     if expect is not None and (w, h) != tuple(expect):

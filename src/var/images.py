@@ -62,7 +62,7 @@ def load_image(path: str | Path, channels: int, size: int | tuple[int, int] | No
                 if im.size != (W, H):
                     im = im.resize((W, H), Image.BICUBIC)
             arr = np.asarray(im, dtype=np.float32) / 255.0
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
     t = torch.from_numpy(arr)
     t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
