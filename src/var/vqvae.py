@@ -145,6 +145,11 @@ class Upsample(nn.Module):
         self._kernel.clear()  # moved or cast: free the cached kernel now; it is re-made on next use
         return super()._apply(fn, recurse)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        # Runs before the child conv's load: a load into inference tensors moves no version counter.
+        self._kernel.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type == "cpu":  # measured ~1.9x faster there; other devices keep the plain form
             w = self.conv.weight

@@ -89,6 +89,12 @@ class PackedLinear(nn.Linear):
             self._packed.clear()
         return super()._apply(fn, recurse)
 
+    def _load_from_state_dict(self, *args, **kwargs):
+        # A load into inference tensors (a model made under torch.inference_mode) moves no version counter.
+        if self._packed is not None:
+            self._packed.clear()
+        super()._load_from_state_dict(*args, **kwargs)
+
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
         """The packed weight when it applies to this call (re-packed if the weight changed), else None."""
         if self._packed is None or torch.is_grad_enabled() or x.device.type != "cpu" \
@@ -105,6 +111,7 @@ class PackedLinear(nn.Linear):
         if packed is None:
             y = F.linear(x, self.weight, b)
             return F.gelu(y, approximate="tanh") if gelu else y
+        b = None if b is None else b.contiguous()  # oneDNN reads the bias as dense, whatever its strides
         y = torch.ops.mkldnn._linear_pointwise(x.reshape(-1, self.in_features), packed, b,
                                                "gelu" if gelu else "none", [], "tanh" if gelu else "")
         return y.view(*x.shape[:-1], self.out_features)

@@ -19,9 +19,9 @@ T = TypeVar("T")
 
 def stream_count(device: torch.device, batch: int, requested: int | None = None) -> int:
     """How many streams to split ``batch`` items into: ``requested``, or by default one per CPU thread
-    (at most one per item) on CPU and one on other devices."""
+    (at most one per item, and one for an empty batch) on CPU and one on other devices."""
     if requested is None:
-        return min(batch, torch.get_num_threads()) if device.type == "cpu" else 1
+        return min(max(batch, 1), torch.get_num_threads()) if device.type == "cpu" else 1
     if not 1 <= requested <= max(batch, 1):
         raise ValueError(f"streams must be in [1, {batch}] (the batch size), got {requested}")
     return requested

@@ -18,7 +18,8 @@ class DerivedWeight:
 
     Not seen: in-place edits through ``weight.data`` or of inference tensors (neither has a version
     counter that moves), and fused steps on gradients assigned by hand; call :meth:`clear` (or
-    :func:`clear_derived_weights` on the module) after those. Copies and pickles keep ``fn`` only (the
+    :func:`clear_derived_weights` on the module) after those (the modules holding one clear it on
+    ``load_state_dict`` themselves, so a load into inference tensors is seen). Copies and pickles keep ``fn`` only (the
     value is recomputed on first use), so modules holding one can be deep-copied and saved."""
 
     def __init__(self, fn: Callable[[torch.Tensor], torch.Tensor]):
@@ -29,8 +30,13 @@ class DerivedWeight:
         self.clear()
 
     def clear(self) -> None:
-        """Forget the value (and its memory)."""
+        """Forget the value (and its memory) and stop watching the weight: with no value there is nothing to
+        guard, and the weak reference to the weight would make PyTorch refuse to swap it (``.to`` and
+        ``load_state_dict`` under ``torch.__future__.set_swap_module_params_on_conversion``)."""
         self._entry: tuple[StorageWeakRef, tuple, torch.Tensor] | None = None
+        if self._unhook is not None:
+            self._unhook()  # removes the gradient hook
+        self._unhook, self._watched = None, None
 
     @property
     def value(self) -> torch.Tensor | None:

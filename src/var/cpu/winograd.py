@@ -125,3 +125,7 @@ class WinogradConv2d(nn.Conv2d):
     def _apply(self, fn, recurse=True):
         self._transformed.clear()  # moved or cast: free the kernels now; they are re-made on next use
         return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        self._transformed.clear()  # a load into inference tensors moves no version counter
+        super()._load_from_state_dict(*args, **kwargs)
