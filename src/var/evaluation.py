@@ -278,17 +278,20 @@ def balanced_indices(labels: np.ndarray, n_per_class: int, num_classes: int, see
 
 # --------------------------------------------------------------------------------- the pipeline
 def _check_class_order(model_names: list[str] | None, classifier_names: list[str] | None) -> None:
-    """Classes are matched by id. The same names in another order (e.g. a model trained on class folders,
-    which are sorted by name) would judge each class's samples as another class: ValueError. Other names
-    are only logged, since a data set may spell the same classes differently."""
+    """Classes are matched by id. A name that both have at different ids (e.g. a model trained on class
+    folders, which are sorted by name, even where a folder spells another class differently: "T-shirt/top"
+    cannot be a folder's name) would judge that class's samples as another class: ValueError. Names only
+    one of them has are logged, since a data set may spell the same classes differently."""
     if not model_names or not classifier_names:
         return
     ours, theirs = [n.lower() for n in model_names], [n.lower() for n in classifier_names]
     if ours == theirs:
         return
-    if sorted(ours) == sorted(theirs):
+    moved = [f"{model_names[i]!r} is class {i} of the model but {theirs.index(n)} of the classifier"
+             for i, n in enumerate(ours) if n in theirs and theirs.index(n) != i]
+    if moved:
         raise ValueError(f"the model's classes {model_names} are the classifier's {classifier_names} in another "
-                         "order: its samples of each class would be judged as another class")
+                         f"order ({'; '.join(moved[:3])}): its samples of each class would be judged as another class")
     log.warning("the model's class names %s differ from the classifier's %s: classes are matched by id",
                 model_names, classifier_names)
 
@@ -335,7 +338,9 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     sample_time = time.perf_counter() - start
     log.info("generated %d samples in %.0f s", len(labels), sample_time)
     if save_npz is not None:
-        image_io.save_npz(samples, labels, save_npz)
+        # Through a temporary file: a full disk part way through leaves no truncated npz for FID tools to read.
+        from .pipeline import write_atomically
+        write_atomically(Path(save_npz), lambda tmp: image_io.save_npz(samples, labels, tmp))
         log.info("wrote %d samples to %s", len(labels), save_npz)
     logits, sample_feats = classify(classifier, samples)
     hits = logits.argmax(-1) == labels

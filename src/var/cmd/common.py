@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -109,10 +110,19 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images")
 
 
-def class_list(text: str) -> list[int | str]:
+def class_list(text: str, names: Sequence[str] | None = None) -> list[int | str]:
     """``--classes``/``--class`` values: ids or class names, comma-separated (``0,7`` or ``Dress,Sandal``).
-    Names are resolved by the model (:meth:`VARPipeline.class_ids`), which names an unknown one."""
-    items = [t.strip() for t in text.split(",") if t.strip()]
+    Names are resolved by the model (:meth:`VARPipeline.class_ids`), which names an unknown one. With the
+    model's ``names``, a comma inside one of them (``tench, Tinca tinca``, a class folder's name) does not
+    split it: otherwise such a class could not be asked for at all."""
+    pieces, known = text.split(","), {n.strip().lower() for n in names or []}
+    items, i = [], 0
+    while i < len(pieces):
+        # The longest run of two or more pieces that spells a class name, else the piece alone.
+        j = next((j for j in range(len(pieces), i + 1, -1) if ",".join(pieces[i:j]).strip().lower() in known), i + 1)
+        items.append(",".join(pieces[i:j]).strip())
+        i = j
+    items = [t for t in items if t]
     if not items:
         raise argparse.ArgumentTypeError(f"expected class ids or names such as 0,7 or Dress,Sandal, got {text!r}")
     return [int(t) if t.lstrip("-").isdigit() else t for t in items]

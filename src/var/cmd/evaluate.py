@@ -81,6 +81,7 @@ def run(args: argparse.Namespace) -> int:
     if args.per_class == 0 and not args.npz:
         raise ValueError("--per-class 0 skips the model, so --npz is needed to have something to evaluate")
     check_output_files(json=args.json, save_npz=args.save_npz)
+    _check_input_files(args)
     report: dict = {}
     if args.per_class:
         report.update(_evaluate_model(args))
@@ -92,6 +93,19 @@ def run(args: argparse.Namespace) -> int:
         path.write_text(json.dumps(report, indent=2) + "\n")
         log.info("wrote %s", path)
     return 0
+
+
+def _check_input_files(args: argparse.Namespace) -> None:
+    """Name a missing ``--npz`` or ``--npz-ref`` file, or ``--npz-ref`` without ``--npz``, before the model's
+    evaluation: found after it, the error would lose that run's results, ``--json`` included. ``--npz`` may be
+    the file this run's ``--save-npz`` is about to write."""
+    if args.npz_ref and not args.npz:
+        raise ValueError(f"--npz-ref {args.npz_ref} is the reference of --npz's FID: give --npz too")
+    made_here = bool(args.npz and args.per_class and args.save_npz
+                     and Path(args.save_npz).resolve() == Path(args.npz).resolve())
+    for flag, path in (("--npz", None if made_here else args.npz), ("--npz-ref", args.npz_ref)):
+        if path and not Path(path).is_file():
+            raise FileNotFoundError(f"{flag} {path}: no such file (expected an npz of uint8 images, arr_0)")
 
 
 def _evaluate_model(args: argparse.Namespace) -> dict:

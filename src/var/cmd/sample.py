@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..images import grid, progression_grid, to_rgb_uint8, write_npz
+from ..pipeline import write_atomically
 from .common import (add_command, add_model_args, add_sampling_args, check_output_files, class_list, load_pipeline,
                      positive_int, sampling_kwargs)
 
@@ -21,7 +22,7 @@ def register(sub) -> None:
     p = add_command(sub, "sample", "generate a grid of samples, a row per class (and PNG files / an npz for FID)")
     add_model_args(p)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--classes", type=class_list, nargs="+", metavar="IDS_OR_NAMES",
+    which.add_argument("--classes", type=_class_text, nargs="+", metavar="IDS_OR_NAMES",
                        help="class ids or names, e.g. 0 7 or Dress,Sandal; the id num_classes is the null class "
                             "(unconditional) (default: every class, at most 10)")
     which.add_argument("--all-classes", action="store_true",
@@ -42,12 +43,20 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _class_text(text: str) -> str:
+    """A ``--classes`` value, checked by :func:`class_list` as it is parsed but kept as typed: it is split
+    once the model is loaded, so that a comma inside one of its class names does not split that name."""
+    class_list(text)
+    return text
+
+
 def _classes(args: argparse.Namespace, pipe) -> list[int]:
     if args.all_classes:
         return list(range(pipe.num_classes))
     if args.classes is None:
         return list(range(min(10, pipe.num_classes)))
-    return pipe.class_ids([c for group in args.classes for c in group], allow_null=True).tolist()
+    return pipe.class_ids([c for text in args.classes for c in class_list(text, pipe.class_names)],
+                          allow_null=True).tolist()
 
 
 def _write_pngs(images_NHW3: np.ndarray, labels: torch.Tensor, folder: Path, start: int) -> None:
@@ -85,8 +94,9 @@ def run(args: argparse.Namespace) -> int:
     if args.png_dir:
         log.info("wrote %d PNG files to %s", len(labels), args.png_dir)
     if args.npz:
-        log.info("wrote %s (arr_0 %s uint8, labels)", write_npz(images_NHW3, labels.numpy(), args.npz),
-                 images_NHW3.shape)
+        # Through a temporary file: a full disk part way through leaves no truncated npz for FID tools to read.
+        write_atomically(Path(args.npz), lambda tmp: write_npz(images_NHW3, labels.numpy(), tmp))
+        log.info("wrote %s (arr_0 %s uint8, labels)", args.npz, images_NHW3.shape)
     names = [pipe.label_name(c) for c in classes]
     scale = max(1, 64 // max(pipe.image_hw))
     if args.grid:
