@@ -116,3 +116,27 @@ def test_eval_save_npz_on_a_full_disk_leaves_no_truncated_file(tmp_path, monkeyp
     with pytest.raises(OSError, match="No space left"):
         evaluate_pipeline(pipe, classifier, test, train, n_per_class=2, save_npz=tmp_path / "e.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_edit_and_vary_class_accept_a_class_name_holding_a_comma(saved, tmp_path, monkeypatch):
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8, 3), 128, np.uint8)).save(tmp_path / "in.png")
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(tmp_path / "mask.png")
+    asked = []
+    for method in ("inpaint", "vary"):
+        real = getattr(VARPipeline, method)
+        monkeypatch.setattr(VARPipeline, method,
+                            lambda self, *a, _real=real, **k: asked.append(k["class_labels"]) or _real(self, *a, **k))
+    common = ["--model", str(saved), "--device", "cpu", "--image", str(tmp_path / "in.png"),
+              "--class", "tench, Tinca tinca", "--out", str(tmp_path / "out.png")]
+    assert cli(["edit", *common, "--mask", str(tmp_path / "mask.png")]) == 0
+    assert cli(["vary", *common, "--keep-scales", "1"]) == 0
+    assert asked == [["tench, Tinca tinca"]] * 2
+
+
+def test_sample_png_dir_blocked_by_a_file_fails_before_sampling(saved, tmp_path, caplog):
+    (tmp_path / "taken").write_text("")
+    assert cli(["sample", "--model", str(saved), "--device", "cpu", "--per-class", "1", "--no-grid",
+                "--png-dir", str(tmp_path / "taken")]) == 2
+    assert "--png-dir" in caplog.text and "is a file, expected a folder" in caplog.text

@@ -370,7 +370,7 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
         "reference_images": len(test),
         "sampling_time_s": round(sample_time, 1),
     }
-    result["frechet_ratio_samples_to_reconstructions"] = (
+    result["frechet_ratio_samples_to_reconstructions"] = (  # None, not inf, which JSON cannot hold
         result["frechet_samples"] / result["frechet_reconstructions"] if result["frechet_reconstructions"] > 0
-        else float("inf"))
+        else None)
     return result

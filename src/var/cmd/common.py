@@ -150,6 +150,24 @@ def positive_int(text: str) -> int:
     return value
 
 
+def class_text(text: str) -> str:
+    """A ``--classes`` / ``--class`` value, checked by :func:`class_list` as it is parsed but kept as typed:
+    it is split once the model is loaded, so that a comma inside one of its class names does not split it."""
+    class_list(text)
+    return text
+
+
+def check_output_folder(option: str, path: str | os.PathLike | None) -> None:
+    """ValueError naming ``option`` when ``path`` cannot be made a folder (a file is in the way), before the
+    long work whose results it is to hold."""
+    if path is None:
+        return
+    path, flag = Path(path), "--" + option.replace("_", "-")
+    blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
+    if blocking is not None:
+        raise ValueError(f"{flag} {path}: {blocking} is a file, expected a folder")
+
+
 def check_output_files(**paths: str | os.PathLike | None) -> None:
     """ValueError naming the option (``save_npz=...`` is ``--save-npz``) whose output file could not be
     written: a folder of that name, or a file where a folder would be. Checked before long work, so that

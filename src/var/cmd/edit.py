@@ -10,7 +10,7 @@ import torch
 from ..editing import box_mask, load_mask
 from ..images import grid, load_image, save_image
 from ..pipeline import VARPipeline
-from .common import add_command, add_model_args, add_sampling_args, class_list, load_pipeline, sampling_kwargs
+from .common import add_command, add_model_args, add_sampling_args, class_list, class_text, load_pipeline, sampling_kwargs
 
 log = logging.getLogger("var")
 
@@ -33,11 +33,16 @@ def _add_input_args(p: argparse.ArgumentParser) -> None:
 
 
 def _add_output_args(p: argparse.ArgumentParser, panel: str) -> None:
-    p.add_argument("--class", dest="label", type=class_list, metavar="ID_OR_NAME",
+    p.add_argument("--class", dest="label", type=class_text, metavar="ID_OR_NAME",
                    help="class id or name to condition on (default: the null class, unconditional)")
     add_sampling_args(p)
     p.add_argument("--panel", action="store_true", help=f"write {panel} side by side instead of the result alone")
     p.add_argument("--out", required=True, help="PNG to write")
+
+
+def _label(args: argparse.Namespace, pipe) -> list[int | str] | None:
+    """``--class`` split with the model's class names known (a name may hold a comma), or None: unconditional."""
+    return None if args.label is None else class_list(args.label, pipe.class_names)
 
 
 def register(sub) -> None:
@@ -95,7 +100,7 @@ def run_edit(args: argparse.Namespace) -> int:
     else:
         mask_HW = box_mask(H, W, *args.box)
         mask_HW = 1 - mask_HW if args.outpaint else mask_HW
-    out = pipe.inpaint(image, mask_HW, class_labels=args.label, **sampling)
+    out = pipe.inpaint(image, mask_HW, class_labels=_label(args, pipe), **sampling)
     _write(args, pipe, {"input": image, "mask": mask_HW[None, None], "result": out.images})
     return 0
 
@@ -104,6 +109,6 @@ def run_vary(args: argparse.Namespace) -> int:
     sampling = sampling_kwargs(args)
     pipe = load_pipeline(args)
     image, _ = _load_input(args.image, pipe)
-    out = pipe.vary(image, args.keep_scales, class_labels=args.label, **sampling)
+    out = pipe.vary(image, args.keep_scales, class_labels=_label(args, pipe), **sampling)
     _write(args, pipe, {"input": image, "result": out.images})
     return 0

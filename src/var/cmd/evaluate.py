@@ -144,10 +144,11 @@ def _inception(args: argparse.Namespace) -> dict:
 
 def _print_table(r: dict) -> None:
     s = r["settings"]
+    ratio = r["frechet_ratio_samples_to_reconstructions"]
     rows = [
         ("samples classified as their class", f"{100 * r['class_accuracy']:.1f}%", "by the evaluation classifier"),
         ("Frechet distance: samples", f"{r['frechet_samples']:.3f}",
-         f"{r['frechet_ratio_samples_to_reconstructions']:.2f}x reconstructions"),
+         f"{ratio:.2f}x reconstructions" if ratio is not None else "(the reconstructions' distance is 0)"),
         ("Frechet distance: reconstructions", f"{r['frechet_reconstructions']:.3f}", "tokenizer round trip of test images"),
         ("Frechet distance: real train images", f"{r['frechet_real_train']:.3f}", "the floor"),
         ("tokenizer PSNR", f"{r['tokenizer_psnr']:.2f} dB", "reconstructions of the same test images"),

@@ -12,8 +12,8 @@ from PIL import Image
 
 from ..images import grid, progression_grid, to_rgb_uint8, write_npz
 from ..pipeline import write_atomically
-from .common import (add_command, add_model_args, add_sampling_args, check_output_files, class_list, load_pipeline,
-                     positive_int, sampling_kwargs)
+from .common import (add_command, add_model_args, add_sampling_args, check_output_files, check_output_folder,
+                     class_list, class_text, load_pipeline, positive_int, sampling_kwargs)
 
 log = logging.getLogger("var")
 
@@ -22,7 +22,7 @@ def register(sub) -> None:
     p = add_command(sub, "sample", "generate a grid of samples, a row per class (and PNG files / an npz for FID)")
     add_model_args(p)
     which = p.add_mutually_exclusive_group()
-    which.add_argument("--classes", type=_class_text, nargs="+", metavar="IDS_OR_NAMES",
+    which.add_argument("--classes", type=class_text, nargs="+", metavar="IDS_OR_NAMES",
                        help="class ids or names, e.g. 0 7 or Dress,Sandal; the id num_classes is the null class "
                             "(unconditional) (default: every class, at most 10)")
     which.add_argument("--all-classes", action="store_true",
@@ -41,13 +41,6 @@ def register(sub) -> None:
     p.add_argument("--progression", default=None, metavar="PNG",
                    help="also write the coarse-to-fine figure: each scale's decoded image, for a few samples")
     p.set_defaults(run=run)
-
-
-def _class_text(text: str) -> str:
-    """A ``--classes`` value, checked by :func:`class_list` as it is parsed but kept as typed: it is split
-    once the model is loaded, so that a comma inside one of its class names does not split that name."""
-    class_list(text)
-    return text
 
 
 def _classes(args: argparse.Namespace, pipe) -> list[int]:
@@ -73,6 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     sampling = sampling_kwargs(args)
     check_output_files(out=args.out if args.grid else None, npz=args.npz, progression=args.progression)
+    check_output_folder("png_dir", args.png_dir)
     info = setup_distributed(args.device)
     if info.world > 1:
         args.device = str(info.device)
