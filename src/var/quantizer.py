@@ -258,8 +258,14 @@ class MultiScaleQuantizer(nn.Module):
 
     @torch.no_grad()
     def _update_usage(self, indices: Sequence[torch.Tensor], momentum: float = 0.99) -> None:
-        for k, idx in enumerate(indices):
-            hits_V = torch.bincount(idx.flatten(), minlength=self.vocab_size).float()
+        """Fold this batch's code hits per scale into ``ema_vocab_hit_SV``. Under torchrun the hits of every
+        process are summed first (as the reference does): each process sees only its share of the batch, and
+        DDP overwrites every process's buffers with rank 0's at each forward, so a local update would leave
+        the statistic (and the dead-code restarts it decides) with rank 0's codes alone."""
+        hits_SV = torch.stack([torch.bincount(idx.flatten(), minlength=self.vocab_size).float() for idx in indices])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(hits_SV)
+        for k, hits_V in enumerate(hits_SV):
             hits_V /= hits_V.sum().clamp_min(1)
             if self.ema_vocab_hit_SV[k].sum() == 0:
                 self.ema_vocab_hit_SV[k].copy_(hits_V)
