@@ -31,7 +31,9 @@ def register(sub) -> None:
     p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default: the model's)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the samples and of the real images drawn")
-    p.add_argument("--batch-size", type=positive_int, default=100, help="images generated per call")
+    p.add_argument("--batch-size", type=positive_int, default=100,
+                   help="images generated per call (one random stream runs through the calls: the samples of a "
+                        "seed depend on it)")
     p.add_argument("--classifier", metavar="PATH", default="bundled",
                    help="a folder written by var train-classifier, or 'bundled' for the shipped one")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder holding its IDX files: the "
