@@ -213,8 +213,10 @@ def frechet_distance(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor |
     """Frechet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
     |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2).
 
-    Computed in float64 with symmetric eigen-decompositions; tiny negative eigenvalues from rounding
-    are clamped to zero, so the result is real and, up to rounding, non-negative.
+    Computed in float64. The last trace is the sum of the singular values of S_a^1/2 S_b^1/2 (their squares
+    are the eigenvalues of S_a^1/2 S_b S_a^1/2): accurate to rounding where that product's eigenvalues are
+    zero (fewer vectors than dimensions), whose square roots of rounding noise would each add ~1e-8 |S|,
+    and the same whichever set comes first. Tiny negative eigenvalues of S_a, S_b are clamped to zero.
     """
     a = np.asarray(feats_a.detach().cpu() if isinstance(feats_a, torch.Tensor) else feats_a, dtype=np.float64)
     b = np.asarray(feats_b.detach().cpu() if isinstance(feats_b, torch.Tensor) else feats_b, dtype=np.float64)
@@ -224,10 +226,7 @@ def frechet_distance(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor |
         raise ValueError(f"need at least 2 feature vectors per set for a covariance, got {len(a)} and {len(b)}")
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    sqrt_a = _sqrtm_psd(cov_a)
-    middle = sqrt_a @ cov_b @ sqrt_a
-    eig = np.linalg.eigvalsh((middle + middle.T) / 2)
-    tr_covmean = np.sqrt(np.clip(eig, 0, None)).sum()
+    tr_covmean = np.linalg.svd(_sqrtm_psd(cov_a) @ _sqrtm_psd(cov_b), compute_uv=False).sum()
     return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean)
 
 

@@ -182,7 +182,8 @@ class Demo:
         label = self.class_id(class_name or self.classes[-1])
         options = self.sampling(cfg, top_k, top_p, temperature, smooth, seed)
         out = self._run(self.pipe.inpaint, progress, images=image, mask=mask, class_labels=label, **options)
-        command = self.command("edit", options, "--image", "input.png", "--mask", "mask.png", *self._class_arg(label))
+        command = self.command("edit", options, "--image", "input.png", "--mask", "mask.png", *self._class_arg(label),
+                               "--out", "result.png")   # var edit requires --out
         return to_pil(image), to_pil(mask), to_pil(out.images), self.info(options, command)
 
     def vary(self, image: str | None, keep_scales: float, num_images: float = 1, class_name: str | None = None,
@@ -201,7 +202,7 @@ class Demo:
                             class_labels=label, **{**options, "seed": options["seed"] + i})
             gallery.append((to_pil(out.images), f"seed {options['seed'] + i}"))
         command = self.command("vary", options, "--image", "input.png", "--keep-scales", str(keep),
-                               *self._class_arg(label))
+                               *self._class_arg(label), "--out", "result.png")   # var vary requires --out
         return gallery, self.info(options, command)
 
     # --------------------------------------------------------------------------- plumbing
@@ -223,10 +224,13 @@ class Demo:
         return [] if label == self.pipe.num_classes else ["--class", str(label)]
 
     def command(self, name: str, options: dict, *args: str) -> str:
-        """The ``var`` command line that makes the same images (with the same model and compute dtype)."""
+        """The ``var`` command line that makes the same images (with the same model, device and compute dtype)."""
         parts = ["var", name, *self.model_args, *args, "--cfg", str(options["cfg"]), "--top-k", str(options["top_k"]),
                  "--top-p", str(options["top_p"]), "--temperature", str(options["temperature"]),
-                 "--seed", str(options["seed"])] + (["--smooth"] if options["smooth"] else []) + self._dtype_args()
+                 "--seed", str(options["seed"])] + (["--smooth"] if options["smooth"] else []) + \
+            ["--device", str(self.pipe.device)] + self._dtype_args()
+        # --device always: a seed's random numbers are the device's own (a CPU's and a GPU's differ), and the
+        # command's default device is the machine's (a GPU where there is one), not the one the demo ran on.
         return shlex.join(parts)
 
     def _dtype_args(self) -> list[str]:

@@ -39,10 +39,20 @@ def register(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _check_counts(args: argparse.Namespace) -> None:
+    """Name a bad count before the model is built (d16: ~10 GiB) and timed: a negative --train-batch-size
+    otherwise failed in torch, with a traceback, after the whole generation benchmark."""
+    for flag, value, least in (("--batch-size", args.batch_size, 1), ("--repeats", args.repeats, 1),
+                               ("--train-batch-size", args.train_batch_size, 0), ("--streams", args.streams, 1),
+                               ("--threads", args.threads, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag} must be >= {least}" + (" (0 skips the training step)" if least == 0 else "")
+                             + f", got {value}")
+
+
 def run(args: argparse.Namespace) -> int:
+    _check_counts(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise ValueError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     device = args.device or default_device()
     dtype = precision.choose_dtype(args.dtype, device, force=True)   # a benchmark measures what it is asked
