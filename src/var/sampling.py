@@ -97,7 +97,14 @@ def draw(vals: torch.Tensor, ids: torch.Tensor | None, generator: torch.Generato
     if k == 1:  # greedy: no random number is consumed
         return ids[..., 0] if ids is not None else torch.zeros(vals.shape[:-1], dtype=torch.long, device=vals.device)
     logits = vals.float()
-    cdf = (logits - logits.amax(dim=-1, keepdim=True)).exp_().cumsum_(dim=-1)  # unnormalised: the best weighs 1
+    top = logits.amax(dim=-1, keepdim=True)
+    # NaN, +inf or an all -inf row makes the cdf NaN and the search return an id past the vocabulary: refuse.
+    if not torch.isfinite(top).all():
+        bad = top[~torch.isfinite(top)].flatten()[0].item()
+        raise ValueError(f"cannot draw from logits whose largest value is {bad} (expected a finite number at every "
+                         "position): NaN, -inf for every candidate, or +inf from a temperature or cfg so extreme "
+                         "that float32 overflows")
+    cdf = (logits - top).exp_().cumsum_(dim=-1)  # unnormalised: the best weighs 1
     total = cdf[..., -1:].contiguous()
     u = torch.rand(total.shape, generator=generator, device=cdf.device, dtype=cdf.dtype)
     choice = torch.searchsorted(cdf, u * total, right=True)  # the first candidate whose cdf passes u * total

@@ -123,16 +123,17 @@ def register(sub) -> None:
     g.add_argument("--image-size", type=argument_type(parse_size), default=None,
                    help="image side, or HxW (height x width) such as 32x64, in pixels: images are resized to cover "
                         "it and centre-cropped (default: 32)")
-    g.add_argument("--channels", type=int, default=None, help="1 (grayscale) or 3 (RGB) (default: 3)")
-    g.add_argument("--ch", type=int, default=None,
+    g.add_argument("--channels", type=int, choices=(1, 3), default=None,
+                   help="1 (grayscale) or 3 (RGB) (default: 3)")
+    g.add_argument("--ch", type=positive_int, default=None,
                    help="base channel width of the encoder and decoder (default: 32 with --preset fashion-mnist, "
                         "else 64)")
     g.add_argument("--ch-mult", type=_ints, default=None,
                    help="channel multiplier per level; N levels down-sample 2^(N-1)x, e.g. 1,2,2 is 4x "
                         "(default: 1,2,2)")
     g.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per level (default: 1)")
-    g.add_argument("--z-channels", type=int, default=None, help="latent (and codebook) width (default: 16)")
-    g.add_argument("--vocab-size", type=int, default=None,
+    g.add_argument("--z-channels", type=positive_int, default=None, help="latent (and codebook) width (default: 16)")
+    g.add_argument("--vocab-size", type=positive_int, default=None,
                    help="codebook size (default: 4096, the released tokenizer's)")
     g.add_argument("--patch-nums", type=argument_type(parse_patch_nums), default=None,
                    help="scale schedule, e.g. 1,2,3,4,6,8, or height x width per scale, e.g. 1x2,2x4,4x8,8x16 "
@@ -225,6 +226,9 @@ def _custom_vae_config(a: argparse.Namespace):
             setattr(a, name, value)
     downsample = 2 ** (len(a.ch_mult) - 1)
     image_hw = as_hw(a.image_size)
+    if a.patch_nums and a.max_scale:
+        raise ValueError(f"--patch-nums {','.join(map(_size_text, a.patch_nums))} and --max-scale "
+                         f"{_size_text(a.max_scale)} both set the scale schedule: give one, not both")
     if a.patch_nums:
         patch_nums = a.patch_nums
     elif a.max_scale:
@@ -242,9 +246,23 @@ def _custom_vae_config(a: argparse.Namespace):
     return cfg
 
 
+def _size_text(size) -> str:
+    """A size or a schedule's scale as typed on the command line: 8, or 6x8 (height x width)."""
+    return str(size) if isinstance(size, int) else "x".join(map(str, size))
+
+
+def _check_warmup(a: argparse.Namespace, warmup_given: bool) -> None:
+    """A ``--warmup`` given on the command line must fit in the run: past ``--steps`` the learning rate would
+    never reach ``--lr`` nor decay. (A preset's warm-up longer than a short trial run is left alone.)"""
+    if warmup_given and a.warmup > a.steps:
+        raise ValueError(f"--warmup {a.warmup} is longer than the run (--steps {a.steps}): the learning rate would "
+                         f"never reach --lr {a.lr} nor decay; expected a warm-up of at most {a.steps} steps")
+
+
 def run_train_vae(a: argparse.Namespace) -> int:
     from ..training.runs import train_vqvae
 
+    warmup_given = a.warmup is not None
     if a.finetune_decoder is not None:
         given = _model_options_given(a)
         if given:
@@ -260,6 +278,7 @@ def run_train_vae(a: argparse.Namespace) -> int:
             a.disc_start = a.steps // 4  # after the reconstructions have taken shape (VQGAN-style delayed start)
         cfg = _preset_vae_config(a) if a.preset == "fashion-mnist" else _custom_vae_config(a)
         cfg.beta = a.beta
+    _check_warmup(a, warmup_given)
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
                          betas=a.betas, ema=a.ema or None, finetune_decoder=a.finetune_decoder)
@@ -273,7 +292,9 @@ def run_train_var(a: argparse.Namespace) -> int:
     from ..training.runs import default_cache_dir, train_var
     from ..transformer import VARConfig
 
+    warmup_given = a.warmup is not None
     resolve_preset_defaults(a, VAR_RECIPES)
+    _check_warmup(a, warmup_given)
     cfg = fashion_mnist_configs()[1] if a.preset == "fashion-mnist" else VARConfig.from_preset(a.preset)
     for name in ("depth", "embed_dim", "num_heads"):
         if getattr(a, name) is not None:
