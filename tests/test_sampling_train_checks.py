@@ -63,3 +63,13 @@ def test_tokenizer_sizes_outside_their_range_are_usage_errors(option, value, cap
         cli(["train-vae", "--data", NO_DATA, "--preset", "custom", option, value])
     assert e.value.code == 2
     assert f"argument {option}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1])
+def test_a_seed_out_of_torchs_range_is_named(seed):
+    from var.sampling import make_generator
+
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[-2\*\*63, 2\*\*64\), got {seed}"):
+        make_generator(seed, "cpu")
+    make_generator(2 ** 64 - 1, "cpu")  # the ends of the range are seeds
+    make_generator(-2 ** 63, "cpu")

@@ -56,6 +56,8 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
+    elif not -2 ** 63 <= int(seed) < 2 ** 64:  # torch's own error ("Overflow when unpacking long long") names no seed
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed}")
     else:
         generator.manual_seed(int(seed))
     return generator
