@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from .data import ImageArrayDataset
 from . import images as image_io
+from .files import write_atomically
 from .precision import dtype_name
 
 if TYPE_CHECKING:
@@ -338,7 +339,6 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     log.info("generated %d samples in %.0f s", len(labels), sample_time)
     if save_npz is not None:
         # Through a temporary file: a full disk part way through leaves no truncated npz for FID tools to read.
-        from .pipeline import write_atomically
         write_atomically(Path(save_npz), lambda tmp: image_io.save_npz(samples, labels, tmp))
         log.info("wrote %d samples to %s", len(labels), save_npz)
     logits, sample_feats = classify(classifier, samples)

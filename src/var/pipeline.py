@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from . import editing, official, precision
 from .cpu.packed_linear import PackedLinear, total_memory_bytes
 from .cpu.weight_cache import clear_derived_weights
+from .files import write_atomically
 from .sampling import check_sampling_options, generate, make_generator
 from .schedule import Scale
 from .transformer import VAR, VARConfig
@@ -81,18 +82,6 @@ def load_module(build: Callable[[], torch.nn.Module], weights: Path, described_b
         raise ValueError(f"{described_by} does not describe {what}: {e}") from e
     official.load_strict(module, official.load_state_dict(weights), f"{weights} does not match {described_by}")
     return module
-
-
-def write_atomically(path: Path, write: Callable[[Path], None]) -> None:
-    """``write(tmp)`` to a temporary file beside ``path``, then rename it to ``path``: a process killed while
-    writing (training overwrites its exported model at every snapshot) leaves the previous file whole."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _for_storage(name: str, tensor: torch.Tensor, store: torch.dtype) -> torch.Tensor:

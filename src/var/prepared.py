@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import CROP_RATIO, ImageArrayDataset, decode_or_none, list_image_files, warn_skipped
+from .files import write_atomically
 from .schedule import as_hw
 
 log = logging.getLogger(__name__)
@@ -174,9 +175,7 @@ def _finish(out: Path, plan: dict, status: np.memmap) -> dict:
     manifest = {"format": FORMAT, "version": 1, **{k: plan[k] for k in ("image_size", "channels", "crop_size")},
                 "count": len(decoded), "class_names": plan["class_names"], "source": plan["source"],
                 "skipped": skipped, "digest": _digest(out / IMAGES)}
-    tmp = out / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out / MANIFEST)
+    write_atomically(out / MANIFEST, lambda tmp: tmp.write_text(json.dumps(manifest, indent=2) + "\n"))
     for name in (_STAGING, _STATUS, _PLAN):
         (out / name).unlink(missing_ok=True)
     log.info("prepared %d images (%dx%dx%d) in %s", len(decoded), *plan["image_size"], plan["channels"], out)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from ..images import grid, progression_grid, to_rgb_uint8, write_npz
-from ..pipeline import write_atomically
+from ..files import write_atomically
 from .common import (add_command, add_model_args, add_sampling_args, check_output_files, check_output_folder,
                      class_list, class_text, load_pipeline, positive_int, sampling_kwargs)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..files import write_atomically
 from ..precision import default_device
 
 log = logging.getLogger(__name__)
@@ -173,12 +174,9 @@ class Prefetcher:
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint. A failed
     write (e.g. a full disk) removes the temporary file and raises :class:`CheckpointWriteFailed`."""
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: torch.save(obj, tmp))
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise CheckpointWriteFailed(f"writing {path} failed: {e.strerror or e}") from e
 
 
@@ -280,9 +278,7 @@ def drop_metrics_after(out: Path, step: int) -> int:
         if record.get("step", 0) <= step:
             kept.append(line if line.endswith("\n") else line + "\n")
     if len(kept) != len(lines):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text("".join(kept))
-        os.replace(tmp, path)
+        write_atomically(path, lambda tmp: tmp.write_text("".join(kept)))
     return len(lines) - len(kept)
 
 

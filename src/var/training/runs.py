@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, split_holdout
+from ..files import write_atomically
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
@@ -36,7 +37,6 @@ def export_vqvae(vqvae: VQVAE, out: Path, class_names: list[str] | None, data: s
     """Write the tokenizer's weights and description into ``out``, each file atomically (snapshots overwrite them)."""
     from safetensors.torch import save_file
 
-    from ..pipeline import write_atomically
     tensors = {k: v.detach().contiguous().cpu() for k, v in vqvae.state_dict().items()}
     write_atomically(out / VQVAE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
     meta = {"format": "var-vqvae", "vqvae": vqvae.config.to_dict(), "class_names": class_names, "data": data}
@@ -83,8 +83,6 @@ def _fixed_run_config(out: Path, config: dict, info: DistInfo, must_match: tuple
                         ", ".join(differ))
         return saved
     if info.is_main:  # atomically: the other processes, not waiting, may read it while it is written
-        from ..pipeline import write_atomically
-
         out.mkdir(parents=True, exist_ok=True)
         write_atomically(path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
     return config
