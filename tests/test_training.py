@@ -279,12 +279,13 @@ def test_nan_loss_stops_and_keeps_the_last_checkpoint(folder, tmp_path):
 
 
 def test_random_crops_are_windows_of_the_enlarged_image_and_repeat_per_step(folder, vae_run, tmp_path, caplog):
-    from var.training.runs import _batch_getter, crop_batch, resize_images
+    from var.data import enlarge_for_crop
+    from var.training.runs import _batch_getter, crop_batch
     x = torch.arange(2 * 3 * 6 * 6, dtype=torch.float32).view(2, 3, 6, 6)
     got = crop_batch(x, torch.tensor([[0, 2], [1, 0]]), 4)
     assert torch.equal(got[0], x[0, :, 0:4, 2:6]) and torch.equal(got[1], x[1, :, 1:5, 0:4])
     flat = np.full((3, 8, 8, 1), 77, np.uint8)
-    assert (resize_images(flat, 9) == 77).all() and resize_images(flat, 9).shape == (3, 9, 9, 1)
+    assert (enlarge_for_crop(flat, 9) == 77).all() and enlarge_for_crop(flat, 9).shape == (3, 9, 9, 1)
     get = _batch_getter(lambda idx, flips, offsets: (idx, flips, offsets), 24, small_schedule(), DistInfo(), True, 2)
     a, b, c = get(5), get(5), get(6)
     assert all(torch.equal(torch.as_tensor(u), torch.as_tensor(v)) for u, v in zip(a, b))

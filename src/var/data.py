@@ -27,8 +27,11 @@ FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-u
                        "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".webp", ".bmp"}
 # Random-crop augmentation (the reference's): images kept at this multiple of the model's size, a window of
-# the model's size cut from each at every step (var train --crop, var prepare-data --crop).
+# the model's size cut from each at every step (var train --crop, var prepare-data --crop). The reference
+# resizes to that size with a Lanczos filter; so do we, from the source image.
 CROP_RATIO = 1.125
+CROP_RESAMPLE = Image.LANCZOS
+RESAMPLE = Image.BICUBIC  # images decoded at the model's size
 _IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
@@ -151,40 +154,65 @@ def fashion_mnist_dataset(root: str | os.PathLike | None = None, split: str = "t
     return ImageArrayDataset(images, labels, list(FASHION_MNIST_CLASSES), name=f"fashion-mnist-{split}")
 
 
-def load_resized(path: str | os.PathLike, size: int | tuple[int, int], channels: int) -> np.ndarray:
-    """Decode, resize to cover ``size`` (a side, or (H, W)) keeping the aspect ratio, and centre-crop to
-    H x W: (H, W, C) uint8. For a square size this resizes the short side to it."""
+def load_resized(path: str | os.PathLike, size: int | tuple[int, int], channels: int,
+                 resample: int = RESAMPLE) -> np.ndarray:
+    """Decode, resize to cover ``size`` (a side, or (H, W)) keeping the aspect ratio with the PIL filter
+    ``resample``, and centre-crop to H x W: (H, W, C) uint8. For a square size this resizes the short side to it."""
     H, W = as_hw(size)
     with Image.open(path) as im:
         im = to_8bit(im, channels)
         w, h = im.size
         s = max(W / w, H / h)
-        im = im.resize((max(W, round(w * s)), max(H, round(h * s))), Image.BICUBIC)
+        im = im.resize((max(W, round(w * s)), max(H, round(h * s))), resample)
         w, h = im.size
         left, top = (w - W) // 2, (h - H) // 2
         arr = np.asarray(im.crop((left, top, left + W, top + H)), dtype=np.uint8)
     return arr[..., None] if arr.ndim == 2 else arr
 
 
-def decode_or_none(path: str | os.PathLike, size: int | tuple[int, int], channels: int) -> np.ndarray | None:
+def decode_or_none(path: str | os.PathLike, size: int | tuple[int, int], channels: int,
+                   resample: int = RESAMPLE) -> np.ndarray | None:
     """:func:`load_resized`, or None when the file cannot be decoded (the callers skip and list it)."""
     try:
-        return load_resized(path, size, channels)
+        return load_resized(path, size, channels, resample)
     except (OSError, ValueError, Image.DecompressionBombError):
         return None
 
 
+def _listing(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; ValueError naming it when it cannot be listed (no read permission):
+    an unreadable folder must not pass for an empty one."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(e.path) for e in entries)
+    except OSError as e:
+        raise ValueError(f"cannot read folder {folder}: {e.strerror or e}") from e
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """The image files at any depth of ``folder``, sorted, hidden files and folders (.ipynb_checkpoints,
+    .thumbnails, ...) left out: they are not data. ValueError names a folder that cannot be listed."""
+    def unreadable(e: OSError) -> None:
+        raise ValueError(f"cannot read folder {e.filename}: {e.strerror or e}") from e
+
+    found = []
+    for parent, dirs, names in os.walk(folder, onerror=unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
+
+
 def list_image_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str]]:
     """The image files of a folder with their class ids, and the class names: one sub-folder per class
-    (class-conditional), or a flat folder of images (unconditional: one class named after the folder)."""
+    (class-conditional), or a flat folder of images (unconditional: one class named after the folder).
+    ValueError names a folder that cannot be read, which would otherwise look like one without images."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    entries = _listing(root)
+    subdirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
     if subdirs:
-        # Hidden files and folders (.ipynb_checkpoints, .thumbnails, ...) are not data, at any depth.
-        per_dir = [[f for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(p.startswith(".") for p in f.relative_to(d).parts)] for d in subdirs]
+        per_dir = [_images_under(d) for d in subdirs]
         empty = [d.name for d, found in zip(subdirs, per_dir) if not found]
         if empty and len(empty) < len(subdirs):  # e.g. __MACOSX of an unzipped archive: not a class
             log.warning("ignoring %d folder(s) of %s without images: %s (a class needs images)", len(empty), root,
@@ -192,13 +220,13 @@ def list_image_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], l
         kept = [(d, found) for d, found in zip(subdirs, per_dir) if found]
         class_names = [d.name for d, _ in kept]
         files = [(f, c) for c, (_, found) in enumerate(kept) for f in found]
-        loose = [f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        loose = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
         if loose:
             log.warning("ignoring %d image(s) directly in %s (e.g. %s): with class folders, images belong in "
                         "one of them", len(loose), root, loose[0].name)
     else:
         class_names = [root.name or "images"]
-        files = [(f, 0) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
+        files = [(f, 0) for f in entries if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
     return files, class_names
@@ -210,14 +238,15 @@ def warn_skipped(skipped: list[str]) -> None:
                     + (" ..." if len(skipped) > 10 else ""))
 
 
-def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], channels: int = 3) -> ImageArrayDataset:
+def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], channels: int = 3,
+                         resample: int = RESAMPLE) -> ImageArrayDataset:
     """The images of :func:`list_image_files`, decoded in this process and held in memory at ``size`` (a
-    side, or (H, W)): for small folders (``var prepare-data`` writes large ones to disk, in parallel).
-    Files that cannot be decoded are skipped with one warning naming them."""
+    side, or (H, W); resized with the PIL filter ``resample``): for small folders (``var prepare-data`` writes
+    large ones to disk, in parallel). Files that cannot be decoded are skipped with one warning naming them."""
     files, class_names = list_image_files(root)
     images, labels, skipped = [], [], []
     for path, c in files:
-        arr = decode_or_none(path, size, channels)
+        arr = decode_or_none(path, size, channels, resample)
         if arr is None:
             skipped.append(str(path))
         else:
@@ -231,10 +260,14 @@ def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], c
 
 
 def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels: int | None = None,
-                  split: str = "train") -> ImageArrayDataset:
+                  split: str = "train", for_crop: bool = False) -> ImageArrayDataset:
     """``data`` is ``fashion-mnist`` (Debian's files or $VAR_FASHION_MNIST), a folder holding the four
     Fashion-MNIST IDX files, a data set written by ``var prepare-data`` (memory-mapped), or an image folder
     (``size`` and ``channels`` then required; decoded into memory).
+
+    ``for_crop``: the images random ``size`` x ``size`` crops are cut from: an image folder is decoded from its
+    files at :func:`crop_source_side` (Lanczos, as the reference resizes; ValueError for a size that is not
+    square); the other sources hold fixed sizes and come as they are (see :func:`enlarge_for_crop`).
 
     Image folders and prepared data sets have only a ``train`` split: asking for another raises ValueError,
     so that callers hold images out with :func:`split_holdout` instead of measuring on the training images."""
@@ -251,7 +284,28 @@ def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels
         return open_prepared(path)
     if size is None:
         raise ValueError("an image folder needs the model's image size (--image-size)")
+    if for_crop:
+        return image_folder_dataset(path, crop_source_side(size), channels or 3, CROP_RESAMPLE)
     return image_folder_dataset(path, size, channels or 3)
+
+
+def crop_source_side(size: int | tuple[int, int]) -> int:
+    """The side of the square images random crops of ``size`` (a side, or a square (H, W)) are cut from:
+    ``CROP_RATIO`` x the side, rounded. ValueError for a size that is not square."""
+    H, W = as_hw(size)
+    if H != W:
+        raise ValueError(f"random crops take square images only; got {H}x{W} (height x width)")
+    return round(H * CROP_RATIO)
+
+
+def enlarge_for_crop(images_NHWC: np.ndarray, side: int) -> np.ndarray:
+    """uint8 images (N, h, w, C) resized to (N, side, side, C) with the crops' Lanczos filter: the sources of
+    random crops for data that holds nothing larger (Fashion-MNIST, a data set prepared at the model's size)."""
+    out = np.empty((len(images_NHWC), side, side, images_NHWC.shape[-1]), np.uint8)
+    for i, img in enumerate(images_NHWC):
+        pil = Image.fromarray(np.ascontiguousarray(img[..., 0] if img.shape[-1] == 1 else img))
+        out[i] = np.asarray(pil.resize((side, side), CROP_RESAMPLE)).reshape(side, side, -1)
+    return out
 
 
 def split_holdout(ds: ImageArrayDataset, fraction: float = 0.05, seed: int = 0, max_items: int = 1000

@@ -1,5 +1,7 @@
-"""The configurations of the bundled Fashion-MNIST model (tokenizer and transformer)."""
+"""Training recipes: the bundled Fashion-MNIST model's configurations, and the reference's settings by depth."""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from .transformer import VARConfig
 from .vqvae import VQVAEConfig
@@ -17,3 +19,29 @@ def fashion_mnist_configs() -> tuple[VQVAEConfig, VARConfig, list[str]]:
     var = VARConfig(vocab_size=4096, latent_channels=16, num_classes=10, depth=8, embed_dim=224, num_heads=7,
                     patch_nums=FASHION_MNIST_PATCH_NUMS)
     return vae, var, list(FASHION_MNIST_CLASSES)
+
+
+@dataclass(frozen=True)
+class DepthRecipe:
+    """The settings the reference's training commands (its README) give a transformer of one depth.
+    ``final_weight_decay`` None: the weight decay stays where it starts."""
+    adaln_gamma: float          # --alng: initial scale of the AdaLN gates
+    final_lr_ratio: float       # --wpe: the learning rate ends at peak x this
+    final_weight_decay: float | None  # --twde
+
+
+# The reference's README commands for its ImageNet models: d16 and d20 (--alng 1e-3 --wpe 0.1), d24 (--alng 1e-4
+# --wpe 0.01), d30 (--alng 1e-5 --wpe 0.01 --twde 0.08), d36 at 512 px (--alng 5e-6 --wpe 0.01 --twde 0.08).
+REFERENCE_BY_DEPTH = {16: DepthRecipe(1e-3, 0.1, None), 20: DepthRecipe(1e-3, 0.1, None),
+                      24: DepthRecipe(1e-4, 0.01, None), 30: DepthRecipe(1e-5, 0.01, 0.08),
+                      36: DepthRecipe(5e-6, 0.01, 0.08)}
+
+
+def reference_recipe(depth: int) -> DepthRecipe:
+    """The reference's settings for ``depth``: those of the deepest listed depth at or below it (16, 20, 24, 30,
+    36), so depths 21-23 take d20's and 37 and deeper d36's; depths below 16 take d16's. ValueError for a
+    depth below 1."""
+    if not (isinstance(depth, int) and depth >= 1):
+        raise ValueError(f"depth={depth!r}: expected an integer >= 1")
+    listed = [d for d in sorted(REFERENCE_BY_DEPTH) if d <= depth]
+    return REFERENCE_BY_DEPTH[listed[-1] if listed else min(REFERENCE_BY_DEPTH)]

@@ -90,8 +90,11 @@ class VARConfig:
 
 
 def default_adaln_gamma(depth: int) -> float:
-    """The reference's initial scale of the AdaLN gates: 1e-3 up to depth 20, 1e-4 deeper."""
-    return 1e-3 if depth <= 20 else 1e-4
+    """The initial scale of the AdaLN gates the reference trains ``depth`` with (its README's ``--alng``): 1e-3
+    for d16 and d20, 1e-4 for d24, 1e-5 for d30, 5e-6 for d36; a depth between or beyond these takes the value
+    of the deepest listed one at or below it, a depth below 16 d16's (:func:`var.recipes.reference_recipe`)."""
+    from .recipes import reference_recipe  # recipes imports this module
+    return reference_recipe(depth).adaln_gamma
 
 
 @dataclass

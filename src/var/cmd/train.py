@@ -6,7 +6,8 @@ import logging
 from pathlib import Path
 
 from ..schedule import parse_patch_nums, parse_size
-from .common import add_command, add_device_arg, argument_type, positive_int
+from ..training.common import LR_SCHEDULES
+from .common import add_command, add_device_arg, argument_type, check_output_files, positive_int
 
 log = logging.getLogger("var")
 
@@ -19,9 +20,9 @@ def _ints(text: str) -> tuple[int, ...]:
 # (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
 # The tokenizer's recipe (GAN loss, EMA weights) was chosen by the experiments of docs/tokenizer-recipe.md.
 VAE_RECIPES = {"fashion-mnist": dict(steps=8000, lr=3e-4, warmup=100, save_every=250, sample_every=500,
-                                     adv_weight=0.5, ema=0.999, reinit_every=200),
+                                     adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1),
                "custom": dict(steps=8000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
-                              adv_weight=0.5, ema=0.999, reinit_every=200)}
+                              adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1)}
 # The model options of `var train-vae --preset custom` left unset take these; the fashion-mnist preset's
 # tokenizer accepts the ones that keep its 28x28 geometry as overrides (the ablations of tokenizer-recipe.md).
 CUSTOM_VAE_MODEL = dict(image_size=32, channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
@@ -30,15 +31,30 @@ PRESET_VAE_OVERRIDES = ("ch", "num_res_blocks", "z_channels", "vocab_size")
 # `var train-vae --finetune-decoder`: the schedule that replaces the preset's when only the decoder of an already
 # trained tokenizer is trained (GAN from the first step: the reconstructions have long taken shape).
 DECODER_FINETUNE = dict(steps=1500, lr=1e-4, warmup=50, save_every=250, sample_every=500, adv_weight=0.5, ema=0.999,
-                        reinit_every=0, disc_start=0)
-_GENERIC_VAR = dict(steps=6000, lr=4e-4, warmup=200, save_every=500, sample_every=1000, ema=0)
-VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998),
-               "small": _GENERIC_VAR, "medium": _GENERIC_VAR, "large": _GENERIC_VAR}
+                        reinit_every=0, disc_start=0, schedule="cos", min_lr_ratio=0.1)
+# The small, medium and large presets take the reference's recipe where it does not depend on ImageNet's scale:
+# its lin0 schedule with a warm-up of 2% of the run (its --wp, epochs / 50) and, by depth
+# (var.recipes.reference_recipe), its AdaLN gate scale, final learning-rate fraction (--wpe) and final weight
+# decay (--twde); None below marks these, resolved by _resolve_reference_recipe. Their length, peak learning rate
+# and batch are ours: the reference's are for 768-1024 images x 200-350 ImageNet epochs. The fashion-mnist preset
+# keeps the schedule the bundled model was trained with (docs/training-defaults.md).
+REFERENCE_PRESETS = ("small", "medium", "large")
+REFERENCE_WARMUP_SHARE = 0.02
+_REFERENCE_VAR = dict(steps=6000, lr=4e-4, warmup=None, save_every=500, sample_every=1000, ema=0, schedule="lin0",
+                      min_lr_ratio=None)
+VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998,
+                                     schedule="cos", min_lr_ratio=0.1),
+               **{name: _REFERENCE_VAR for name in REFERENCE_PRESETS}}
+# How the help names a default that the reference presets derive (None in their recipe).
+_DERIVED = {"warmup": "2%% of --steps (the reference's)",
+            "min_lr_ratio": "the reference's --wpe for the depth: 0.1 up to depth 23, 0.01 from 24"}
+_REFERENCE_TWDE = "; with --preset small, medium or large the reference's --twde for the depth: 0.08 from depth 30"
 
 
 def _by_preset(recipes: dict[str, dict], key: str) -> str:
     """Help text of a preset-dependent default: the fashion-mnist preset's value and the others'."""
-    others = {str(r[key]) for name, r in recipes.items() if name != "fashion-mnist"}
+    others = {str(r[key]) if r[key] is not None else _DERIVED[key] for name, r in recipes.items()
+              if name != "fashion-mnist"}
     if others == {str(recipes["fashion-mnist"][key])}:
         return f"(default: {recipes['fashion-mnist'][key]})"
     return f"(default: {recipes['fashion-mnist'][key]} with --preset fashion-mnist, else {', '.join(sorted(others))})"
@@ -80,8 +96,16 @@ def _schedule_args(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None
     g.add_argument("--batch-size", type=positive_int, default=64, help="global batch (split over torchrun processes)")
     g.add_argument("--lr", type=float, help="peak learning rate " + _by_preset(recipes, "lr"))
     g.add_argument("--warmup", type=int, help="linear warm-up steps " + _by_preset(recipes, "warmup"))
-    g.add_argument("--min-lr-ratio", type=float, default=0.1, help="cosine decay ends at lr x this")
+    g.add_argument("--schedule", choices=LR_SCHEDULES,
+                   help="learning-rate curve: cos, warm-up then cosine decay to lr x --min-lr-ratio; lin0, the "
+                        "reference's: warm-up from lr x 0.005, the peak held for 5%% of the rest, then linear to lr "
+                        "x --min-lr-ratio at the last step " + _by_preset(recipes, "schedule"))
+    g.add_argument("--min-lr-ratio", type=float,
+                   help="the decay ends at lr x this " + _by_preset(recipes, "min_lr_ratio"))
     g.add_argument("--weight-decay", type=float, default=0.05, help="AdamW weight decay of the weight matrices")
+    g.add_argument("--final-weight-decay", type=float, default=None,
+                   help="anneal the weight decay to this at the last step, by a half cosine (the reference's "
+                        "--twde) (default: constant" + (_REFERENCE_TWDE if recipes is VAR_RECIPES else "") + ")")
     g.add_argument("--grad-clip", type=float, default=2.0, help="gradient norm clipping (0: off)")
     g.add_argument("--seed", type=int, default=0, help="random seed: initial weights and the batch of every step")
     g.add_argument("--save-every", type=positive_int,
@@ -101,7 +125,22 @@ def _schedule(a: argparse.Namespace):
     from ..training.common import Schedule
     return Schedule(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, min_lr_ratio=a.min_lr_ratio,
                     weight_decay=a.weight_decay, grad_clip=a.grad_clip, seed=a.seed, save_every=a.save_every,
-                    sample_every=a.sample_every, log_every=a.log_every)
+                    sample_every=a.sample_every, log_every=a.log_every, lr_schedule=a.schedule,
+                    final_weight_decay=a.final_weight_decay)
+
+
+def _resolve_reference_recipe(a: argparse.Namespace, depth: int) -> None:
+    """Fill what a reference preset derives and the command left unset: the warm-up from --steps, and the
+    final learning-rate fraction and weight decay from the transformer's ``depth``."""
+    from ..recipes import reference_recipe
+
+    recipe = reference_recipe(depth)
+    if a.warmup is None:
+        a.warmup = max(1, round(a.steps * REFERENCE_WARMUP_SHARE))
+    if a.min_lr_ratio is None:
+        a.min_lr_ratio = recipe.final_lr_ratio
+    if a.final_weight_decay is None:
+        a.final_weight_decay = recipe.final_weight_decay
 
 
 def register(sub) -> None:
@@ -182,7 +221,8 @@ def register(sub) -> None:
     p.add_argument("--drop-path", type=float, default=None,
                    help="stochastic depth rate of the last block (default: the reference's 0.1 x depth / 24)")
     p.add_argument("--init-adaln-gamma", type=float, default=None,
-                   help="initial scale of the AdaLN gates (default: the reference's 1e-3 up to depth 20, 1e-4 deeper)")
+                   help="initial scale of the AdaLN gates (default: the reference's --alng for the depth: 1e-3 up "
+                        "to depth 23, 1e-4 for 24-29, 1e-5 for 30-35, 5e-6 from 36)")
     p.add_argument("--ema", type=float, default=None,
                    help="keep EMA weights with this decay for sampling and export; 0 turns EMA off "
                         + _by_preset(VAR_RECIPES, "ema"))
@@ -294,11 +334,13 @@ def run_train_var(a: argparse.Namespace) -> int:
 
     warmup_given = a.warmup is not None
     resolve_preset_defaults(a, VAR_RECIPES)
-    _check_warmup(a, warmup_given)
     cfg = fashion_mnist_configs()[1] if a.preset == "fashion-mnist" else VARConfig.from_preset(a.preset)
     for name in ("depth", "embed_dim", "num_heads"):
         if getattr(a, name) is not None:
             setattr(cfg, name, getattr(a, name))
+    if a.preset in REFERENCE_PRESETS:
+        _resolve_reference_recipe(a, cfg.depth)
+    _check_warmup(a, warmup_given)
     cfg.cond_drop_rate = a.cond_drop
     cfg.drop_path_rate = a.drop_path
     cfg = VARConfig(**cfg.to_dict())  # re-validate after the overrides
@@ -322,6 +364,7 @@ def _note_tokenizing(data: str, cache_dir: Path) -> None:
 
 def run_plot(a: argparse.Namespace) -> int:
     from ..training.plot import plot_run
+    check_output_files(out=a.out)
     path = plot_run(a.run_dir, a.out)
     log.info("wrote %s", path)
     return 0

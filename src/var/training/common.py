@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..files import write_atomically
+from ..files import WriteFailed, write_atomically
 from ..precision import default_device
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class NonFiniteLoss(TrainingStopped):
 
 
 class CheckpointWriteFailed(TrainingStopped):
-    """Writing a checkpoint failed (e.g. a full disk): the temporary file is gone, the previous one intact."""
+    """Writing a run's checkpoint, exported model, samples or metrics failed (e.g. a full disk): the message
+    names the file and the checkpoint that is intact; a temporary file is gone, the previous file whole."""
 
 
 class Interrupted(TrainingStopped):
@@ -55,21 +56,33 @@ class Interrupted(TrainingStopped):
         self.exit_code = 128 + signum
 
 
+LR_SCHEDULES = ("cos", "lin0")
+LIN0_WARMUP_START, LIN0_HOLD = 0.005, 0.05  # the reference's wp0, and the share of the decay phase held at peak
+
+
 @dataclass
 class Schedule:
-    """A training run's optimisation schedule: length, batch, learning-rate curve, and how often to log,
-    write samples and checkpoint. Checked when made, so a bad value is named before any work."""
+    """A training run's optimisation schedule: length, batch, learning-rate and weight-decay curves, and how
+    often to log, write samples and checkpoint. Checked when made, so a bad value is named before any work.
+
+    ``lr_schedule`` "cos": linear warm-up from lr / warmup to lr, then cosine decay to lr x ``min_lr_ratio``.
+    "lin0" (the reference's default): warm-up from lr x 0.005 to lr, the peak held for the first 5% of the
+    rest, then a linear decay to lr x ``min_lr_ratio`` at the last step. With either, the weight decay goes
+    from ``weight_decay`` at the first step to ``final_weight_decay`` (None: the same, constant) at the last
+    by a half cosine, as the reference's does."""
     steps: int = 1000
     batch_size: int = 64            # global: the sum of every process's local batch
     lr: float = 3e-4
     warmup: int = 100
-    min_lr_ratio: float = 0.1       # cosine decay from lr to lr * min_lr_ratio
+    min_lr_ratio: float = 0.1       # the decay ends at lr * min_lr_ratio (the reference's --wpe)
     weight_decay: float = 0.05
     grad_clip: float = 2.0
     seed: int = 0
     save_every: int = 500
     sample_every: int = 500
     log_every: int = 10
+    lr_schedule: str = "cos"
+    final_weight_decay: float | None = None  # the reference's --twde
 
     def __post_init__(self) -> None:
         counts = {"steps": self.steps, "batch_size": self.batch_size, "save_every": self.save_every,
@@ -86,13 +99,41 @@ class Schedule:
         if not (self.weight_decay >= 0 and self.grad_clip >= 0):
             raise ValueError(f"Schedule weight_decay={self.weight_decay!r}, grad_clip={self.grad_clip!r}: "
                              "expected values >= 0 (grad_clip 0: no clipping)")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ValueError(f"Schedule.lr_schedule={self.lr_schedule!r}: expected one of {', '.join(LR_SCHEDULES)}")
+        if self.final_weight_decay is not None and not self.final_weight_decay >= 0:
+            raise ValueError(f"Schedule.final_weight_decay={self.final_weight_decay!r}: expected a value >= 0 "
+                             "(None: the weight decay stays constant)")
+        if self.weight_decay == 0 and self.final_weight_decay:
+            raise ValueError(f"Schedule.final_weight_decay={self.final_weight_decay!r} with weight_decay 0: the "
+                             "groups decayed are those made with a weight decay, so none would be; expected a "
+                             "weight_decay > 0 to anneal from")
 
     def lr_at(self, step: int) -> float:
-        """Linear warm-up, then cosine decay."""
+        """The learning rate of ``step`` (0-based) under ``lr_schedule``."""
+        if self.lr_schedule == "lin0":
+            return self.lr * self._lin0(step)
         if step < self.warmup:
             return self.lr * (step + 1) / self.warmup
         t = (step - self.warmup) / max(1, self.steps - self.warmup)
         return self.lr * (self.min_lr_ratio + (1 - self.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, t))))
+
+    def _lin0(self, step: int) -> float:
+        """lin0's multiplier of lr: 0.005 at step 0 rising linearly to 1 at ``warmup``, 1 while the decay
+        phase is less than 5% done, then linear to ``min_lr_ratio`` at the last step (``steps - 1``)."""
+        if step < self.warmup:
+            return LIN0_WARMUP_START + (1 - LIN0_WARMUP_START) * step / self.warmup
+        done = min(1.0, (step - self.warmup) / max(1, self.steps - 1 - self.warmup))
+        if done < LIN0_HOLD:
+            return 1.0
+        return self.min_lr_ratio + (1 - self.min_lr_ratio) * (1 - done) / (1 - LIN0_HOLD)
+
+    def weight_decay_at(self, step: int) -> float:
+        """The weight decay of ``step``: ``weight_decay`` to ``final_weight_decay`` by a half cosine over the run."""
+        if self.final_weight_decay is None:
+            return self.weight_decay
+        done = min(1.0, step / max(1, self.steps - 1))
+        return self.final_weight_decay + (self.weight_decay - self.final_weight_decay) * 0.5 * (1 + math.cos(math.pi * done))
 
 
 @dataclass
@@ -173,11 +214,8 @@ class Prefetcher:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint. A failed
-    write (e.g. a full disk) removes the temporary file and raises :class:`CheckpointWriteFailed`."""
-    try:
-        write_atomically(path, lambda tmp: torch.save(obj, tmp))
-    except OSError as e:
-        raise CheckpointWriteFailed(f"writing {path} failed: {e.strerror or e}") from e
+    write (e.g. a full disk) removes the temporary file and raises :class:`var.files.WriteFailed`."""
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state() -> dict:
@@ -256,9 +294,12 @@ class StopRequest:
 
 
 def append_metrics(out: Path, record: dict) -> None:
-    """Append one JSON line to the run's metrics.jsonl."""
-    with open(out / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one JSON line to the run's metrics.jsonl; :class:`var.files.WriteFailed` when it cannot be written."""
+    try:
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise WriteFailed.from_error(out / METRICS, e) from e
 
 
 def drop_metrics_after(out: Path, step: int) -> int:
@@ -316,11 +357,13 @@ def check_replicas_in_sync(modules: dict, info: DistInfo) -> None:
 
 def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Callable[[int], Any],
         on_snapshot: Callable[[int], None] | None = None, images_per_step: int | None = None) -> dict:
-    """Run ``trainer.train_step`` from the checkpointed step (or 0) to ``schedule.steps``.
+    """Run ``trainer.train_step`` from the checkpointed step (or 0) to ``schedule.steps``, under ``schedule``'s
+    learning rate and weight decay.
 
     Saves a checkpoint every ``save_every`` steps, at the end and on SIGINT/SIGTERM (then raises
     :class:`Interrupted`); a non-finite loss raises :class:`NonFiniteLoss` before any weight is changed by
-    it, a failed checkpoint write :class:`CheckpointWriteFailed` naming the step whose checkpoint is intact.
+    it, a file of the run that cannot be written (checkpoint, snapshot, metrics) :class:`CheckpointWriteFailed`
+    naming the file and the step whose checkpoint is intact.
     """
     from tqdm.auto import tqdm
 
@@ -339,13 +382,13 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
             if dropped:
                 log.info("dropped %d metrics record(s) logged after the checkpoint: those steps run again", dropped)
     images_per_step = images_per_step or schedule.batch_size
+    trainer.schedule = schedule  # each step takes its learning rate and weight decay from it
     last: dict = {}
     with StopRequest() as stop, tqdm(total=schedule.steps, initial=trainer.step, disable=not info.is_main,
                                       desc=out.name, unit="step", dynamic_ncols=True) as bar:
         t0, s0 = time.perf_counter(), trainer.step
         while trainer.step < schedule.steps:
             step = trainer.step
-            trainer.set_lr(schedule.lr_at(step))
             last = trainer.train_step(get_batch(step))  # raises NonFiniteLoss; step advances only on success
             bar.update(1)
             done = trainer.step
@@ -353,15 +396,17 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
                 rate = (done - s0) * images_per_step / max(1e-9, time.perf_counter() - t0)
                 last.update(step=done, lr=schedule.lr_at(step), images_per_s=rate)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", img_s=f"{rate:.0f}")
-                if info.is_main:
-                    append_metrics(out, last)
+                _on_main_process(_stop_if_unwritable(lambda: append_metrics(out, last), f"the metrics of step {done}",
+                                                     saved_step), info)
             if on_snapshot is not None and (done % schedule.sample_every == 0 or done == schedule.steps):
-                _on_main_process(lambda: on_snapshot(done), info)
+                _on_main_process(_stop_if_unwritable(lambda: on_snapshot(done), f"the snapshot of step {done}",
+                                                     saved_step), info)
             stopping = any_rank(stop.requested, info)
             if done % schedule.save_every == 0 or done == schedule.steps or stopping:
                 check_replicas_in_sync(trainer.modules, info)
                 states = gather_rng_states(info)
-                _on_main_process(lambda: _save(trainer, ckpt, states, done, saved_step), info)
+                _on_main_process(_stop_if_unwritable(lambda: trainer.save_checkpoint(ckpt, states),
+                                                     f"the checkpoint of step {done}", saved_step), info)
                 saved_step = done
                 if stopping:
                     if info.world > 1:
@@ -386,11 +431,15 @@ def _on_main_process(work: Callable[[], None], info: DistInfo) -> None:
         raise TrainingStopped(f"process {info.rank}: stopping, the main process failed (its log says why)")
 
 
-def _save(trainer, ckpt: Path, states: list[dict], step: int, saved_step: int | None) -> None:
-    """Save the checkpoint of ``step``; when the write fails, say which step's checkpoint is still intact."""
-    try:
-        trainer.save_checkpoint(ckpt, states)
-    except CheckpointWriteFailed as e:
-        intact = f"the checkpoint of step {saved_step} is intact" if saved_step is not None else "no checkpoint exists yet"
-        raise CheckpointWriteFailed(f"{e} (the checkpoint of step {step}); {intact}") from e
+def _stop_if_unwritable(write: Callable[[], None], what: str, saved_step: int | None) -> Callable[[], None]:
+    """``write`` (``what`` of the run), its :class:`var.files.WriteFailed` turned into :class:`CheckpointWriteFailed`
+    that also names the checkpoint still intact (step ``saved_step``, or none yet)."""
+    def run() -> None:
+        try:
+            write()
+        except WriteFailed as e:
+            intact = f"the checkpoint of step {saved_step} is intact" if saved_step is not None else \
+                "no checkpoint exists yet"
+            raise CheckpointWriteFailed(f"{e} ({what}); {intact}") from e
+    return run
 

@@ -4,32 +4,39 @@ A run folder holds ``run.json`` (the model configuration and data set, fixed at 
 ``checkpoint.pt`` (written atomically; re-running the same command resumes from it),
 ``metrics.jsonl``, PNG snapshots under ``samples/`` and the exported weights:
 ``vqvae.json`` + ``vqvae.safetensors`` for a tokenizer run, a ``VARPipeline`` folder for a VAR run.
+While a run trains, ``run.lock`` names its process: a second run started in the same folder is refused.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, split_holdout
-from ..files import write_atomically
+from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, crop_source_side, enlarge_for_crop, split_holdout
+from ..files import FolderLock, check_free_space, leftover_temporaries, write_atomically
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import (CHECKPOINT, DistInfo, Prefetcher, Schedule, append_metrics, batch_indices, fit,
-                     load_checkpoint_file, local_batch_size, setup_distributed)
+from .common import (CHECKPOINT, DistInfo, Prefetcher, Schedule, _on_main_process, append_metrics, batch_indices,
+                     fit, load_checkpoint_file, local_batch_size, setup_distributed)
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
 VQVAE_JSON, VQVAE_WEIGHTS = "vqvae.json", "vqvae.safetensors"
+RUN_JSON, RUN_LOCK = "run.json", "run.lock"
+# The entries of run.json that each kind of run reads back (the others may be absent from older runs).
+RUN_KEYS = {"vqvae": ("data", "vqvae"), "var": ("data", "vae", "var")}
 
 
 # ------------------------------------------------------------------------------- artifacts
@@ -67,25 +74,93 @@ def _fixed_run_config(out: Path, config: dict, info: DistInfo, must_match: tuple
     """The run's configuration: written at the first start, read back (and kept) when resuming. A resume whose
     command differs in a ``must_match`` entry (what the run trains on) is refused with ValueError; other
     differences (model options) are named in a warning and the saved values kept, except in the entries the
-    caller compares by content (a tokenizer given by another path)."""
-    path = out / "run.json"
+    caller compares by content (a tokenizer given by another path). ValueError names a run.json that is not
+    JSON, or not of a run of ``config["kind"]``."""
+    path = out / RUN_JSON
     config = json.loads(json.dumps(config))  # as run.json holds it (tuples are lists), so that equal is equal
-    if path.is_file():
+
+    def write_if_new() -> None:  # atomically: the other processes, not waiting, may read it while it is written
+        if not path.is_file():
+            out.mkdir(parents=True, exist_ok=True)
+            write_atomically(path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+
+    _on_main_process(write_if_new, info)  # every process takes part: a failure stops them all
+    if not path.is_file():  # a process that does not see the main one's file yet
+        return config
+    saved = _read_run_config(path, config["kind"])
+    differ = [k for k in config if saved.get(k) != config[k] and k not in checked_by_caller]
+    for k in differ:
+        if k in must_match:
+            raise ValueError(f"{path}: this run trains with {k} {saved.get(k)!r}, the command gives {config[k]!r}; "
+                             f"resume with the run's {k} (edit run.json if the same data only moved), or "
+                             "start a new --out")
+    if differ and info.is_main:
+        log.warning("%s exists: resuming with its configuration (the command's %s ignored)", path,
+                    ", ".join(differ))
+    return saved
+
+
+def _read_run_config(path: Path, kind: str) -> dict:
+    """run.json of a run of ``kind``; ValueError naming the file when it is not JSON, not a JSON object, of
+    another kind of run, or lacks an entry the run reads."""
+    try:
         saved = json.loads(path.read_text())
-        differ = [k for k in config if saved.get(k) != config[k] and k not in checked_by_caller]
-        for k in differ:
-            if k in must_match:
-                raise ValueError(f"{path}: this run trains with {k} {saved.get(k)!r}, the command gives {config[k]!r}; "
-                                 f"resume with the run's {k} (edit run.json if the same data only moved), or "
-                                 "start a new --out")
-        if differ and info.is_main:
-            log.warning("%s exists: resuming with its configuration (the command's %s ignored)", path,
-                        ", ".join(differ))
-        return saved
-    if info.is_main:  # atomically: the other processes, not waiting, may read it while it is written
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): repair it, or start a new --out") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds a JSON {type(saved).__name__}, expected an object (the run's configuration): "
+                         "repair it, or start a new --out")
+    command = {"vqvae": "var train-vae", "var": "var train"}
+    if saved.get("kind") != kind:
+        raise ValueError(f"{path} is not the configuration of a {command[kind]} run (its kind is "
+                         f"{saved.get('kind')!r}, expected {kind!r}): start a new --out")
+    missing = [k for k in RUN_KEYS[kind] if k not in saved]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: repair it, or start a new --out")
+    return saved
+
+
+@contextmanager
+def _run_lock(out: Path, info: DistInfo):
+    """Hold ``out``'s lock (``run.lock``, taken by the main process: the others share the folder) while the
+    block runs. FolderInUse (a ValueError) names a live process that holds it; a lock left by a process that
+    died is taken over, with the temporary files that process left (it was killed while writing them)."""
+    lock = FolderLock(out / RUN_LOCK)
+
+    def take() -> None:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
-    return config
+        previous = lock.acquire()
+        if previous is not None:
+            left = [p for folder in (out, out / "samples") if folder.is_dir() for p in leftover_temporaries(folder)]
+            for p in left:
+                p.unlink(missing_ok=True)
+            log.warning("%s was left by process %s on %s, which is gone: taking the run over%s", lock.path,
+                        previous.get("pid", "?"), previous.get("host", "?"),
+                        f" (removed its {len(left)} unfinished temporary file(s))" if left else "")
+
+    _on_main_process(take, info)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _locked_run(train: Callable[..., dict]) -> Callable[..., dict]:
+    """``train`` (a function with ``out`` and ``device`` parameters) holding the run folder's lock throughout."""
+    signature = inspect.signature(train)
+
+    @functools.wraps(train)
+    def run(*args, **kwargs) -> dict:
+        arguments = signature.bind(*args, **kwargs).arguments
+        info = setup_distributed(arguments.get("device"))  # train's own call finds the process group made
+        with _run_lock(Path(arguments["out"]), info):
+            return train(*args, **kwargs)
+    return run
+
+
+def _save_png(image, path: Path) -> None:
+    """A PIL image written atomically as PNG into ``path`` (its folder made); WriteFailed when it cannot be."""
+    write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _batch_getter(ds_batch, n: int, schedule: Schedule, info: DistInfo, flip: bool, crop_margin: int = 0):
@@ -104,19 +179,35 @@ def _batch_getter(ds_batch, n: int, schedule: Schedule, info: DistInfo, flip: bo
     return get
 
 
-def resize_images(images_NHWC: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
-    """uint8 images resized to size x size (bicubic, antialiased), in chunks to bound memory."""
-    out = []
-    for s in range(0, len(images_NHWC), chunk):
-        x = torch.from_numpy(np.array(images_NHWC[s:s + chunk])).permute(0, 3, 1, 2).float()
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-        out.append(x.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy())
-    return np.concatenate(out)
-
-
 def crop_batch(x_BCHW: torch.Tensor, offsets_B2: torch.Tensor, size: int) -> torch.Tensor:
     """A size x size window of each image, at its own (top, left) offset."""
     return torch.stack([x[:, i:i + size, j:j + size] for x, (i, j) in zip(x_BCHW, offsets_B2.tolist())])
+
+
+def random_crops(ds: ImageArrayDataset, size: int, data: str = "", warn: bool = True
+                 ) -> Callable[[np.ndarray, torch.Tensor | None, torch.Tensor], torch.Tensor]:
+    """``crops(idx, flips, offsets)``: [0, 1] images (B, C, size, size), the windows at ``offsets`` (B, 2) of
+    items ``idx`` of ``ds``, mirrored where ``flips`` (B,) says. ``ds`` holds the crops' sources at
+    :func:`~var.data.crop_source_side` or, where the data has nothing larger, at ``size``: each batch is then
+    enlarged to it (:func:`~var.data.enlarge_for_crop`, batch by batch: memory stays flat), and when ``warn``, a
+    warning naming ``data``, the images' size and the crops' says that these crops are upsampled."""
+    enlarged = crop_source_side(size)
+    small = ds.images.shape[1] < enlarged
+    if small and warn:
+        log.warning("--crop: %s holds %dx%d images, smaller than the %dx%d that random %dx%d crops are cut from "
+                    "(%gx): each is enlarged to %dx%d (Lanczos, as the reference enlarges small images) every batch, "
+                    "so the crops are upsampled, softer than the images%s", data or ds.name, *ds.images.shape[1:3],
+                    enlarged, enlarged, size, size, CROP_RATIO, enlarged, enlarged,
+                    "" if ds.fingerprint is None else
+                    "; var prepare-data --crop decodes the source files at that size instead")
+
+    def crops(idx: np.ndarray, flips: torch.Tensor | None, offsets: torch.Tensor) -> torch.Tensor:
+        big = ds.images[ds.image_rows(np.asarray(idx))]
+        big = enlarge_for_crop(big, enlarged) if small else big
+        x = crop_batch(torch.from_numpy(np.ascontiguousarray(big)).permute(0, 3, 1, 2).float().div_(255), offsets,
+                       size)
+        return torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x) if flips is not None else x
+    return crops
 
 
 # Adam moments: the reference's for the transformer and the tokenizer; VQGAN's for the discriminator. VQGAN
@@ -187,6 +278,7 @@ def _training_and_heldout(data: str, cfg: VQVAEConfig):
     return ds, heldout
 
 
+@_locked_run
 def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: Schedule, *, l1: float = 1.0,
                 l2: float = 1.0, adv_weight: float = 0.0, disc_start: int = 0, reinit_every: int = 200,
                 flip: bool = False, amp: bool = False, device: str | None = None,
@@ -248,9 +340,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
             model.eval()
             rec = (model.indices_to_img(model.img_to_indices(x * 2 - 1)) + 1) / 2
             vqvae.train()
-        (out / "samples").mkdir(exist_ok=True)
-        grid(torch.cat([x, rec]).cpu(), nrow=8, scale=max(1, 64 // x.shape[-1]),
-             row_labels=["input", "recon"]).save(out / "samples" / f"recon_{step:07d}.png")
+        _save_png(grid(torch.cat([x, rec]).cpu(), nrow=8, scale=max(1, 64 // x.shape[-1]),
+                       row_labels=["input", "recon"]), out / "samples" / f"recon_{step:07d}.png")
         append_metrics(out, {"step": step, **ev})
         log.info("step %d: held-out PSNR %.2f dB", step, ev["heldout_psnr"])
         export_vqvae(model, out, ds.class_names, data)
@@ -315,17 +406,26 @@ def _fill_token_cache(vqvae: VQVAE, ds: ImageArrayDataset, path: Path, info: Dis
     """Tokenize ``ds`` into ``path``: chunks of ``batch_size`` images written into a memory-mapped
     ``.partial.npy``, a ``.done.npy`` flag per chunk, the chunks split over the torchrun processes (the
     cache folder must be one they all see, as the run folder is). An interrupted run resumes from the
-    chunks done; the finished file is renamed into place, so a cache entry is never half written."""
+    chunks done; the finished file is renamed into place, so a cache entry is never half written. The disk
+    must have room for the whole entry at the start (WriteFailed otherwise): a memory-mapped write past a
+    full disk would kill the process."""
     from tqdm.auto import tqdm
     partial, done_path = path.with_suffix(".partial.npy"), path.with_suffix(".done.npy")
     variants, n_chunks = 2 if flip else 1, -(-len(ds) // batch_size)
-    if info.is_main and not done_path.is_file():
+
+    def create_if_new() -> None:
+        if done_path.is_file():
+            return
+        dtype = np.dtype(np.int16 if vqvae.config.vocab_size <= 32767 else np.int32)
+        shape = (variants, len(ds), sum(h * w for h, w in vqvae.config.scales))
+        check_free_space(path, int(np.prod(shape)) * dtype.itemsize, f"the tokens of {len(ds)} images")
         path.parent.mkdir(parents=True, exist_ok=True)
-        dtype = np.int16 if vqvae.config.vocab_size <= 32767 else np.int32
-        shape = (len(ds), sum(h * w for h, w in vqvae.config.scales))
-        np.lib.format.open_memmap(partial, "w+", dtype, (2, *shape) if flip else shape).flush()
+        for name in (partial, done_path):  # whatever is there (a symlink too) is replaced, never written through
+            name.unlink(missing_ok=True)
+        np.lib.format.open_memmap(partial, "w+", dtype, shape if flip else shape[1:]).flush()
         np.lib.format.open_memmap(done_path, "w+", bool, (variants, n_chunks)).flush()  # last: marks both exist
-    _barrier(info)
+
+    _on_main_process(create_if_new, info)  # every process waits for it; a failure stops them all
     tokens = np.load(partial, mmap_mode="r+").reshape(variants, len(ds), -1)
     done = np.load(done_path, mmap_mode="r+")
     todo = [(v, c) for v in range(variants) for c in range(n_chunks) if not done[v, c]]
@@ -361,24 +461,38 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "var" / "tokens"
 
 
+def _transformer_images(data: str, vae_cfg: VQVAEConfig, crop: bool) -> ImageArrayDataset:
+    """The images ``var train`` reads: at the tokenizer's size or, with ``crop``, the sources of the random
+    crops: at ``CROP_RATIO`` x the size (an image folder decoded so from its files, a data set of ``var
+    prepare-data --crop``), or at the tokenizer's size where the data holds nothing larger (Fashion-MNIST, a data
+    set prepared at the model's size: each batch is then enlarged, see :func:`train_var`). ValueError names
+    images of another size, and a non-square tokenizer with ``crop``."""
+    (H, W), channels = vae_cfg.image_hw, vae_cfg.in_channels
+    if crop and H != W:
+        raise ValueError(f"random crops (--crop) take square models only; this tokenizer makes {H}x{W} images")
+    ds = build_dataset(data, (H, W), channels, "train", for_crop=crop)
+    enlarged = (crop_source_side(H),) * 2 if crop else None
+    _check_geometry(ds, enlarged if ds.images.shape[1:3] == enlarged else (H, W), channels)
+    return ds
+
+
+@_locked_run
 def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule: Schedule, *,
               label_smoothing: float = 0.0, ema: float | None = None, flip: bool = False, amp: bool = False,
               cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4,
               init_adaln_gamma: float | None = None, crop: bool = False) -> dict:
     """Train the transformer on a tokenizer's tokens. Tokens are computed once and cached; with ``crop``
-    (the reference's augmentation) images are kept at ``CROP_RATIO`` times the model's size, a random
-    window of the model's size is cut from each every step, and the tokenizer encodes it on the fly."""
+    (the reference's augmentation) a random window of the model's size is cut every step from each image at
+    ``CROP_RATIO`` times that size, and the tokenizer encodes it on the fly. Those images are decoded at that
+    size from the source files; data that holds nothing larger (Fashion-MNIST, a data set prepared at the
+    model's size) is enlarged with the same Lanczos filter batch by batch, after a warning that its crops are
+    softer than the source (the reference enlarges small images the same way)."""
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
     vqvae, vae_meta = load_vqvae(vae_dir)
     vqvae = vqvae.to(info.device)
-    H, W = vqvae.config.image_hw
-    if crop and H != W:
-        raise ValueError(f"random crops (--crop) take square models only; this tokenizer makes {H}x{W} images")
-    ds = build_dataset(data, vqvae.config.image_hw, vqvae.config.in_channels, "train")
-    enlarged = round(H * CROP_RATIO)
-    stored_enlarged = crop and ds.images.shape[1:3] == (enlarged, enlarged)  # var prepare-data --crop
-    _check_geometry(ds, (enlarged, enlarged) if stored_enlarged else (H, W), vqvae.config.in_channels)
+    H = vqvae.config.image_hw[0]
+    ds = _transformer_images(data, vqvae.config, crop)
     var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
     var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
@@ -390,25 +504,23 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         if differs:
             raise ValueError(f"the tokenizer {vae_dir} is not the one {out} trains on ({differs} differs from its "
                              f"saved tokenizer): resume with --vae {cfg['vae']}, or start a new --out")
-    crop = cfg.get("crop", False)  # a resumed run keeps its augmentation
-    if stored_enlarged and not crop:
-        raise ValueError(f"{out} trains without random crops (its run.json), but {data} holds images enlarged for "
-                         f"them (var prepare-data --crop)")
+    if cfg.get("crop", False) != crop:  # a resumed run keeps its augmentation, and reads its images
+        crop = cfg.get("crop", False)
+        try:
+            ds = _transformer_images(data, vqvae.config, crop)
+        except ValueError as e:
+            raise ValueError(f"{out} trains {'with' if crop else 'without'} random crops (its run.json): {e}") from e
     var = VAR(VARConfig(**cfg["var"])).to(info.device)
     if init_adaln_gamma is not None:
         var.init_weights(init_adaln_gamma=init_adaln_gamma)
     torch.manual_seed(schedule.seed + info.rank)  # same initial weights, independent label dropout per process
     labels = torch.from_numpy(ds.labels)
     if crop:
-        size, margin = H, enlarged - H
+        margin = crop_source_side(H) - H
+        crops = random_crops(ds, H, data, warn=info.is_main)
 
-        def get_batch(idx, flips, offsets):  # each batch enlarged on its own: memory stays flat
-            big = ds.images[ds.image_rows(np.asarray(idx))]
-            big = big if stored_enlarged else resize_images(big, enlarged)
-            x = crop_batch(torch.from_numpy(big).permute(0, 3, 1, 2).float().div_(255), offsets, size)
-            if flips is not None:
-                x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
-            return x, labels[torch.as_tensor(idx)]
+        def get_batch(idx, flips, offsets):
+            return crops(idx, flips, offsets), labels[torch.as_tensor(idx)]
     else:
         margin = 0
         tokens = tokenize_dataset(vqvae, ds, cache_dir or default_cache_dir(), info, flip)
@@ -423,7 +535,7 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     if info.is_main:
         log.info("transformer: %.2fM parameters, %d images x %d tokens%s, %d process(es)",
                  sum(p.numel() for p in var.parameters()) / 1e6, len(ds), var.config.seq_len,
-                 f", random {size}px crops of {size + margin}px images" if crop else "", info.world)
+                 f", random {H}px crops of {H + margin}px images" if crop else "", info.world)
 
     def snapshot(step: int) -> None:
         if not info.is_main:
@@ -432,9 +544,8 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         with trainer.sampling_pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}) as pipe:
             out_s = pipe(class_labels=labels, seed=0)
             pipe.save_pretrained(out)
-        (out / "samples").mkdir(exist_ok=True)
-        grid(out_s.images.cpu(), nrow=samples_per_class, scale=max(1, 64 // out_s.images.shape[-1]),
-             row_labels=ds.class_names).save(out / "samples" / f"samples_{step:07d}.png")
+        _save_png(grid(out_s.images.cpu(), nrow=samples_per_class, scale=max(1, 64 // out_s.images.shape[-1]),
+                       row_labels=ds.class_names), out / "samples" / f"samples_{step:07d}.png")
 
     with Prefetcher(_batch_getter(get_batch, len(ds), schedule, info, flip, margin), end=schedule.steps) as batches:
         last = fit(trainer, schedule, out, info, batches, on_snapshot=snapshot)

@@ -1,7 +1,9 @@
 """The two trainers: the multi-scale VQ-VAE tokenizer and the VAR transformer.
 
-Each exposes ``train_step(batch) -> metrics``, ``set_lr``, ``save_checkpoint`` / ``load_checkpoint``
-(model, optimizer, EMA, step and every RNG state) so that :func:`common.fit` can run and resume them.
+Each exposes ``train_step(batch) -> metrics``, ``save_checkpoint`` / ``load_checkpoint`` (model, optimizer,
+EMA, step and every RNG state) so that :func:`common.fit` can run and resume them. Given a
+:class:`common.Schedule` (``schedule=``, or by :func:`common.fit`), each step first takes the schedule's
+learning rate and weight decay for its step number; without one the optimizer's stay as they are.
 Under torchrun the model given as ``ddp_model`` is the DistributedDataParallel wrapper; the plain module
 is kept for saving and sampling.
 """
@@ -22,7 +24,7 @@ from ..pipeline import VAROutput, VARPipeline
 from ..precision import autocast, choose_dtype
 from ..transformer import VAR
 from ..vqvae import VQVAE
-from .common import NonFiniteLoss, atomic_save, load_checkpoint_file, rng_state, set_rng_state
+from .common import NonFiniteLoss, Schedule, atomic_save, load_checkpoint_file, rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +33,34 @@ class _Trainer:
     """Step counter, optimizers, clipping, non-finite check and checkpoints shared by both trainers."""
 
     def __init__(self, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
-                 device: str | torch.device, grad_clip: float, amp: bool):
-        self.modules, self.optimizers = modules, optimizers
+                 device: str | torch.device, grad_clip: float, amp: bool, schedule: Schedule | None):
+        self.modules, self.optimizers, self.schedule = modules, optimizers, schedule
         self.device = torch.device(device)
         self.grad_clip = grad_clip
         # --amp is bf16 whatever the device: where bf16 is emulated it runs slower, and a note says so.
         self.amp_dtype = choose_dtype(torch.bfloat16, self.device, force=True) if amp else torch.float32
         self.step = 0
+        # The parameter groups made with weight decay (by index: loading a checkpoint replaces the group dicts);
+        # the others (biases, norms, the discriminator) stay without.
+        self.decayed_groups = {name: [i for i, group in enumerate(opt.param_groups) if group["weight_decay"] > 0]
+                               for name, opt in optimizers.items()}
 
     def set_lr(self, lr: float) -> None:
         for opt in self.optimizers.values():
             for group in opt.param_groups:
                 group["lr"] = lr
+
+    def set_weight_decay(self, weight_decay: float) -> None:
+        """Set the weight decay of the groups made with one (see :attr:`decayed_groups`)."""
+        for name, opt in self.optimizers.items():
+            for i in self.decayed_groups[name]:
+                opt.param_groups[i]["weight_decay"] = weight_decay
+
+    def _follow_schedule(self) -> None:
+        """The learning rate and weight decay of step ``self.step`` under ``self.schedule``, if one is given."""
+        if self.schedule is not None:
+            self.set_lr(self.schedule.lr_at(self.step))
+            self.set_weight_decay(self.schedule.weight_decay_at(self.step))
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
@@ -139,7 +157,8 @@ class VQVAETrainer(_Trainer):
                  disc_optimizer: torch.optim.Optimizer | None = None, adv_weight: float = 0.0,
                  disc_start: int = 0, reinit_every: int = 200, dead_fraction: float = 0.03,
                  grad_clip: float = 2.0, amp: bool = False, ema_decay: float | None = None,
-                 ddp_model: nn.Module | None = None, ddp_disc: nn.Module | None = None):
+                 ddp_model: nn.Module | None = None, ddp_disc: nn.Module | None = None,
+                 schedule: Schedule | None = None):
         self.ema = copy.deepcopy(vqvae).eval().requires_grad_(False) if ema_decay else None
         self.ema_decay = ema_decay
         modules, optimizers = {"vqvae": vqvae}, {"vqvae": optimizer}
@@ -150,7 +169,7 @@ class VQVAETrainer(_Trainer):
                 raise ValueError(f"adv_weight={adv_weight} needs a discriminator and its optimizer (disc=, "
                                  "disc_optimizer=); adv_weight=0 trains without the GAN loss")
             modules["disc"], optimizers["disc"] = disc, disc_optimizer
-        super().__init__(modules, optimizers, device, grad_clip, amp)
+        super().__init__(modules, optimizers, device, grad_clip, amp, schedule)
         self.vqvae, self.model, self.disc, self.disc_model = vqvae, ddp_model or vqvae, disc, ddp_disc or disc
         self.l1, self.l2, self.adv_weight, self.disc_start = l1, l2, adv_weight, disc_start
         self.reinit_every, self.dead_fraction = reinit_every, dead_fraction
@@ -166,6 +185,7 @@ class VQVAETrainer(_Trainer):
         """One optimizer step on images in [0, 1] (or (images, labels)); returns the step's metrics."""
         images01 = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = images01.to(self.device) * 2 - 1
+        self._follow_schedule()
         self.vqvae.train()
         with self.autocast():
             rec, vq_loss, _ = self.model(x)
@@ -255,11 +275,12 @@ class VARTrainer(_Trainer):
 
     def __init__(self, var: VAR, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu",
                  *, label_smoothing: float = 0.0, grad_clip: float = 2.0, amp: bool = False,
-                 ema_decay: float | None = None, ddp_model: nn.Module | None = None):
+                 ema_decay: float | None = None, ddp_model: nn.Module | None = None,
+                 schedule: Schedule | None = None):
         var.pair_tokenizer(vqvae)  # var.generate(...) finds it; before the copy, so the EMA model is paired too
         self.ema = copy.deepcopy(var).eval().requires_grad_(False) if ema_decay else None
         modules = {"var": var} | ({"ema": self.ema} if self.ema is not None else {})
-        super().__init__(modules, {"var": optimizer}, device, grad_clip, amp)
+        super().__init__(modules, {"var": optimizer}, device, grad_clip, amp, schedule)
         self.var, self.model = var, ddp_model or var
         self.vqvae = vqvae.eval().requires_grad_(False)
         self.label_smoothing, self.ema_decay = label_smoothing, ema_decay
@@ -282,6 +303,7 @@ class VARTrainer(_Trainer):
         with torch.no_grad():
             x_in = self.vqvae.quantize.teacher_forcing_input(tokens)
         target_BL = torch.cat(tokens, dim=1)
+        self._follow_schedule()
         self.var.train()
         with self.autocast():
             logits_BLV = self.model(labels, x_in)
