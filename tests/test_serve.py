@@ -3,6 +3,7 @@ a real headless Chromium (Debian's chromium + chromium-driver, driven by Seleniu
 module, on the bundled model. Screenshots go to $VAR_SCREENSHOTS (a folder) when set, else to a temporary one.
 """
 import io
+import logging
 import os
 import re
 import shutil
@@ -113,6 +114,20 @@ def test_edit_with_painted_layers_and_outpainting_inverts_the_mask(client, shirt
     assert np.array_equal(pixels(mask)[..., 0] > 127, layer[..., 3] == 0) and "--class" not in info
 
 
+@pytest.mark.parametrize("mode", ["L", "RGB", "CMYK"])
+def test_edit_takes_a_jpeg_of_any_mode(client, pipe, shirt, tmp_path, mode):
+    """The editor converts an upload to RGBA, which Gradio saved in the upload's own format: every JPEG was
+    refused ("cannot write mode RGBA as JPEG")."""
+    jpeg = tmp_path / f"shirt-{mode}.jpg"
+    Image.open(shirt).convert(mode).save(jpeg, quality=95)
+    given, _, result, _ = client.predict(editor(jpeg), "box", 0.25, 0.25, 0.75, 0.75, "inpaint", "Dress",
+                                         None, None, None, None, False, 3, api_name="/edit")
+    image, _ = load_image(jpeg, 1, 28)
+    assert np.array_equal(pixels(given), expected_pixels(image)[0])
+    box = box_mask(28, 28, 0.25, 0.25, 0.75, 0.75)
+    assert np.array_equal(pixels(result), expected_pixels(pipe.inpaint(image, box, class_labels=3, seed=3).images)[0])
+
+
 def test_vary_keeps_the_scales_asked_for(client, pipe, shirt):
     K = len(pipe.patch_nums)
     image, _ = load_image(shirt, 1, 28)
@@ -156,6 +171,18 @@ def test_a_bf16_demo_runs_its_pipeline_in_bf16_and_its_command_does_too(pipe, mo
 
 def test_analytics_are_off(pipe):
     assert serve.build_app(pipe).analytics_enabled is False and os.environ["GRADIO_ANALYTICS_ENABLED"] == "False"
+
+
+def test_var_serve_on_a_busy_port_says_only_that(caplog):
+    """It said "serving the demo at ..." before finding the port taken."""
+    caplog.set_level(logging.INFO)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert cli(["serve", "--port", str(port)]) == 2
+    assert f"error: cannot serve on 127.0.0.1 port {port}: " in caplog.text and "choose another --port" in caplog.text
+    assert "serving the demo" not in caplog.text
 
 
 def test_var_serve_without_gradio_says_how_to_install_it(monkeypatch, caplog):
@@ -239,6 +266,29 @@ def test_browser_generates_a_chosen_class(browser, server, screenshots):
     browser.save_screenshot(str(screenshots / "generate.png"))
     assert fetch_pixels(src).shape == (28, 28, 3)
     assert "--classes 5 " in browser.find_element(By.ID, "generate-info").text   # Sandal is class 5
+
+
+def test_browser_edits_a_jpeg_in_a_box(browser, server, shirt, tmp_path):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    jpeg = tmp_path / "shirt.jpg"
+    Image.open(shirt).convert("RGB").save(jpeg)
+    browser.get(server)
+    wait = WebDriverWait(browser, 60)
+    wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab' and contains(., 'Edit')]"))).click()
+    wait.until(EC.element_to_be_clickable((By.ID, "edit-button")))
+    upload = browser.find_element(By.CSS_SELECTOR, "#edit-editor input[type=file]")
+    browser.execute_script("arguments[0].style.display = 'block';", upload)   # Selenium types into visible inputs
+    upload.send_keys(str(jpeg))
+    time.sleep(2)  # the editor loads the image onto its canvas
+    browser.find_element(By.CSS_SELECTOR, "#edit-region input[value=box]").click()
+    browser.find_element(By.ID, "edit-button").click()
+    mask = fetch_pixels(wait_for_image(browser, "#edit-mask"))[..., 0] > 127
+    result = fetch_pixels(wait_for_image(browser, "#edit-result"))
+    assert result.shape == (28, 28, 3)
+    assert np.array_equal(mask, box_mask(28, 28, 0.25, 0.25, 0.75, 0.75).bool().numpy())
 
 
 def test_browser_edits_a_painted_region(browser, server, shirt, screenshots):

@@ -31,9 +31,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_text(e: Exception) -> str:
+    """The one line a user error prints: an OSError of the system as ``FILE: reason`` (``[Errno 13]`` and the
+    file's quotes dropped), any other error's own message."""
+    if isinstance(e, OSError) and e.strerror and e.filename is not None:
+        return f"{e.filename}: {e.strerror}" + (f" ({e.filename2})" if e.filename2 is not None else "")
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run a subcommand. A user error is one line and exit status 2, a training run stopped early (NaN loss,
-    failed checkpoint write, SIGINT/SIGTERM) one line and its own status; tracebacks only with ``-v``."""
+    """Run a subcommand. A user error (a bad value, or a file that cannot be read or written) is one line and
+    exit status 2, a training run stopped early (NaN loss, failed checkpoint write, SIGINT/SIGTERM) one line
+    and its own status; tracebacks only with ``-v``."""
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
@@ -43,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     log = logging.getLogger("var")
     try:
         return int(args.run(args) or 0)
-    except (ValueError, FileNotFoundError) as e:
-        log.error("error: %s", e, exc_info=args.verbose)
+    except (ValueError, OSError) as e:  # OSError: a file that cannot be read or written (permissions, a full disk)
+        log.error("error: %s", error_text(e), exc_info=args.verbose)
         return 2
     except TrainingStopped as e:
         log.error("%s", e, exc_info=args.verbose)

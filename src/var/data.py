@@ -179,17 +179,40 @@ def decode_or_none(path: str | os.PathLike, size: int | tuple[int, int], channel
         return None
 
 
+def _listing(folder: Path) -> list[Path]:
+    """The entries of ``folder``, sorted; ValueError naming it when it cannot be listed (no read permission):
+    an unreadable folder must not pass for an empty one."""
+    try:
+        with os.scandir(folder) as entries:
+            return sorted(Path(e.path) for e in entries)
+    except OSError as e:
+        raise ValueError(f"cannot read folder {folder}: {e.strerror or e}") from e
+
+
+def _images_under(folder: Path) -> list[Path]:
+    """The image files at any depth of ``folder``, sorted, hidden files and folders (.ipynb_checkpoints,
+    .thumbnails, ...) left out: they are not data. ValueError names a folder that cannot be listed."""
+    def unreadable(e: OSError) -> None:
+        raise ValueError(f"cannot read folder {e.filename}: {e.strerror or e}") from e
+
+    found = []
+    for parent, dirs, names in os.walk(folder, onerror=unreadable):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        found += [Path(parent, n) for n in names if not n.startswith(".") and Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(found)
+
+
 def list_image_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], list[str]]:
     """The image files of a folder with their class ids, and the class names: one sub-folder per class
-    (class-conditional), or a flat folder of images (unconditional: one class named after the folder)."""
+    (class-conditional), or a flat folder of images (unconditional: one class named after the folder).
+    ValueError names a folder that cannot be read, which would otherwise look like one without images."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"data folder not found: {root}")
-    subdirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    entries = _listing(root)
+    subdirs = [d for d in entries if d.is_dir() and not d.name.startswith(".")]
     if subdirs:
-        # Hidden files and folders (.ipynb_checkpoints, .thumbnails, ...) are not data, at any depth.
-        per_dir = [[f for f in sorted(d.rglob("*")) if f.suffix.lower() in IMAGE_SUFFIXES
-                    and not any(p.startswith(".") for p in f.relative_to(d).parts)] for d in subdirs]
+        per_dir = [_images_under(d) for d in subdirs]
         empty = [d.name for d, found in zip(subdirs, per_dir) if not found]
         if empty and len(empty) < len(subdirs):  # e.g. __MACOSX of an unzipped archive: not a class
             log.warning("ignoring %d folder(s) of %s without images: %s (a class needs images)", len(empty), root,
@@ -197,13 +220,13 @@ def list_image_files(root: str | os.PathLike) -> tuple[list[tuple[Path, int]], l
         kept = [(d, found) for d, found in zip(subdirs, per_dir) if found]
         class_names = [d.name for d, _ in kept]
         files = [(f, c) for c, (_, found) in enumerate(kept) for f in found]
-        loose = [f for f in root.iterdir() if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+        loose = [f for f in entries if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
         if loose:
             log.warning("ignoring %d image(s) directly in %s (e.g. %s): with class folders, images belong in "
                         "one of them", len(loose), root, loose[0].name)
     else:
         class_names = [root.name or "images"]
-        files = [(f, 0) for f in sorted(root.iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
+        files = [(f, 0) for f in entries if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")]
     if not files:
         raise ValueError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {root}")
     return files, class_names

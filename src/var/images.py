@@ -10,6 +10,10 @@ from PIL import Image, ImageDraw, ImageFont, ImageOps
 
 from .schedule import as_hw, normalize_patch_nums
 
+# The grey level (0-255) that transparent pixels of an input image are composited on: black, the background
+# of the bundled Fashion-MNIST model's images (see :func:`to_8bit`).
+TRANSPARENT_BACKGROUND = 0
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(B, C, H, W) floats in [0, 1] to (B, H, W, C) uint8."""
@@ -41,11 +45,20 @@ def to_8bit(im: Image.Image, channels: int) -> Image.Image:
     orientation says (cameras and phones store photos sideways and tag them), so that an image, and a mask
     painted over it as displayed, line up. 16-bit greyscale (modes "I;16*", and "I", which Pillow also uses
     for 16-bit PNGs) is scaled by 255/65535 first: Pillow's own convert clips it at 255, which turns all but
-    the darkest pixels white."""
+    the darkest pixels white.
+
+    Transparency (an alpha channel, or a palette's or PNG's transparent colour) is composited on black,
+    ``TRANSPARENT_BACKGROUND``: dropping the alpha would keep whatever colour the transparent pixels hold,
+    often grey or white. Black is the background of Fashion-MNIST, the bundled model's training images, and
+    images a model is trained on here are read by this function too, so such a model saw transparency as
+    black as well."""
     im = ImageOps.exif_transpose(im)
     if im.mode.startswith("I;16") or im.mode == "I":
         values = np.asarray(im, dtype=np.float64) * (255 / 65535)
         im = Image.fromarray(values.round().clip(0, 255).astype(np.uint8), "L")
+    if "A" in im.getbands() or "transparency" in im.info:
+        background = Image.new("RGBA", im.size, (TRANSPARENT_BACKGROUND,) * 3 + (255,))
+        im = Image.alpha_composite(background, im.convert("RGBA"))
     return im.convert("L" if channels == 1 else "RGB")
 
 
@@ -84,22 +97,34 @@ def save_image(images: torch.Tensor, path: str | Path, scale: int = 1) -> Path:
     return path
 
 
+def _margins(row_labels: Sequence[str] | None, col_labels: Sequence[str] | None) -> tuple[int, int]:
+    """(left, top) pixels a grid keeps for its row and column labels."""
+    font = ImageFont.load_default()
+    left = 0 if not row_labels else 8 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font))
+                                           for t in row_labels)
+    return left, 0 if not col_labels else 16
+
+
+def grid_size(n: int, nrow: int, tile_hw: tuple[int, int], pad: int = 2, row_labels: Sequence[str] | None = None,
+              col_labels: Sequence[str] | None = None) -> tuple[int, int]:
+    """(width, height) in pixels of the :func:`grid` of ``n`` tiles of ``tile_hw`` (height, width, as drawn:
+    after scaling), ``nrow`` a row, without drawing it."""
+    left, top = _margins(row_labels, col_labels)
+    rows = (n + nrow - 1) // nrow
+    return left + nrow * (tile_hw[1] + pad) + pad, top + rows * (tile_hw[0] + pad) + pad
+
+
 def grid(images: torch.Tensor, nrow: int, pad: int = 2, scale: int = 1, row_labels: Sequence[str] | None = None,
          col_labels: Sequence[str] | None = None, background: int = 255) -> Image.Image:
     """A grid image of ``images`` (N, C, H, W) with ``nrow`` images per row, optional text labels on
     the left of each row and above each column."""
     arr = to_rgb_uint8(images)
     n, h, w = arr.shape[0], arr.shape[1] * scale, arr.shape[2] * scale
-    ncol = nrow
-    rows = (n + ncol - 1) // ncol
-    font = ImageFont.load_default()
-    left = 0 if not row_labels else 8 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font))
-                                           for t in row_labels)
-    top = 0 if not col_labels else 16
-    canvas = Image.new("RGB", (left + ncol * (w + pad) + pad, top + rows * (h + pad) + pad), (background,) * 3)
-    draw = ImageDraw.Draw(canvas)
+    left, top = _margins(row_labels, col_labels)
+    canvas = Image.new("RGB", grid_size(n, nrow, (h, w), pad, row_labels, col_labels), (background,) * 3)
+    draw, font = ImageDraw.Draw(canvas), ImageFont.load_default()
     for i in range(n):
-        r, c = divmod(i, ncol)
+        r, c = divmod(i, nrow)
         tile = Image.fromarray(arr[i])
         if scale != 1:
             tile = tile.resize((w, h), Image.NEAREST)

@@ -309,12 +309,25 @@ class VARPipeline:
         return options
 
     def class_ids(self, class_labels: ClassLabels, allow_null: bool = False) -> torch.Tensor:
-        """Class labels as a 1-D LongTensor: ids (ints, an integer tensor) or this model's class names
-        (matched case-insensitively), alone or in a sequence. ValueError names a bad or unknown label.
+        """Class labels as a 1-D LongTensor: ids (ints, a 0-D or 1-D integer tensor or numpy array) or this
+        model's class names (matched case-insensitively), alone or in a flat sequence, one label per image.
+        ValueError names a bad or unknown label, and a nested sequence or an array of more than one dimension
+        (one label per image: flattening it would silently make more images than rows).
         ``allow_null`` also accepts the null class's id, ``num_classes`` (what generation takes)."""
-        items = class_labels.reshape(-1).tolist() if isinstance(class_labels, torch.Tensor) else class_labels
+        if hasattr(class_labels, "ndim") and hasattr(class_labels, "tolist"):  # a tensor or a numpy array
+            if class_labels.ndim > 1:
+                raise ValueError(f"class_labels must be one label or a 1-D sequence of labels, got an array of "
+                                 f"shape {tuple(class_labels.shape)}")
+            items = class_labels.reshape(-1).tolist()
+        else:
+            items = class_labels
         if isinstance(items, (str, int, float)) or not hasattr(items, "__iter__"):
             items = [items]
+        items = list(items)
+        nested = next((c for c in items if isinstance(c, (list, tuple)) or getattr(c, "ndim", 0) > 0), None)
+        if nested is not None:
+            raise ValueError(f"class_labels must be one label or a 1-D sequence of labels, got a nested sequence "
+                             f"holding {nested!r}")
         ids = [self._class_id(c) for c in items]
         if not ids:
             raise ValueError("class_labels is empty: give at least one class id or name")
@@ -338,7 +351,7 @@ class VARPipeline:
             return lookup[label.strip().lower()]
         whole = isinstance(label, Integral) or (isinstance(label, Real) and float(label).is_integer())
         if isinstance(label, bool) or not whole:
-            raise ValueError(f"class labels must be integers or class names, got {label!r}")
+            raise ValueError(f"class_labels must hold integers or class names, got {label!r}")
         return int(label)
 
 

@@ -177,7 +177,7 @@ class MultiScaleQuantizer(nn.Module):
 
     def check_indices(self, indices: Sequence[torch.Tensor], allow_prefix: bool = False) -> None:
         """ValueError unless ``indices`` are K (or, with ``allow_prefix``, the first k) maps (B, h_k * w_k)
-        of ids in [0, vocab_size)."""
+        of integer ids (int64 or int32) in [0, vocab_size)."""
         if not allow_prefix and len(indices) != self.num_scales:
             raise ValueError(f"expected {self.num_scales} token maps (one per scale of {self.patch_nums}), "
                              f"got {len(indices)}")
@@ -186,6 +186,8 @@ class MultiScaleQuantizer(nn.Module):
             h, w = self.scales[k]
             if idx.ndim != 2 or idx.shape != (B, h * w):
                 raise ValueError(f"token map of scale {k} must have shape ({B}, {h * w}), got {tuple(idx.shape)}")
+            if idx.dtype not in (torch.int64, torch.int32):  # ids index the codebook: a float one is no id
+                raise ValueError(f"token map of scale {k} must hold integer token ids (int64), got {idx.dtype}")
             if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= self.vocab_size):
                 raise ValueError(f"token map of scale {k} has ids outside [0, {self.vocab_size})")
 

@@ -52,12 +52,14 @@ def check_finite_logits(logits: torch.Tensor, k: int, hw: tuple[int, int]) -> No
 
 
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
-    """The one random stream of a generation call: seeded when ``seed`` is given, so calls repeat."""
+    """The one random stream of a generation call: seeded when ``seed`` is given, so calls repeat. ValueError
+    names a seed that is not an integer in [-2**63, 2**64) (a float such as 1.5 is refused, not truncated)."""
     generator = torch.Generator(device=device)
     if seed is None:
         generator.seed()
-    elif not -2 ** 63 <= int(seed) < 2 ** 64:  # torch's own error ("Overflow when unpacking long long") names no seed
-        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed}")
+    # torch's own errors name no seed ("Overflow when unpacking long long"), and int() would truncate 1.5 to 1.
+    elif isinstance(seed, bool) or not isinstance(seed, Integral) or not -2 ** 63 <= seed < 2 ** 64:
+        raise ValueError(f"seed must be an integer in [-2**63, 2**64), got {seed!r}")
     else:
         generator.manual_seed(int(seed))
     return generator

@@ -288,7 +288,11 @@ def _page_action(gr, fn: Callable) -> Callable:
 
 def _checked_uploads(gr, component):
     """``component`` (an image or image editor input) with its uploads checked by :func:`check_upload`
-    before Gradio decodes them, so that a bad file gets our message instead of Gradio's traceback."""
+    before Gradio decodes them, so that a bad file gets our message instead of Gradio's traceback.
+
+    Gradio converts an upload to the component's mode (the editor's is RGBA, for the brush layers' alpha)
+    and saves the copy in the format its file name says: a JPEG, which holds no alpha, could not be saved
+    and every JPEG was refused. The copy is saved as PNG instead (lossless, any mode)."""
     decode = component.preprocess
 
     def preprocess(payload):
@@ -300,6 +304,9 @@ def _checked_uploads(gr, component):
                     check_upload(f.path)
         except ValueError as e:
             raise gr.Error(str(e), print_exception=False) from e
+        for f in files:
+            if getattr(f, "orig_name", None):
+                f.orig_name = os.path.splitext(f.orig_name)[0] + ".png"
         return decode(payload)
 
     component.preprocess = preprocess
@@ -419,14 +426,18 @@ def _describe(pipe: VARPipeline, model_args: Sequence[str]) -> str:
 
 def launch(app: Any, host: str = "127.0.0.1", port: int = 7860, block: bool = True) -> str:
     """Serve ``app`` on ``host:port`` (no share link, errors shown in the page, uploads over
-    ``MAX_FILE_SIZE`` refused) and return its local URL; ``block=False`` returns at once (tests)."""
-    if host not in LOCAL_HOSTS:
-        log.warning("serving on %s: anyone who can reach this machine on port %d can use the demo "
-                    "(there is no login); --host 127.0.0.1 keeps it local", host, port)
+    ``MAX_FILE_SIZE`` refused) and return its local URL; ``block=False`` returns once the server listens
+    (``app.block_thread()`` then waits for Ctrl-C, as ``block=True`` does). OSError when it cannot listen
+    there (the port is taken, or the address is not this machine's), before anything is said about it."""
     gr = import_gradio()
     logging.getLogger("httpx").setLevel(logging.WARNING)  # Gradio's own start-up requests, one line each
     _, url, _ = app.launch(server_name=host, server_port=port, share=False, show_error=True, quiet=True,
-                           max_file_size=MAX_FILE_SIZE, prevent_thread_lock=not block, ssr_mode=False,
+                           max_file_size=MAX_FILE_SIZE, prevent_thread_lock=True, ssr_mode=False,
                            mcp_server=False, pwa=False, enable_monitoring=False, footer_links=["api"],
                            theme=gr.themes.Default(), css=CSS)
+    if host not in LOCAL_HOSTS:
+        log.warning("serving on %s: anyone who can reach this machine on port %d can use the demo "
+                    "(there is no login); --host 127.0.0.1 keeps it local", host, port)
+    if block:
+        app.block_thread()
     return url

@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from ..data import IMAGE_SUFFIXES
 from ..pipeline import VARPipeline, bundled_models
 from ..precision import PIPELINE_DTYPES, default_device
 from ..sampling import check_sampling_options
@@ -36,7 +38,31 @@ def add_command(sub, name: str, summary: str) -> argparse.ArgumentParser:
 
 
 def add_device_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available, else cpu)")
+    p.add_argument("--device", type=device_name, default=None,
+                   help="cpu, cuda, cuda:N or mps (default: cuda when available, else cpu)")
+
+
+def device_name(text: str) -> str:
+    """A ``--device`` value that this machine has: cpu, cuda, cuda:N (N below its GPU count) or mps. Checked
+    as the options are parsed, so that a missing device is named before a model is loaded."""
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        device = None
+    if device is None or device.type not in ("cpu", "cuda", "mps"):
+        raise argparse.ArgumentTypeError(f"unknown device {text!r}; expected cpu, cuda, cuda:N or mps")
+    if device.type == "cuda":
+        count = torch.cuda.device_count()
+        if count == 0:
+            why = "this PyTorch is a CPU-only build" if torch.version.cuda is None else \
+                f"PyTorch (CUDA {torch.version.cuda}) sees no GPU (none, or no driver)"
+            raise argparse.ArgumentTypeError(f"no CUDA device: {why}; use --device cpu")
+        if device.index is not None and device.index >= count:
+            raise argparse.ArgumentTypeError(f"no CUDA device {device.index}: this machine has {count} "
+                                             f"(cuda:0 to cuda:{count - 1})")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError("no MPS device: mps is Apple silicon's GPU; use --device cpu")
+    return text
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
@@ -158,29 +184,54 @@ def class_text(text: str) -> str:
 
 
 def check_output_folder(option: str, path: str | os.PathLike | None) -> None:
-    """ValueError naming ``option`` when ``path`` cannot be made a folder (a file is in the way), before the
-    long work whose results it is to hold."""
+    """ValueError naming ``option`` when ``path`` cannot be made a folder (a file is in the way) or cannot
+    be written in, before the long work whose results it is to hold."""
     if path is None:
         return
     path, flag = Path(path), "--" + option.replace("_", "-")
     blocking = next((p for p in (path, *path.parents) if p.exists() and not p.is_dir()), None)
     if blocking is not None:
         raise ValueError(f"{flag} {path}: {blocking} is a file, expected a folder")
+    _check_writable(flag, path, path)
 
 
-def check_output_files(**paths: str | os.PathLike | None) -> None:
+def check_output_files(images: Sequence[str] = (), **paths: str | os.PathLike | None) -> None:
     """ValueError naming the option (``save_npz=...`` is ``--save-npz``) whose output file could not be
-    written: a folder of that name, or a file where a folder would be. Checked before long work, so that
-    an hour of sampling is not lost to a typo at the end."""
+    written: a folder of that name, a file where a folder would be, a folder that cannot be written in
+    (read-only, no permission), the file of another option (one would overwrite the other), or, for the
+    options named in ``images``, a suffix other than an image format's (``IMAGE_SUFFIXES``). Checked before
+    long work, so that an hour of sampling is not lost to a typo at the end."""
+    seen: dict[Path, str] = {}
     for option, path in paths.items():
         if path is None:
             continue
         path, flag = Path(path), "--" + option.replace("_", "-")
         if path.is_dir():
             raise ValueError(f"{flag} {path}: is a folder, expected a file name")
+        if option in images and path.suffix.lower() not in IMAGE_SUFFIXES:
+            got = repr(path.suffix) if path.suffix else "no suffix"
+            raise ValueError(f"{flag} {path}: expected an image file name ending in "
+                             f"{', '.join(sorted(IMAGE_SUFFIXES))}, got {got}")
         blocking = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
         if blocking is not None:
             raise ValueError(f"{flag} {path}: {blocking} is a file, not a folder")
+        same = seen.setdefault(path.resolve(), flag)
+        if same != flag:
+            raise ValueError(f"{flag} {path}: also given as {same}: one file would overwrite the other")
+        _check_writable(flag, path, path.parent)
+
+
+def _check_writable(flag: str, path: Path, folder: Path) -> None:
+    """ValueError "cannot write ``path``" unless a file can be made in ``folder`` or, where it does not exist
+    yet, in the nearest folder above it that does (where it is to be made). Tried with a temporary file, which
+    also sees a read-only file system (root may write anywhere else, so a permission check would not)."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as e:
+        raise ValueError(f"cannot write {path} ({flag}): no file can be made in {existing}: "
+                         f"{e.strerror or e}") from e
 
 
 def sampling_kwargs(args: argparse.Namespace) -> dict:

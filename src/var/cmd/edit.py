@@ -10,7 +10,8 @@ import torch
 from ..editing import box_mask, load_mask
 from ..images import grid, load_image, save_image
 from ..pipeline import VARPipeline
-from .common import add_command, add_model_args, add_sampling_args, class_list, class_text, load_pipeline, sampling_kwargs
+from .common import (add_command, add_model_args, add_sampling_args, check_output_files, class_list, class_text,
+                     load_pipeline, sampling_kwargs)
 
 log = logging.getLogger("var")
 
@@ -92,6 +93,7 @@ def _write(args: argparse.Namespace, pipe: VARPipeline, named_images: dict[str, 
 
 def run_edit(args: argparse.Namespace) -> int:
     sampling = sampling_kwargs(args)
+    check_output_files(images=("out",), out=args.out)
     pipe = load_pipeline(args)
     image, size = _load_input(args.image, pipe)
     H, W = pipe.image_hw
@@ -107,6 +109,7 @@ def run_edit(args: argparse.Namespace) -> int:
 
 def run_vary(args: argparse.Namespace) -> int:
     sampling = sampling_kwargs(args)
+    check_output_files(images=("out",), out=args.out)
     pipe = load_pipeline(args)
     image, _ = _load_input(args.image, pipe)
     out = pipe.vary(image, args.keep_scales, class_labels=_label(args, pipe), **sampling)

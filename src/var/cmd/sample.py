@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import argparse
 import logging
+import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..images import grid, progression_grid, to_rgb_uint8, write_npz
+from ..images import grid, grid_size, progression_grid, to_rgb_uint8, write_npz
 from ..files import write_atomically
 from .common import (add_command, add_model_args, add_sampling_args, check_output_files, check_output_folder,
                      class_list, class_text, load_pipeline, positive_int, sampling_kwargs)
 
 log = logging.getLogger("var")
+# The largest grid written: 64 Mi pixels (192 MiB as RGB in memory), below Pillow's decompression-bomb warning
+# (89.5 M pixels), so that the grid opens again. Larger runs write --png-dir / --npz instead (--no-grid).
+MAX_GRID_PIXELS = 2 ** 26
+# A run whose first chunk says it will take longer than this says how long, in seconds.
+ESTIMATE_AFTER = 60
 
 
 def register(sub) -> None:
@@ -65,13 +71,18 @@ def run(args: argparse.Namespace) -> int:
     from ..training.common import setup_distributed
 
     sampling = sampling_kwargs(args)
-    check_output_files(out=args.out if args.grid else None, npz=args.npz, progression=args.progression)
+    check_output_files(images=("out", "progression"), out=args.out if args.grid else None, npz=args.npz,
+                       progression=args.progression)
     check_output_folder("png_dir", args.png_dir)
     info = setup_distributed(args.device)
     if info.world > 1:
         args.device = str(info.device)
     pipe = load_pipeline(args)
     classes = _classes(args, pipe)
+    names = [pipe.label_name(c) for c in classes]
+    scale = max(1, 64 // max(pipe.image_hw))
+    if args.grid:
+        check_grid_size(len(classes), args.per_class, pipe.image_hw, scale, names)
     labels = torch.tensor(classes).repeat_interleave(args.per_class)
     firsts = set(range(0, len(labels), args.per_class)[:10])      # the rows of the progression figure
     starts = list(range(0, len(labels), args.batch_size))
@@ -91,8 +102,6 @@ def run(args: argparse.Namespace) -> int:
         # Through a temporary file: a full disk part way through leaves no truncated npz for FID tools to read.
         write_atomically(Path(args.npz), lambda tmp: write_npz(images_NHW3, labels.numpy(), tmp))
         log.info("wrote %s (arr_0 %s uint8, labels)", args.npz, images_NHW3.shape)
-    names = [pipe.label_name(c) for c in classes]
-    scale = max(1, 64 // max(pipe.image_hw))
     if args.grid:
         as_float = torch.from_numpy(images_NHW3).permute(0, 3, 1, 2).float() / 255
         path = Path(args.out)
@@ -102,6 +111,34 @@ def run(args: argparse.Namespace) -> int:
     if args.progression:
         write_progression(pipe, tokens, names[:len(firsts)], Path(args.progression), scale)
     return 0
+
+
+def check_grid_size(num_classes: int, per_class: int, image_hw: tuple[int, int], scale: int,
+                    names: list[str]) -> None:
+    """ValueError, before any sampling, when the grid of ``num_classes`` rows of ``per_class`` samples would
+    exceed ``MAX_GRID_PIXELS``: it names the size and the options that write many samples instead."""
+    width, height = grid_size(num_classes * per_class, per_class, (image_hw[0] * scale, image_hw[1] * scale),
+                              row_labels=names)
+    if width * height > MAX_GRID_PIXELS:
+        raise ValueError(f"--per-class {per_class} x {num_classes} classes makes a grid of {width:,} x {height:,} "
+                         f"pixels, over the limit of {MAX_GRID_PIXELS / 1e6:.0f} M pixels: add --no-grid and "
+                         f"write the samples with --png-dir DIR or --npz FILE")
+
+
+def _say_how_long(first_s: float, chunks: int) -> None:
+    """After the first of ``chunks`` chunks took ``first_s`` seconds: the run's expected length, when long."""
+    total = first_s * chunks
+    if total > ESTIMATE_AFTER:
+        log.info("the first chunk took %.1f s: the %d chunks will take about %s; Ctrl-C stops the run", first_s,
+                 chunks, duration(total))
+
+
+def duration(seconds: float) -> str:
+    """``seconds`` as people say it: 45 s, 12 min, 22 h 18 min."""
+    if seconds < 59.5:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
 
 
 def chunk_seed(seed: int, i: int) -> int:
@@ -118,18 +155,28 @@ def _generate_chunks(pipe, labels: torch.Tensor, starts: list[int], chunk_ids, f
     """Chunk i -> (uint8 images (n, H, W, 3), its progression rows' tokens) for the chunks ``chunk_ids``;
     PNG files are written as each chunk is made."""
     from tqdm.auto import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
-    out_chunks = {}
-    for i in tqdm(list(chunk_ids), desc="generating", unit="batch", disable=not show):
-        start = starts[i]
-        part = labels[start:start + args.batch_size]
-        out = pipe(class_labels=part, **{**sampling, "seed": chunk_seed(args.seed, i)})
-        rgb = to_rgb_uint8(out.images)                              # uint8: 50,000 samples fit in memory
-        if args.png_dir:
-            _write_pngs(rgb, part, args.png_dir, start)
-        rows = [r for r in range(len(part)) if start + r in firsts]
-        out_chunks[i] = (rgb, [t[rows].cpu() for t in out.tokens])
+    out_chunks, chunk_ids = {}, list(chunk_ids)
+    with logging_redirect_tqdm():  # the estimate is printed above the progress bar, not through it
+        for n, i in enumerate(tqdm(chunk_ids, desc="generating", unit="batch", disable=not show)):
+            began = time.perf_counter()
+            out_chunks[i] = _generate_chunk(pipe, labels, starts[i], i, firsts, args, sampling)
+            if n == 0 and show:
+                _say_how_long(time.perf_counter() - began, len(chunk_ids))
     return out_chunks
+
+
+def _generate_chunk(pipe, labels: torch.Tensor, start: int, i: int, firsts: set[int], args: argparse.Namespace,
+                    sampling: dict) -> tuple:
+    """Chunk ``i``, the samples from ``start``: (uint8 images (n, H, W, 3), its progression rows' tokens)."""
+    part = labels[start:start + args.batch_size]
+    out = pipe(class_labels=part, **{**sampling, "seed": chunk_seed(args.seed, i)})
+    rgb = to_rgb_uint8(out.images)                              # uint8: 50,000 samples fit in memory
+    if args.png_dir:
+        _write_pngs(rgb, part, args.png_dir, start)
+    rows = [r for r in range(len(part)) if start + r in firsts]
+    return rgb, [t[rows].cpu() for t in out.tokens]
 
 
 def _gather_on_main(chunks: dict[int, tuple], info) -> dict[int, tuple]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..schedule import parse_patch_nums, parse_size
 from ..training.common import LR_SCHEDULES
-from .common import add_command, add_device_arg, argument_type, positive_int
+from .common import add_command, add_device_arg, argument_type, check_output_files, positive_int
 
 log = logging.getLogger("var")
 
@@ -364,6 +364,7 @@ def _note_tokenizing(data: str, cache_dir: Path) -> None:
 
 def run_plot(a: argparse.Namespace) -> int:
     from ..training.plot import plot_run
+    check_output_files(out=a.out)
     path = plot_run(a.run_dir, a.out)
     log.info("wrote %s", path)
     return 0
