@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -50,38 +51,40 @@ def test_prepared_data_set_round_trips_pixels_labels_and_names_and_lists_the_cor
 
 
 class InterruptingPool:
-    """multiprocessing.Pool stand-in, in this process: runs ``stop_after`` tasks, then raises KeyboardInterrupt
-    (as Ctrl-C would); records the tasks it was given."""
+    """ProcessPoolExecutor stand-in, in this process: each task runs when its result is asked for (in the order
+    given, with ``as_completed`` replaced by ``iter``); task ``stop_after`` raises KeyboardInterrupt instead (as
+    Ctrl-C would). Records the tasks run."""
 
     def __init__(self, stop_after=None):
-        self.stop_after, self.starts = stop_after, []
+        self.stop_after, self.starts, self.given = stop_after, [], 0
 
     def __call__(self, workers):
         return self
 
-    def __enter__(self):
-        return self
+    def submit(self, fn, task):
+        index, self.given = self.given, self.given + 1
+        return SimpleNamespace(result=lambda: self._run(index, fn, task))
 
-    def __exit__(self, *exc):
-        return False
+    def _run(self, index, fn, task):
+        if index == self.stop_after:
+            raise KeyboardInterrupt
+        self.starts.append(task[1])
+        return fn(task)
 
-    def imap_unordered(self, fn, tasks):
-        for i, task in enumerate(tasks):
-            if i == self.stop_after:
-                raise KeyboardInterrupt
-            self.starts.append(task[1])
-            yield fn(task)
+    def shutdown(self, **options):
+        pass
 
 
 def test_interrupted_prepare_data_resumes_where_it_stopped(folder, prepared, tmp_path, monkeypatch):
     import var.prepared as prep
     monkeypatch.setattr(prep, "CHUNK", 5)  # 25 files: chunks starting at 0, 5, 10, 15, 20
+    monkeypatch.setattr(prep, "as_completed", iter)
     first, second = InterruptingPool(stop_after=2), InterruptingPool()
-    monkeypatch.setattr(prep.multiprocessing, "Pool", first)
+    monkeypatch.setattr(prep, "ProcessPoolExecutor", first)
     with pytest.raises(KeyboardInterrupt):
         prepare_dataset(folder, 16, tmp_path / "ds")
     assert not (tmp_path / "ds" / "manifest.json").exists()
-    monkeypatch.setattr(prep.multiprocessing, "Pool", second)
+    monkeypatch.setattr(prep, "ProcessPoolExecutor", second)
     prepare_dataset(folder, 16, tmp_path / "ds")
     assert first.starts == [0, 5] and second.starts == [10, 15, 20]  # nothing decoded twice
     resumed, whole = open_prepared(tmp_path / "ds"), open_prepared(prepared)

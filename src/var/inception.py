@@ -12,6 +12,8 @@ import importlib.util
 import logging
 import os
 import tempfile
+import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +67,19 @@ def find_backend(weights: Path | None = None) -> tuple[str, Path]:
 
 
 def load_npz_images(path: str | os.PathLike) -> np.ndarray:
-    """``arr_0`` of an npz file as uint8 RGB (N, H, W, 3); grayscale (N, H, W) or (N, H, W, 1) is repeated."""
-    with np.load(path) as npz:
-        if "arr_0" not in npz.files:
-            raise ValueError(f"{path} has no arr_0 array (it holds {npz.files})")
-        arr = npz["arr_0"]
+    """``arr_0`` of an npz file as uint8 RGB (N, H, W, 3); grayscale (N, H, W) or (N, H, W, 1) is repeated.
+    ValueError names the file when it is not an npz (a zip of .npy arrays) or its arr_0 cannot be read."""
+    with open(path, "rb") as f:
+        if not zipfile.is_zipfile(f):
+            raise ValueError(f"{path} is not an npz file (a zip archive of .npy arrays, as numpy.savez writes)")
+    try:
+        with np.load(path) as npz:
+            names = npz.files
+            arr = npz["arr_0"] if "arr_0" in names else None
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # object arrays, a damaged zip
+        raise ValueError(f"{path}: arr_0 cannot be read ({e})") from e
+    if arr is None:
+        raise ValueError(f"{path} has no arr_0 array (it holds {names})")
     if arr.dtype != np.uint8:
         raise ValueError(f"{path}: arr_0 must be uint8 images, got {arr.dtype}")
     if arr.ndim == 3:

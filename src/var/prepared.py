@@ -13,22 +13,26 @@ Training memory-maps ``images.npy`` (:func:`open_prepared`) and reads only the r
 memory does not grow with the number of images. The manifest is written last: a folder without one is
 unfinished, and the same command resumes it. Until then the folder holds ``plan.json`` (the files and
 options), ``staging.npy`` (a slot per file) and ``status.npy`` (per file: pending, decoded or skipped,
-written after the chunk's pixels are on disk).
+written after the chunk's pixels are on disk). A folder holding anything else is refused, as is a disk
+without room for the pixels (checked before any work: a memory-mapped write past a full disk kills its
+process).
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import numpy as np
 
 from .data import (CROP_RESAMPLE, RESAMPLE, ImageArrayDataset, crop_source_side, decode_or_none, list_image_files,
                    warn_skipped)
-from .files import write_atomically
+from .files import WriteFailed, check_free_space, format_size, free_space, write_atomically
 from .schedule import as_hw
 
 log = logging.getLogger(__name__)
@@ -46,8 +50,15 @@ def is_prepared(path: str | os.PathLike) -> bool:
 
 
 def read_manifest(path: str | os.PathLike) -> dict:
-    """The manifest of a prepared data set; ValueError when the file is not one."""
-    manifest = json.loads((Path(path) / MANIFEST).read_text())
+    """The manifest of a prepared data set; ValueError naming the file when it is not one."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}/{MANIFEST} is not valid JSON ({e}): the folder is damaged; prepare it "
+                         "again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}/{MANIFEST} holds a JSON {type(manifest).__name__}, expected an object: it is not a "
+                         "var prepare-data manifest")
     if manifest.get("format") != FORMAT:
         raise ValueError(f"{path}/{MANIFEST} is not a var prepare-data manifest (format {manifest.get('format')!r}, "
                          f"expected {FORMAT!r})")
@@ -93,6 +104,7 @@ def prepare_dataset(folder: str | os.PathLike, size: int | tuple[int, int], out:
         _check_same(out, {k: manifest.get(k) for k in wanted}, wanted)
         log.info("%s is already prepared (%d images from %s): nothing to do", out, manifest["count"], source)
         return manifest
+    _check_ours(out)
     files, class_names = list_image_files(folder)
     plan = {**wanted, "class_names": class_names, "files": [str(f) for f, _ in files],
             "labels": [c for _, c in files]}
@@ -111,14 +123,55 @@ def _check_same(out: Path, found: dict, wanted: dict) -> None:
                          f"--out or delete it")
 
 
+def _check_ours(out: Path) -> None:
+    """ValueError when ``out`` holds what ``var prepare-data`` did not write: without a plan (an unfinished
+    data set) or a manifest it must be empty, but for the staging files of a start stopped before its plan
+    (regular files: a symlink is never written through)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ValueError(f"--out {out} is a file: expected a folder (new, or one var prepare-data wrote)")
+    if (out / _PLAN).is_file():
+        return
+    foreign = sorted(p.name for p in out.iterdir() if p.name not in (_STAGING, _STATUS) or p.is_symlink()
+                     or not p.is_file())
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"{out} holds files var prepare-data did not write ({shown}): choose a new or empty --out")
+
+
+def _pixel_bytes(plan: dict) -> int:
+    """Bytes of the staging file's pixels: a uint8 (N, H, W, C) array."""
+    H, W = plan["image_size"]
+    return len(plan["files"]) * H * W * plan["channels"]
+
+
+def _check_room(out: Path, plan: dict) -> None:
+    """WriteFailed (ENOSPC) when the disk of ``out`` has no room for the rest of the preparation."""
+    H, W = plan["image_size"]
+    check_free_space(out, _unwritten_bytes(out, plan), f"{len(plan['files'])} images of {H}x{W}x{plan['channels']} "
+                     "(uint8)")
+
+
+def _unwritten_bytes(out: Path, plan: dict) -> int:
+    """Bytes the preparation still writes into ``out``: the staging pixels not on disk yet (the file is
+    sparse until decoded rows fill it), then the labels and the bookkeeping files (a margin)."""
+    staging = out / _STAGING
+    on_disk = staging.stat().st_blocks * 512 if staging.is_file() else 0
+    return max(0, _pixel_bytes(plan) - on_disk) + 9 * len(plan["files"]) + 2 * len(json.dumps(plan)) + (1 << 16)
+
+
 def _start_or_resume(out: Path, plan: dict) -> np.memmap:
-    """The per-file status array of ``out``: created with the staging pixel file, or read back to resume."""
+    """The per-file status array of ``out``: created with the staging pixel file, or read back to resume.
+    WriteFailed (ENOSPC) first when the disk has no room for the rest of the preparation."""
     n, (H, W) = len(plan["files"]), plan["image_size"]
     if (out / _PLAN).is_file():
         _check_same(out, json.loads((out / _PLAN).read_text()), plan)
+        _check_room(out, plan)
         status = np.load(out / _STATUS, mmap_mode="r+")
         log.info("resuming %s: %d of %d files done", out, int((status != PENDING).sum()), n)
         return status
+    _check_room(out, plan)
     out.mkdir(parents=True, exist_ok=True)
     np.lib.format.open_memmap(out / _STAGING, "w+", np.uint8, (n, H, W, plan["channels"])).flush()
     status = np.lib.format.open_memmap(out / _STATUS, "w+", np.uint8, (n,))
@@ -139,11 +192,30 @@ def _decode_pending(out: Path, plan: dict, status: np.memmap, workers: int) -> N
     if not tasks:
         return
     done = int((status != PENDING).sum())
-    with multiprocessing.Pool(workers) as pool, tqdm(total=n, initial=done, desc="preparing", unit="img") as bar:
-        for start, ok in pool.imap_unordered(_decode_chunk, tasks):
-            status[start:start + len(ok)] = np.where(ok, DECODED, SKIPPED)
-            status.flush()
-            bar.update(len(ok))
+    pool = ProcessPoolExecutor(workers)
+    try:
+        with tqdm(total=n, initial=done, desc="preparing", unit="img") as bar:
+            for future in as_completed([pool.submit(_decode_chunk, task) for task in tasks]):
+                start, ok = future.result()
+                status[start:start + len(ok)] = np.where(ok, DECODED, SKIPPED)
+                status.flush()
+                bar.update(len(ok))
+    except BrokenProcessPool:  # a worker was killed: what it was doing is lost, the chunks done are kept
+        raise _worker_died(out, plan) from None
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _worker_died(out: Path, plan: dict) -> OSError:
+    """The error of a decoding process that died: WriteFailed when the disk is full (writing a memory-mapped
+    file past a full disk kills its process), else ChildProcessError; both say the command resumes."""
+    needed, free = _unwritten_bytes(out, plan), free_space(out)
+    if needed > free:
+        return WriteFailed(out / _STAGING, f"the disk filled while decoding ({format_size(free)} free, "
+                           f"{format_size(needed)} more needed) and a decoding process writing it died; make room "
+                           "and run the command again to resume", errno.ENOSPC)
+    return ChildProcessError(f"a decoding process of {out} died (killed, e.g. by the system when out of memory); "
+                             "run the command again to resume from the chunks done (fewer --workers use less memory)")
 
 
 def _decode_chunk(task: tuple) -> tuple[int, np.ndarray]:
@@ -169,6 +241,8 @@ def _finish(out: Path, plan: dict, status: np.memmap) -> dict:
     if len(decoded) == 0:
         raise ValueError(f"none of the {len(status)} image files in {plan['source']} could be decoded")
     if skipped:
+        check_free_space(out / IMAGES, _pixel_bytes(plan) // len(status) * len(decoded),
+                         f"a copy of the {len(decoded)} images decoded, without the {len(skipped)} skipped")
         _copy_rows(out / _STAGING, decoded, out / IMAGES)
     elif (out / _STAGING).exists():
         os.replace(out / _STAGING, out / IMAGES)
@@ -186,13 +260,14 @@ def _finish(out: Path, plan: dict, status: np.memmap) -> dict:
 def _copy_rows(src: Path, rows: np.ndarray, dst: Path, chunk: int = 4096) -> None:
     """``src``'s ``rows`` into a new .npy ``dst``, chunk by chunk (bounded memory), written atomically."""
     staging = np.load(src, mmap_mode="r")
-    tmp = dst.with_name(dst.name + ".tmp.npy")
-    images = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(rows), *staging.shape[1:]))
-    for s in range(0, len(rows), chunk):
-        images[s:s + chunk] = staging[rows[s:s + chunk]]
-    images.flush()
-    del images
-    os.replace(tmp, dst)
+
+    def write(tmp: Path) -> None:
+        images = np.lib.format.open_memmap(tmp, "w+", np.uint8, (len(rows), *staging.shape[1:]))
+        for s in range(0, len(rows), chunk):
+            images[s:s + chunk] = staging[rows[s:s + chunk]]
+        images.flush()
+
+    write_atomically(dst, write)
 
 
 def _digest(path: Path, chunk: int = 1 << 24) -> str:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from ..files import write_atomically
+from ..files import WriteFailed, write_atomically
 from ..precision import default_device
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,8 @@ class NonFiniteLoss(TrainingStopped):
 
 
 class CheckpointWriteFailed(TrainingStopped):
-    """Writing a checkpoint failed (e.g. a full disk): the temporary file is gone, the previous one intact."""
+    """Writing a run's checkpoint, exported model, samples or metrics failed (e.g. a full disk): the message
+    names the file and the checkpoint that is intact; a temporary file is gone, the previous file whole."""
 
 
 class Interrupted(TrainingStopped):
@@ -213,11 +214,8 @@ class Prefetcher:
 
 def atomic_save(obj: Any, path: Path) -> None:
     """torch.save to a temporary file, then rename: a crash never leaves a half-written checkpoint. A failed
-    write (e.g. a full disk) removes the temporary file and raises :class:`CheckpointWriteFailed`."""
-    try:
-        write_atomically(path, lambda tmp: torch.save(obj, tmp))
-    except OSError as e:
-        raise CheckpointWriteFailed(f"writing {path} failed: {e.strerror or e}") from e
+    write (e.g. a full disk) removes the temporary file and raises :class:`var.files.WriteFailed`."""
+    write_atomically(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state() -> dict:
@@ -296,9 +294,12 @@ class StopRequest:
 
 
 def append_metrics(out: Path, record: dict) -> None:
-    """Append one JSON line to the run's metrics.jsonl."""
-    with open(out / METRICS, "a") as f:
-        f.write(json.dumps(record) + "\n")
+    """Append one JSON line to the run's metrics.jsonl; :class:`var.files.WriteFailed` when it cannot be written."""
+    try:
+        with open(out / METRICS, "a") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as e:
+        raise WriteFailed.from_error(out / METRICS, e) from e
 
 
 def drop_metrics_after(out: Path, step: int) -> int:
@@ -361,7 +362,8 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
 
     Saves a checkpoint every ``save_every`` steps, at the end and on SIGINT/SIGTERM (then raises
     :class:`Interrupted`); a non-finite loss raises :class:`NonFiniteLoss` before any weight is changed by
-    it, a failed checkpoint write :class:`CheckpointWriteFailed` naming the step whose checkpoint is intact.
+    it, a file of the run that cannot be written (checkpoint, snapshot, metrics) :class:`CheckpointWriteFailed`
+    naming the file and the step whose checkpoint is intact.
     """
     from tqdm.auto import tqdm
 
@@ -394,15 +396,17 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
                 rate = (done - s0) * images_per_step / max(1e-9, time.perf_counter() - t0)
                 last.update(step=done, lr=schedule.lr_at(step), images_per_s=rate)
                 bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}", img_s=f"{rate:.0f}")
-                if info.is_main:
-                    append_metrics(out, last)
+                _on_main_process(_stop_if_unwritable(lambda: append_metrics(out, last), f"the metrics of step {done}",
+                                                     saved_step), info)
             if on_snapshot is not None and (done % schedule.sample_every == 0 or done == schedule.steps):
-                _on_main_process(lambda: on_snapshot(done), info)
+                _on_main_process(_stop_if_unwritable(lambda: on_snapshot(done), f"the snapshot of step {done}",
+                                                     saved_step), info)
             stopping = any_rank(stop.requested, info)
             if done % schedule.save_every == 0 or done == schedule.steps or stopping:
                 check_replicas_in_sync(trainer.modules, info)
                 states = gather_rng_states(info)
-                _on_main_process(lambda: _save(trainer, ckpt, states, done, saved_step), info)
+                _on_main_process(_stop_if_unwritable(lambda: trainer.save_checkpoint(ckpt, states),
+                                                     f"the checkpoint of step {done}", saved_step), info)
                 saved_step = done
                 if stopping:
                     if info.world > 1:
@@ -427,11 +431,15 @@ def _on_main_process(work: Callable[[], None], info: DistInfo) -> None:
         raise TrainingStopped(f"process {info.rank}: stopping, the main process failed (its log says why)")
 
 
-def _save(trainer, ckpt: Path, states: list[dict], step: int, saved_step: int | None) -> None:
-    """Save the checkpoint of ``step``; when the write fails, say which step's checkpoint is still intact."""
-    try:
-        trainer.save_checkpoint(ckpt, states)
-    except CheckpointWriteFailed as e:
-        intact = f"the checkpoint of step {saved_step} is intact" if saved_step is not None else "no checkpoint exists yet"
-        raise CheckpointWriteFailed(f"{e} (the checkpoint of step {step}); {intact}") from e
+def _stop_if_unwritable(write: Callable[[], None], what: str, saved_step: int | None) -> Callable[[], None]:
+    """``write`` (``what`` of the run), its :class:`var.files.WriteFailed` turned into :class:`CheckpointWriteFailed`
+    that also names the checkpoint still intact (step ``saved_step``, or none yet)."""
+    def run() -> None:
+        try:
+            write()
+        except WriteFailed as e:
+            intact = f"the checkpoint of step {saved_step} is intact" if saved_step is not None else \
+                "no checkpoint exists yet"
+            raise CheckpointWriteFailed(f"{e} ({what}); {intact}") from e
+    return run
 

@@ -11,11 +11,32 @@ log = logging.getLogger(__name__)
 
 
 def read_metrics(run_dir: Path) -> list[dict]:
-    """The records of a run folder's metrics.jsonl, one dict per logged step."""
+    """The records of a run folder's metrics.jsonl, one dict per logged step. A last line cut short (a run
+    killed while logging) is skipped with a warning, as a resume drops it; ValueError names the file and
+    line of any other line that is not a JSON record with a step."""
     path = Path(run_dir) / METRICS
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: is {run_dir} a training run folder?")
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    try:
+        lines = path.read_text().splitlines(keepends=True)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path} is not a text file of JSON lines ({e})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            if number == len(lines) and not line.endswith("\n"):
+                log.warning("%s: its last line is cut short (the run was stopped while writing it): skipped", path)
+                continue
+            raise ValueError(f"{path}, line {number}: not JSON ({e})") from None
+        if type(record.get("step") if isinstance(record, dict) else None) is not int:  # bool is no step either
+            raise ValueError(f"{path}, line {number}: expected a JSON object with an integer step, got "
+                             f"{line.strip()[:80]!r}")
+        records.append(record)
+    return records
 
 
 def plot_run(run_dir: Path, out: Path | None = None) -> Path:

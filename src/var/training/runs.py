@@ -4,13 +4,17 @@ A run folder holds ``run.json`` (the model configuration and data set, fixed at 
 ``checkpoint.pt`` (written atomically; re-running the same command resumes from it),
 ``metrics.jsonl``, PNG snapshots under ``samples/`` and the exported weights:
 ``vqvae.json`` + ``vqvae.safetensors`` for a tokenizer run, a ``VARPipeline`` folder for a VAR run.
+While a run trains, ``run.lock`` names its process: a second run started in the same folder is refused.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -20,16 +24,19 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, crop_source_side, enlarge_for_crop, split_holdout
-from ..files import write_atomically
+from ..files import FolderLock, WriteFailed, check_free_space, leftover_temporaries, write_atomically
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import (CHECKPOINT, DistInfo, Prefetcher, Schedule, append_metrics, batch_indices, fit,
-                     load_checkpoint_file, local_batch_size, setup_distributed)
+from .common import (CHECKPOINT, CheckpointWriteFailed, DistInfo, Prefetcher, Schedule, _on_main_process,
+                     append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size, setup_distributed)
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
 VQVAE_JSON, VQVAE_WEIGHTS = "vqvae.json", "vqvae.safetensors"
+RUN_JSON, RUN_LOCK = "run.json", "run.lock"
+# The entries of run.json that each kind of run reads back (the others may be absent from older runs).
+RUN_KEYS = {"vqvae": ("data", "vqvae"), "var": ("data", "vae", "var")}
 
 
 # ------------------------------------------------------------------------------- artifacts
@@ -67,25 +74,97 @@ def _fixed_run_config(out: Path, config: dict, info: DistInfo, must_match: tuple
     """The run's configuration: written at the first start, read back (and kept) when resuming. A resume whose
     command differs in a ``must_match`` entry (what the run trains on) is refused with ValueError; other
     differences (model options) are named in a warning and the saved values kept, except in the entries the
-    caller compares by content (a tokenizer given by another path)."""
-    path = out / "run.json"
+    caller compares by content (a tokenizer given by another path). ValueError names a run.json that is not
+    JSON, or not of a run of ``config["kind"]``."""
+    path = out / RUN_JSON
     config = json.loads(json.dumps(config))  # as run.json holds it (tuples are lists), so that equal is equal
-    if path.is_file():
+
+    def write_if_new() -> None:  # atomically: the other processes, not waiting, may read it while it is written
+        if path.is_file():
+            return
+        try:
+            write_atomically(path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
+        except WriteFailed as e:
+            kept = f"{out / CHECKPOINT} is as it was" if (out / CHECKPOINT).is_file() else "no checkpoint exists yet"
+            raise CheckpointWriteFailed(f"{e} (the run's configuration); {kept}") from e
+
+    _on_main_process(write_if_new, info)  # every process takes part: a failure stops them all
+    if not path.is_file():  # a process that does not see the main one's file yet
+        return config
+    saved = _read_run_config(path, config["kind"])
+    differ = [k for k in config if saved.get(k) != config[k] and k not in checked_by_caller]
+    for k in differ:
+        if k in must_match:
+            raise ValueError(f"{path}: this run trains with {k} {saved.get(k)!r}, the command gives {config[k]!r}; "
+                             f"resume with the run's {k} (edit run.json if the same data only moved), or "
+                             "start a new --out")
+    if differ and info.is_main:
+        log.warning("%s exists: resuming with its configuration (the command's %s ignored)", path,
+                    ", ".join(differ))
+    return saved
+
+
+def _read_run_config(path: Path, kind: str) -> dict:
+    """run.json of a run of ``kind``; ValueError naming the file when it is not JSON, not a JSON object, of
+    another kind of run, or lacks an entry the run reads."""
+    try:
         saved = json.loads(path.read_text())
-        differ = [k for k in config if saved.get(k) != config[k] and k not in checked_by_caller]
-        for k in differ:
-            if k in must_match:
-                raise ValueError(f"{path}: this run trains with {k} {saved.get(k)!r}, the command gives {config[k]!r}; "
-                                 f"resume with the run's {k} (edit run.json if the same data only moved), or "
-                                 "start a new --out")
-        if differ and info.is_main:
-            log.warning("%s exists: resuming with its configuration (the command's %s ignored)", path,
-                        ", ".join(differ))
-        return saved
-    if info.is_main:  # atomically: the other processes, not waiting, may read it while it is written
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not valid JSON ({e}): repair it, or start a new --out") from None
+    if not isinstance(saved, dict):
+        raise ValueError(f"{path} holds a JSON {type(saved).__name__}, expected an object (the run's configuration): "
+                         "repair it, or start a new --out")
+    command = {"vqvae": "var train-vae", "var": "var train"}
+    if saved.get("kind") != kind:
+        raise ValueError(f"{path} is not the configuration of a {command[kind]} run (its kind is "
+                         f"{saved.get('kind')!r}, expected {kind!r}): start a new --out")
+    missing = [k for k in RUN_KEYS[kind] if k not in saved]
+    if missing:
+        raise ValueError(f"{path} lacks {', '.join(missing)}: repair it, or start a new --out")
+    return saved
+
+
+@contextmanager
+def _run_lock(out: Path, info: DistInfo):
+    """Hold ``out``'s lock (``run.lock``, taken by the main process: the others share the folder) while the
+    block runs. FolderInUse (a ValueError) names a live process that holds it; a lock left by a process that
+    died is taken over, with the temporary files that process left (it was killed while writing them)."""
+    lock = FolderLock(out / RUN_LOCK)
+
+    def take() -> None:
         out.mkdir(parents=True, exist_ok=True)
-        write_atomically(path, lambda tmp: tmp.write_text(json.dumps(config, indent=2) + "\n"))
-    return config
+        previous = lock.acquire()
+        if previous is not None:
+            left = [p for folder in (out, out / "samples") if folder.is_dir() for p in leftover_temporaries(folder)]
+            for p in left:
+                p.unlink(missing_ok=True)
+            log.warning("%s was left by process %s on %s, which is gone: taking the run over%s", lock.path,
+                        previous.get("pid", "?"), previous.get("host", "?"),
+                        f" (removed its {len(left)} unfinished temporary file(s))" if left else "")
+
+    _on_main_process(take, info)
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _locked_run(train: Callable[..., dict]) -> Callable[..., dict]:
+    """``train`` (a function with ``out`` and ``device`` parameters) holding the run folder's lock throughout."""
+    signature = inspect.signature(train)
+
+    @functools.wraps(train)
+    def run(*args, **kwargs) -> dict:
+        arguments = signature.bind(*args, **kwargs).arguments
+        info = setup_distributed(arguments.get("device"))  # train's own call finds the process group made
+        with _run_lock(Path(arguments["out"]), info):
+            return train(*args, **kwargs)
+    return run
+
+
+def _save_png(image, path: Path) -> None:
+    """A PIL image written atomically as PNG into ``path`` (its folder made); WriteFailed when it cannot be."""
+    write_atomically(path, lambda tmp: image.save(tmp, format="PNG"))
 
 
 def _batch_getter(ds_batch, n: int, schedule: Schedule, info: DistInfo, flip: bool, crop_margin: int = 0):
@@ -203,6 +282,7 @@ def _training_and_heldout(data: str, cfg: VQVAEConfig):
     return ds, heldout
 
 
+@_locked_run
 def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: Schedule, *, l1: float = 1.0,
                 l2: float = 1.0, adv_weight: float = 0.0, disc_start: int = 0, reinit_every: int = 200,
                 flip: bool = False, amp: bool = False, device: str | None = None,
@@ -264,9 +344,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
             model.eval()
             rec = (model.indices_to_img(model.img_to_indices(x * 2 - 1)) + 1) / 2
             vqvae.train()
-        (out / "samples").mkdir(exist_ok=True)
-        grid(torch.cat([x, rec]).cpu(), nrow=8, scale=max(1, 64 // x.shape[-1]),
-             row_labels=["input", "recon"]).save(out / "samples" / f"recon_{step:07d}.png")
+        _save_png(grid(torch.cat([x, rec]).cpu(), nrow=8, scale=max(1, 64 // x.shape[-1]),
+                       row_labels=["input", "recon"]), out / "samples" / f"recon_{step:07d}.png")
         append_metrics(out, {"step": step, **ev})
         log.info("step %d: held-out PSNR %.2f dB", step, ev["heldout_psnr"])
         export_vqvae(model, out, ds.class_names, data)
@@ -331,17 +410,26 @@ def _fill_token_cache(vqvae: VQVAE, ds: ImageArrayDataset, path: Path, info: Dis
     """Tokenize ``ds`` into ``path``: chunks of ``batch_size`` images written into a memory-mapped
     ``.partial.npy``, a ``.done.npy`` flag per chunk, the chunks split over the torchrun processes (the
     cache folder must be one they all see, as the run folder is). An interrupted run resumes from the
-    chunks done; the finished file is renamed into place, so a cache entry is never half written."""
+    chunks done; the finished file is renamed into place, so a cache entry is never half written. The disk
+    must have room for the whole entry at the start (WriteFailed otherwise): a memory-mapped write past a
+    full disk would kill the process."""
     from tqdm.auto import tqdm
     partial, done_path = path.with_suffix(".partial.npy"), path.with_suffix(".done.npy")
     variants, n_chunks = 2 if flip else 1, -(-len(ds) // batch_size)
-    if info.is_main and not done_path.is_file():
+
+    def create_if_new() -> None:
+        if done_path.is_file():
+            return
+        dtype = np.dtype(np.int16 if vqvae.config.vocab_size <= 32767 else np.int32)
+        shape = (variants, len(ds), sum(h * w for h, w in vqvae.config.scales))
+        check_free_space(path, int(np.prod(shape)) * dtype.itemsize, f"the tokens of {len(ds)} images")
         path.parent.mkdir(parents=True, exist_ok=True)
-        dtype = np.int16 if vqvae.config.vocab_size <= 32767 else np.int32
-        shape = (len(ds), sum(h * w for h, w in vqvae.config.scales))
-        np.lib.format.open_memmap(partial, "w+", dtype, (2, *shape) if flip else shape).flush()
+        for name in (partial, done_path):  # whatever is there (a symlink too) is replaced, never written through
+            name.unlink(missing_ok=True)
+        np.lib.format.open_memmap(partial, "w+", dtype, shape if flip else shape[1:]).flush()
         np.lib.format.open_memmap(done_path, "w+", bool, (variants, n_chunks)).flush()  # last: marks both exist
-    _barrier(info)
+
+    _on_main_process(create_if_new, info)  # every process waits for it; a failure stops them all
     tokens = np.load(partial, mmap_mode="r+").reshape(variants, len(ds), -1)
     done = np.load(done_path, mmap_mode="r+")
     todo = [(v, c) for v in range(variants) for c in range(n_chunks) if not done[v, c]]
@@ -392,6 +480,7 @@ def _transformer_images(data: str, vae_cfg: VQVAEConfig, crop: bool) -> ImageArr
     return ds
 
 
+@_locked_run
 def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule: Schedule, *,
               label_smoothing: float = 0.0, ema: float | None = None, flip: bool = False, amp: bool = False,
               cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4,
@@ -459,9 +548,8 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         with trainer.sampling_pipeline(ds.class_names, info={"source": "var train", "data": data, "step": step}) as pipe:
             out_s = pipe(class_labels=labels, seed=0)
             pipe.save_pretrained(out)
-        (out / "samples").mkdir(exist_ok=True)
-        grid(out_s.images.cpu(), nrow=samples_per_class, scale=max(1, 64 // out_s.images.shape[-1]),
-             row_labels=ds.class_names).save(out / "samples" / f"samples_{step:07d}.png")
+        _save_png(grid(out_s.images.cpu(), nrow=samples_per_class, scale=max(1, 64 // out_s.images.shape[-1]),
+                       row_labels=ds.class_names), out / "samples" / f"samples_{step:07d}.png")
 
     with Prefetcher(_batch_getter(get_batch, len(ds), schedule, info, flip, margin), end=schedule.steps) as batches:
         last = fit(trainer, schedule, out, info, batches, on_snapshot=snapshot)
