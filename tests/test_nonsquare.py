@@ -94,18 +94,18 @@ def test_the_bundled_square_config_round_trips_unchanged():
 
 # ------------------------------------------------------------------------------------------ editing
 def test_keep_masks_weigh_each_axis_on_a_non_square_schedule():
-    """Coarse tokens: kept when more than half their area is kept at the finest scale, measured with area
-    weights per axis; the finest: generated when any pixel is; a 1x1 first scale: kept when anything is."""
-    scales = ((1, 1), (2, 3), (3, 4), (6, 8))
-    mask = torch.zeros(1, 1, 24, 32, dtype=torch.bool)
+    """A token is kept when more than half of its pixels are, its area measured per axis; a first scale
+    of 1x2 is kept where any of its pixels is (the same rule as a 1x1 first scale)."""
+    scales = ((1, 2), (2, 4), (3, 6), (6, 12))
+    mask = torch.zeros(1, 1, 24, 48, dtype=torch.bool)
     mask[0, 0, 5:17, 9:30] = True
+    mask[0, 0, :, 24:] = True                          # the right half: its first-scale token has nothing kept
     keep = keep_masks_from_mask(mask, scales)
-    finest_keep = ~mask[0, 0].view(6, 4, 8, 4).any(3).any(1)
-    assert torch.equal(keep[-1][0], finest_keep.flatten())
-    assert keep[0].tolist() == [[True]]
-    for k, (h, w) in enumerate(scales[1:-1], start=1):
-        fine = np.kron(finest_keep.numpy().astype(float), np.ones((h, w)))            # (6h, 8w) sub-cells
-        expected = fine.reshape(h, 6, w, 8).mean(axis=(1, 3)) > 0.5
+    kept = ~mask[0, 0].numpy()
+    assert keep[0].tolist() == [[True, False]]
+    for k, (h, w) in enumerate(scales[1:], start=1):
+        fine = np.kron(kept.astype(float), np.ones((h, w)))                          # (24h, 48w) sub-cells
+        expected = fine.reshape(h, 24, w, 48).mean(axis=(1, 3)) > 0.5
         assert keep[k][0].tolist() == expected.flatten().tolist(), (h, w)
     assert torch.allclose(area_weights(3, 8).sum(1), torch.ones(3))
 
@@ -117,8 +117,12 @@ def test_inpainting_a_non_square_model_keeps_the_kept_tokens():
     mask[2:6, 9:15] = 1
     out = pipe.inpaint(images, mask, class_labels=[0, 1], top_k=0, top_p=0, seed=0)
     source = pipe.encode(images)
-    generated = mask.view(4, 2, 8, 2).amax(dim=(1, 3)).bool().flatten()
-    assert torch.equal(out.tokens[-1][:, ~generated], source[-1][:, ~generated])
+    generated = mask.view(4, 2, 8, 2).mean(dim=(1, 3)).ge(0.5).flatten()   # half or more of a token's pixels
+    quant = pipe.vqvae.quantize
+    coarse = quant.indices_to_latent(out.tokens, upto=len(source) - 1)
+    fitted = quant.codes_toward(len(source) - 1, coarse, quant.indices_to_latent(source),
+                                ~generated.expand(2, -1), out.tokens[-1])
+    assert torch.equal(out.tokens[-1], fitted)          # the kept tokens fit the image to what was generated
     assert not torch.equal(out.tokens[-1][:, generated], source[-1][:, generated])
     assert out.images.shape == (2, 3, 8, 16)
     with pytest.raises(ValueError, match=r"mask is 16x8, expected 8x16"):

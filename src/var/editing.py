@@ -36,6 +36,23 @@ def box_mask(h: int, w: int, y0: float, x0: float, y1: float, x1: float) -> torc
     return mask
 
 
+def random_boxes(n: int, seed: int = 0, min_area: float = 0.1, max_area: float = 0.5
+                 ) -> list[tuple[float, float, float, float]]:
+    """``n`` seeded boxes (y0, x0, y1, x1 as fractions) of ``min_area`` to ``max_area`` of the image,
+    aspect ratio 1:2 to 2:1, placed uniformly: the sweep that measures how much an edit keeps."""
+    if not 0 < min_area <= max_area <= 1:
+        raise ValueError(f"need 0 < min_area <= max_area <= 1, got {min_area}, {max_area}")
+    rng = np.random.default_rng(seed)
+    boxes = []
+    for _ in range(n):
+        area, aspect = rng.uniform(min_area, max_area), math.exp(rng.uniform(-math.log(2), math.log(2)))
+        w = min(1.0, math.sqrt(area * aspect))
+        h = min(1.0, area / w)
+        y0, x0 = rng.uniform(0, 1 - h), rng.uniform(0, 1 - w)
+        boxes.append((y0, x0, y0 + h, x0 + w))
+    return boxes
+
+
 def _span(a: float, b: float, n: int) -> slice:
     """The pixels of n that the interval [a, b) of [0, 1] touches: at least one, however thin the box."""
     eps = 1e-9  # 0.3 * 10 is 3.0000000000000004: do not let rounding noise add a row
@@ -108,31 +125,27 @@ def area_weights(n_out: int, n_in: int) -> torch.Tensor:
 
 
 def keep_masks_from_mask(gen_B1HW: torch.Tensor, patch_nums: Sequence, pad: int = 0) -> list[torch.Tensor]:
-    """Per-scale keep masks (B, h_k * w_k) for a checked user-size mask (True = generate); ``patch_nums``
-    in any spelling of :mod:`var.schedule`.
+    """Per-scale keep masks (B, h_k * w_k) for a checked user-size mask (B, 1, H, W), True = generate;
+    ``patch_nums`` in any spelling of :mod:`var.schedule`.
 
-    At the finest scale a token is generated when ANY pixel it covers is, so nothing in the hole is kept.
-    A coarser token is kept when more than half of its area is kept at the finest scale (area weights per
-    axis), and a single-token first scale whenever anything is kept: the reference's zero-shot editing rule. Regenerating every coarse
-    token that touches the hole would put the kept area's fine residuals on new coarse content (a centred
-    hole then kept 12 dB of the image; this rule keeps 28 dB). The model's border ``pad`` takes the mask
-    value of the nearest image pixel: an all-ones mask is then plain generation, all-zeros the
+    A token is kept when more than half of the pixels it covers are kept (area weights per axis, so cells
+    that split pixels count them in part); at the first scale, whatever its shape, when any of them is
+    (the coarsest codes hold the image's overall tone, which outpainting needs to keep). An image
+    whose hole is never the larger part of any finest token still generates its finest tokens with the
+    largest share of hole, so a non-empty hole always regenerates something. The model's border ``pad``
+    takes the mask value of the nearest image pixel: an all-ones mask is plain generation, all-zeros the
     reconstruction.
     """
     if pad:
         gen_B1HW = F.pad(gen_B1HW.float(), (pad,) * 4, mode="replicate")
-    scales = normalize_patch_nums(patch_nums)
-    H, W = scales[-1]
-    keep_BHW = 1 - cover(gen_B1HW, (H, W))[:, 0]
+    kept_BHW = 1 - gen_B1HW[:, 0].float()
+    H, W = kept_BHW.shape[-2:]
     masks = []
-    for k, (h, w) in enumerate(scales):
-        if k == 0 and h * w == 1:
-            kept_Bl = keep_BHW.flatten(1).amax(1, keepdim=True)
-        else:
-            w_hH = area_weights(h, H).to(keep_BHW.device)
-            w_wW = area_weights(w, W).to(keep_BHW.device)
-            kept_Bl = (w_hH @ keep_BHW @ w_wW.T).flatten(1)
-        masks.append(kept_Bl > 0.5)
+    for k, (h, w) in enumerate(normalize_patch_nums(patch_nums)):
+        kept_Bl = (area_weights(h, H).to(kept_BHW) @ kept_BHW @ area_weights(w, W).to(kept_BHW).T).flatten(1)
+        masks.append(kept_Bl > (1e-6 if k == 0 else 0.5 + 1e-6))  # a tie (half kept) generates
+    least_B1 = kept_Bl.amin(dim=1, keepdim=True)  # the finest scale's
+    masks[-1] &= ~((kept_Bl <= least_B1 + 1e-6) & (least_B1 < 1))
     return masks
 
 

@@ -478,10 +478,10 @@ class VARPipeline:
         """Regenerate the masked part of ``images`` (B, channels, H, W) in [0, 1] and keep the rest.
 
         ``mask`` is (H, W) or (B, 1, H, W), 1 where new content is generated and 0 where the image is kept
-        (outpainting: 1 outside the region to keep; see :func:`var.editing.box_mask`). The finest scale
-        generates every token that covers a masked pixel; a coarser token is kept when more than half of
-        its area is kept, a 1x1 first scale whenever anything is (:func:`var.editing.keep_masks_from_mask`).
-        Kept tokens are teacher-forced from the image's own. The model's border (``pad``) follows the
+        (outpainting: 1 outside the region to keep; see :func:`var.editing.box_mask`). At every scale a
+        token is kept when more than half of its pixels are (:func:`var.editing.keep_masks_from_mask`).
+        Kept tokens are teacher-forced: the image's own until something of it is generated, then fitted
+        so that the latent meets the image's at the kept positions (``keep_latent`` of :func:`generate`). The model's border (``pad``) follows the
         mask of the nearest image pixel. Without ``class_labels`` the null class conditions the model;
         with them the edit is class-conditional. Sampling options (and ``on_scale``) are those of
         ``__call__``; the seed draws the same numbers.
@@ -489,7 +489,10 @@ class VARPipeline:
         tokens = self.encode(images)
         gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_hw).to(self.device)
         keep_masks = editing.keep_masks_from_mask(gen_B1HW, self.patch_nums, self.pad)
-        return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
+        with self._autocast():
+            latent = self.vqvae.quantize.indices_to_latent(tokens).float()
+        return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, keep_latent=latent,
+                          smooth=smooth,
                           on_scale=on_scale,
                           **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
@@ -510,16 +513,18 @@ class VARPipeline:
                           **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
     def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels: ClassLabels | None,
-              seed: int | None, batch_size: int | None, progress: bool, **sampling) -> VAROutput:
+              seed: int | None, batch_size: int | None, progress: bool, keep_latent: torch.Tensor | None = None,
+              **sampling) -> VAROutput:
         """Generate with ``tokens`` teacher-forced where ``keep_masks`` say so (shared by the edits)."""
         generator = make_generator(seed, self.device)
         labels = self._edit_labels(class_labels, tokens[0].shape[0])
         return self._generate_batched(labels, batch_size, progress, keep_tokens=tokens, keep_masks=keep_masks,
-                                      generator=generator, **sampling)
+                                      keep_latent=keep_latent, generator=generator, **sampling)
 
     def _generate_batched(self, labels: torch.Tensor, batch_size: int | None, progress: bool,
                           keep_tokens: Sequence[torch.Tensor] | None = None,
                           keep_masks: Sequence[torch.Tensor] | None = None,
+                          keep_latent: torch.Tensor | None = None,
                           on_scale: Callable[[int], None] | None = None, **sampling) -> VAROutput:
         """Run :func:`generate` over chunks of the batch and decode; editing passes per-scale keeps."""
         from tqdm.auto import tqdm
@@ -535,7 +540,8 @@ class VARPipeline:
                 part = slice(s, min(n, s + bs))
                 keeps = {}
                 if keep_masks is not None:
-                    keeps = dict(keep_tokens=[t[part] for t in keep_tokens], keep_masks=[m[part] for m in keep_masks])
+                    keeps = dict(keep_tokens=[t[part] for t in keep_tokens], keep_masks=[m[part] for m in keep_masks],
+                                 keep_latent=None if keep_latent is None else keep_latent[part])
                 with self._autocast():
                     f_hat, toks = generate(self.var, self.vqvae, labels[part], on_scale=on_scale, **sampling, **keeps)
                     with torch.no_grad():

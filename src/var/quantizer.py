@@ -205,6 +205,33 @@ class MultiScaleQuantizer(nn.Module):
             inputs.append(self._area(f_hat, k + 1).flatten(2).transpose(1, 2))
         return torch.cat(inputs, dim=1)
 
+    def codes_toward(self, k: int, f_hat: torch.Tensor, target_BCHW: torch.Tensor,
+                     fit_Bl: torch.Tensor, other_Bl: torch.Tensor) -> torch.Tensor:
+        """Scale k's ids (B, h_k * w_k) that bring ``f_hat`` (B, C, H, W: the sum of scales < k) closest to
+        ``target`` where ``fit_Bl`` (bool) is True; ``other_Bl`` are the ids of the other positions.
+
+        The nearest code to the area-averaged residual, as encoding does. At the last scale, whose phi conv
+        mixes each code with its 3x3 neighbours, one more step picks each code for what is left of the
+        residual once its neighbours' share (fitted or other) is taken out. Returns the fitted positions'
+        ids merged with ``other_Bl``.
+        """
+        B, C = f_hat.shape[:2]
+        h, w = self.scales[k]
+        residual = self._area(target_BCHW.float() - f_hat.float(), k)
+        ids_Bl = self.nearest_code(residual.permute(0, 2, 3, 1).reshape(-1, C)).view(B, h * w)
+        ids_Bl = torch.where(fit_Bl, ids_Bl, other_Bl)
+        if k != self.num_scales - 1:
+            return ids_Bl
+        phi = self.quant_resi.for_scale(k)
+        # phi(h) at a position is A @ h there plus what its neighbours (and the bias) add.
+        own_CC = (1 - phi.resi_ratio) * torch.eye(C, device=f_hat.device) + phi.resi_ratio * phi.weight[:, :, 1, 1].float()
+        codes_VC = self.embedding.weight.float() @ own_CC.T
+        h_BChw = self.embedding(ids_Bl).transpose(1, 2).reshape(B, C, h, w)
+        from_neighbours = phi(h_BChw).float() - torch.einsum("oc,bchw->bohw", own_CC, h_BChw)
+        wanted_NC = (residual - from_neighbours).permute(0, 2, 3, 1).reshape(-1, C)
+        d_NV = (wanted_NC.square().sum(1, keepdim=True) + codes_VC.square().sum(1)).addmm_(wanted_NC, codes_VC.T, alpha=-2)
+        return torch.where(fit_Bl, d_NV.argmin(dim=1).view(B, h * w), other_Bl)
+
     def next_input(self, k: int, f_hat: torch.Tensor, h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add scale k's code map (B, C, h_k, w_k) to f_hat; return f_hat and the next scale's input map."""
         f_hat = f_hat + self.code_map_to_residual(k, h_BChw)

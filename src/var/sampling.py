@@ -2,7 +2,8 @@
 
 One transformer pass per scale. Keys and values of earlier scales sit in a pre-allocated cache, so each
 pass runs only the new scale's tokens. ``keep_tokens`` / ``keep_masks`` teacher-force chosen tokens at
-every scale, which is all that zero-shot editing (inpainting, outpainting, variations) needs.
+every scale, and ``keep_latent`` re-fits them to the generated content: all that zero-shot editing
+(inpainting, outpainting, variations) needs.
 
 Shape letters: B batch, l one scale's tokens, V vocabulary, C width, Cv latent channels.
 """
@@ -140,20 +141,24 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
              top_p: float = 0.96, temperature: float = 1.0, smooth: bool = False,
              generator: torch.Generator | None = None,
              keep_tokens: Sequence[torch.Tensor] | None = None, keep_masks: Sequence[torch.Tensor] | None = None,
-             on_scale: Callable[[int], None] | None = None,
+             keep_latent: torch.Tensor | None = None, on_scale: Callable[[int], None] | None = None,
              streams: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Generate the token maps of every scale for ``label_B`` (null class allowed).
 
     At scale k of K the guided logits are ``(1 + t) * cond - t * null`` with ``t = cfg * k / (K - 1)``
     (the paper's linear ramp). Where ``keep_masks[k]`` (B, h_k * w_k) is True the token is taken from
-    ``keep_tokens[k]`` instead of being sampled. ``streams`` splits the transformer's batch into that many
+    ``keep_tokens[k]`` instead of being sampled. With ``keep_latent`` (B, Cv, H, W: the kept image's
+    quantized latent) a kept token is the image's own only while every earlier token of its image was
+    kept; after that it is re-fitted (:meth:`MultiScaleQuantizer.codes_toward`) so that the running
+    latent meets the image's at the kept positions whatever was generated around them. ``streams`` splits the transformer's batch into that many
     concurrent streams (see :mod:`var.cpu.streams`); by default one per CPU thread on CPU, one elsewhere.
     Returns the final latent f_hat and the K token maps.
     """
     with torch.inference_mode():
         f_hat, tokens = _generate(var, vqvae, label_B, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
                                   smooth=smooth, generator=generator, keep_tokens=keep_tokens,
-                                  keep_masks=keep_masks, on_scale=on_scale, streams=streams)
+                                  keep_masks=keep_masks, keep_latent=keep_latent, on_scale=on_scale,
+                                  streams=streams)
     # Clones made outside inference mode are ordinary tensors, usable anywhere (autograd included).
     return f_hat.clone(), [t.clone() for t in tokens]
 
@@ -161,14 +166,16 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
 def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_k: int, top_p: float,
               temperature: float, smooth: bool, generator: torch.Generator | None,
               keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
-              on_scale: Callable[[int], None] | None, streams: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+              keep_latent: torch.Tensor | None, on_scale: Callable[[int], None] | None,
+              streams: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     var.check_labels(label_B, allow_null=True)
     check_sampling_options(cfg, top_k, top_p, temperature)
     scales, quant = var.scales, vqvae.quantize
     if scales != quant.scales:
         raise ValueError(f"transformer scales {var.patch_nums} differ from the tokenizer's {quant.patch_nums}")
     K, B = len(scales), label_B.shape[0]
-    _check_kept(keep_tokens, keep_masks, quant, B)
+    _check_kept(keep_tokens, keep_masks, keep_latent, quant, B)
+    untouched_B = label_B.new_ones(B, dtype=torch.bool)  # every token so far is the kept image's own
     guided = cfg != 0  # with cfg == 0 the null-class half would get weight 0: skip it
     labels = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
     n = labels.shape[0]
@@ -201,8 +208,13 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
                 h_BlC = F.embedding(idx_Bl, codebook_VC)
             if keep_masks is not None:
                 keep_Bl = keep_masks[k].to(torch.bool)
-                idx_Bl = torch.where(keep_Bl, keep_tokens[k], idx_Bl)
+                kept_Bl = keep_tokens[k]
+                if keep_latent is not None:
+                    fitted_Bl = quant.codes_toward(k, f_hat, keep_latent, keep_Bl, idx_Bl)
+                    kept_Bl = torch.where(untouched_B.unsqueeze(1), kept_Bl, fitted_Bl)
+                idx_Bl = torch.where(keep_Bl, kept_Bl, idx_Bl)
                 h_BlC = torch.where(keep_Bl.unsqueeze(-1), F.embedding(idx_Bl, codebook_VC), h_BlC)
+                untouched_B &= (idx_Bl == keep_tokens[k]).all(dim=1)
             tokens.append(idx_Bl)
             f_hat, next_map = quant.next_input(k, f_hat, h_BlC.transpose(1, 2).reshape(B, -1, h, w))
             cur += h * w
@@ -217,13 +229,19 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
 
 
 def _check_kept(keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
-                quant: MultiScaleQuantizer, B: int) -> None:
-    """An edit's kept tokens and masks: both or neither, one (B, h_k * w_k) map each per scale."""
+                keep_latent: torch.Tensor | None, quant: MultiScaleQuantizer, B: int) -> None:
+    """An edit's kept tokens and masks: both or neither, one (B, h_k * w_k) map each per scale; the
+    optional latent (B, Cv, H, W) only with them."""
     if (keep_tokens is None) != (keep_masks is None):
         raise ValueError("keep_tokens and keep_masks go together: got "
                          f"{'keep_tokens' if keep_masks is None else 'keep_masks'} alone")
     if keep_tokens is None:
+        if keep_latent is not None:
+            raise ValueError("keep_latent needs keep_tokens and keep_masks")
         return
+    expected = (B, quant.channels, *quant.latent_hw)
+    if keep_latent is not None and tuple(keep_latent.shape) != expected:
+        raise ValueError(f"keep_latent must have shape {expected}, got {tuple(keep_latent.shape)}")
     quant.check_indices(keep_tokens)
     if keep_tokens[0].shape[0] != B:
         raise ValueError(f"keep_tokens hold {keep_tokens[0].shape[0]} images, the labels {B}")
