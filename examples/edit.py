@@ -29,7 +29,7 @@ def main() -> None:
     scale = 3
 
     # Inpainting: regenerate the centre, class-conditionally (each image's own class).
-    hole = box_mask(S, S, 0.3, 0.3, 0.7, 0.7)
+    hole = box_mask(S, S, 0.25, 0.25, 0.75, 0.75)                # the box of the README and the web demo
     inpainted = pipe.inpaint(images, hole, class_labels=labels, seed=args.seed).images
     shown = images * (1 - 0.6 * hole)                            # the hole darkened in the input row
     grid(torch.cat([images, shown, inpainted]), nrow=n, scale=scale,
