@@ -268,21 +268,28 @@ def test_browser_generates_a_chosen_class(browser, server, screenshots):
     assert "--classes 5 " in browser.find_element(By.ID, "generate-info").text   # Sandal is class 5
 
 
-def test_browser_edits_a_jpeg_in_a_box(browser, server, shirt, tmp_path):
+def upload_to_the_edit_tab(browser, server, image) -> None:
+    """Open the demo's Edit tab in the browser and load ``image`` into its editor."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
 
-    jpeg = tmp_path / "shirt.jpg"
-    Image.open(shirt).convert("RGB").save(jpeg)
     browser.get(server)
     wait = WebDriverWait(browser, 60)
     wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab' and contains(., 'Edit')]"))).click()
     wait.until(EC.element_to_be_clickable((By.ID, "edit-button")))
     upload = browser.find_element(By.CSS_SELECTOR, "#edit-editor input[type=file]")
     browser.execute_script("arguments[0].style.display = 'block';", upload)   # Selenium types into visible inputs
-    upload.send_keys(str(jpeg))
+    upload.send_keys(str(image))
     time.sleep(2)  # the editor loads the image onto its canvas
+
+
+def test_browser_edits_a_jpeg_in_a_box(browser, server, shirt, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    jpeg = tmp_path / "shirt.jpg"
+    Image.open(shirt).convert("RGB").save(jpeg)
+    upload_to_the_edit_tab(browser, server, jpeg)
     browser.find_element(By.CSS_SELECTOR, "#edit-region input[value=box]").click()
     browser.find_element(By.ID, "edit-button").click()
     mask = fetch_pixels(wait_for_image(browser, "#edit-mask"))[..., 0] > 127
@@ -294,17 +301,8 @@ def test_browser_edits_a_jpeg_in_a_box(browser, server, shirt, tmp_path):
 def test_browser_edits_a_painted_region(browser, server, shirt, screenshots):
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(server)
-    wait = WebDriverWait(browser, 60)
-    wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab' and contains(., 'Edit')]"))).click()
-    wait.until(EC.element_to_be_clickable((By.ID, "edit-button")))
-    upload = browser.find_element(By.CSS_SELECTOR, "#edit-editor input[type=file]")
-    browser.execute_script("arguments[0].style.display = 'block';", upload)   # Selenium types into visible inputs
-    upload.send_keys(str(shirt))
-    time.sleep(2)  # the editor loads the image onto its canvas
+    upload_to_the_edit_tab(browser, server, shirt)
     canvas = browser.find_element(By.CSS_SELECTOR, "#edit-editor canvas")
     ActionChains(browser).move_to_element_with_offset(canvas, -40, -40).click_and_hold() \
         .move_by_offset(40, 20).move_by_offset(30, 30).release().perform()          # a brush stroke
