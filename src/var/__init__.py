@@ -1,12 +1,12 @@
 """VAR: Visual AutoRegressive modeling, image generation by next-scale prediction (arXiv 2404.02905)."""
-from .aliases import patch_nums_from_max_scale
 from .editing import box_mask, load_mask
 from .pipeline import VAROutput, VARPipeline, bundled_models
 from .quantizer import MultiScaleQuantizer
+from .quickstart import VAR, VQVAE
 from .sampling import generate
-from .schedule import schedule_for
-from .transformer import PRESETS, VAR, VARConfig
-from .vqvae import VQVAE, VQVAEConfig
+from .schedule import patch_nums_from_max_scale, schedule_for
+from .transformer import PRESETS, VARConfig
+from .vqvae import VQVAEConfig
 
 __version__ = "0.1.0"
 

@@ -17,7 +17,7 @@ from typing import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import editing, official, precision
+from . import editing, official, precision, quickstart
 from .cpu.packed_linear import PackedLinear, total_memory_bytes
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
@@ -121,7 +121,7 @@ class VARPipeline:
                  info: dict | None = None, sampling_defaults: dict | None = None):
         if class_names is not None and len(class_names) != var.num_classes:
             raise ValueError(f"{len(class_names)} class names for a model of {var.num_classes} classes")
-        var.pair_tokenizer(vqvae)  # checks that they fit; and var.generate(...) then finds its tokenizer
+        quickstart.pair(var, vqvae)  # checks that they fit; an educational VAR's generate(...) then finds it
         self.vqvae, self.var = vqvae.eval(), var.eval()
         self.class_names = list(class_names) if class_names is not None else None
         self.pad = int(pad)

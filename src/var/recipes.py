@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .transformer import VARConfig
+from .transformer import ADALN_GAMMA_BY_DEPTH as ALNG, VARConfig
 from .vqvae import VQVAEConfig
 
 FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -32,9 +32,9 @@ class DepthRecipe:
 
 # The reference's README commands for its ImageNet models: d16 and d20 (--alng 1e-3 --wpe 0.1), d24 (--alng 1e-4
 # --wpe 0.01), d30 (--alng 1e-5 --wpe 0.01 --twde 0.08), d36 at 512 px (--alng 5e-6 --wpe 0.01 --twde 0.08).
-REFERENCE_BY_DEPTH = {16: DepthRecipe(1e-3, 0.1, None), 20: DepthRecipe(1e-3, 0.1, None),
-                      24: DepthRecipe(1e-4, 0.01, None), 30: DepthRecipe(1e-5, 0.01, 0.08),
-                      36: DepthRecipe(5e-6, 0.01, 0.08)}
+REFERENCE_BY_DEPTH = {16: DepthRecipe(ALNG[16], 0.1, None), 20: DepthRecipe(ALNG[20], 0.1, None),
+                      24: DepthRecipe(ALNG[24], 0.01, None), 30: DepthRecipe(ALNG[30], 0.01, 0.08),
+                      36: DepthRecipe(ALNG[36], 0.01, 0.08)}
 
 
 def reference_recipe(depth: int) -> DepthRecipe:

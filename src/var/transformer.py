@@ -14,19 +14,15 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .aliases import patch_nums_from_max_scale, var_config_kwargs  # noqa: F401 (re-exported)
 from .cpu.packed_linear import PackedLinear, packing_available
-from .schedule import Scale, compact_patch_nums, normalize_patch_nums
+from .schedule import Scale, compact_patch_nums, normalize_patch_nums, patch_nums_from_max_scale
 
-if TYPE_CHECKING:
-    from .quickstart import TokenizerLink
-    from .vqvae import VQVAE
 
 log = logging.getLogger(__name__)
 
@@ -89,12 +85,17 @@ class VARConfig:
         return asdict(self)
 
 
+# The initial scale of the AdaLN gates the reference trains each depth with (its README's --alng).
+ADALN_GAMMA_BY_DEPTH = {16: 1e-3, 20: 1e-3, 24: 1e-4, 30: 1e-5, 36: 5e-6}
+
+
 def default_adaln_gamma(depth: int) -> float:
-    """The initial scale of the AdaLN gates the reference trains ``depth`` with (its README's ``--alng``): 1e-3
-    for d16 and d20, 1e-4 for d24, 1e-5 for d30, 5e-6 for d36; a depth between or beyond these takes the value
-    of the deepest listed one at or below it, a depth below 16 d16's (:func:`var.recipes.reference_recipe`)."""
-    from .recipes import reference_recipe  # recipes imports this module
-    return reference_recipe(depth).adaln_gamma
+    """The AdaLN gate scale the reference trains ``depth`` with: that of the deepest listed depth at or below
+    it (:data:`ADALN_GAMMA_BY_DEPTH`), d16's below 16. ValueError for a depth below 1."""
+    if not (isinstance(depth, int) and depth >= 1):
+        raise ValueError(f"depth={depth!r}: expected an integer >= 1")
+    listed = [d for d in sorted(ADALN_GAMMA_BY_DEPTH) if d <= depth]
+    return ADALN_GAMMA_BY_DEPTH[listed[-1] if listed else min(ADALN_GAMMA_BY_DEPTH)]
 
 
 @dataclass
@@ -280,7 +281,7 @@ class VAR(nn.Module):
         if cfg is not None and overrides:
             raise TypeError(f"VAR() takes a VARConfig or keyword options, not both (got a config and "
                             f"{sorted(overrides)}); use dataclasses.replace(cfg, ...) to change a config")
-        cfg = cfg or VARConfig(**var_config_kwargs(overrides))  # also the educational README's keywords
+        cfg = cfg or VARConfig(**overrides)
         self.config = cfg
         C, K = cfg.embed_dim, len(cfg.patch_nums)
         self.patch_nums, self.scales = cfg.patch_nums, cfg.scales
@@ -405,38 +406,3 @@ class VAR(nn.Module):
         mask = BlockCausal.for_scales([h * w for h, w in self.scales], self.attn_bias_for_masking[0, 0])
         x_BLC = self.run_blocks(x_BLC, self.modulations(cond_BC), mask)
         return self.logits_from_hidden(x_BLC, cond_BC)
-
-    # ------------------------------------------------ the educational VAR README's calls (var.quickstart)
-    _tokenizer_link: "TokenizerLink | None" = None
-
-    def pair_tokenizer(self, vqvae: "VQVAE") -> None:
-        """Remember ``vqvae`` as the tokenizer :meth:`generate` uses when it is given none (VARPipeline and
-        VARTrainer call this). Held weakly and outside the module tree: not in state_dict, not saved."""
-        from .quickstart import TokenizerLink, check_pair  # var.quickstart imports this module
-
-        check_pair(self, vqvae)
-        self._tokenizer_link = TokenizerLink(vqvae)
-
-    @property
-    def paired_tokenizer(self) -> "VQVAE | None":
-        """The tokenizer of the last :meth:`pair_tokenizer`, while it exists."""
-        return None if self._tokenizer_link is None else self._tokenizer_link.get()
-
-    def generate(self, batch_size: int = 1, temperature: float = 1.0, top_k: int = 900, top_p: float = 0.96,
-                 device: str | torch.device | None = None, class_labels=None, cfg: float = 1.5,
-                 seed: int | None = None, vqvae: "VQVAE | None" = None) -> torch.Tensor:
-        """Generate ``batch_size`` samples; returns every scale's token map concatenated coarse to fine,
-        (B, L) int64, so ``tokens[:, -h * w:]`` is the last (h x w) scale. Decode with
-        ``vqvae.decode_from_indices(tokens)``.
-
-        Each scale's input is built from the tokenizer, so one is needed: ``vqvae=``, or the one a
-        VARPipeline or VARTrainer paired this model with. ``class_labels=None`` draws the classes uniformly
-        (with ``seed``); ``[self.num_classes] * batch_size`` is the null class (unconditional). ``cfg`` is the
-        classifier-free guidance strength (0: none); ``top_k`` / ``top_p`` 0 disable the filters; the
-        defaults are the reference's. ``device`` must be where both models already are (nothing is
-        moved). The model is put in eval mode for the call and returned to its mode after.
-        """
-        from .quickstart import generate_sequence  # var.quickstart imports this module
-
-        return generate_sequence(self, batch_size, temperature=temperature, top_k=top_k, top_p=top_p,
-                                 device=device, class_labels=class_labels, cfg=cfg, seed=seed, vqvae=vqvae)

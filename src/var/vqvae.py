@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .aliases import vqvae_config_kwargs
 from .cpu.streams import split_batch
 from .cpu.weight_cache import DerivedWeight
 from .cpu.winograd import WinogradConv2d
@@ -280,7 +279,7 @@ class VQVAE(nn.Module):
         if cfg is not None and overrides:
             raise TypeError(f"VQVAE() takes a VQVAEConfig or keyword options, not both (got a config and "
                             f"{sorted(overrides)}); use dataclasses.replace(cfg, ...) to change a config")
-        cfg = cfg or VQVAEConfig(**vqvae_config_kwargs(overrides))  # also the educational README's keywords
+        cfg = cfg or VQVAEConfig(**overrides)
         self.config = cfg
         self.encoder = Encoder(cfg)
         self.decoder = Decoder(cfg)
@@ -350,16 +349,3 @@ class VQVAE(nn.Module):
         """Training pass: reconstruction (unclamped, [-1, 1] scale), VQ loss, indices per scale."""
         f_hat, vq_loss, indices = self.quantize(self.encode_latent(img_BCHW))
         return self.decoder(self.post_quant_conv(f_hat)), vq_loss, indices
-
-    @torch.no_grad()
-    def decode_from_indices(self, tokens: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor:
-        """Tokens to images (B, in_channels, H, W) in [0, 1] (the educational VAR README's call).
-
-        ``tokens`` is the (B, L) sequence :meth:`VAR.generate` returns, the list of K per-scale maps (each
-        (B, h_k * w_k) or (B, h_k, w_k)), or the last scale's (B, h, w) map alone. A last-scale map alone
-        is decoded as what it is, the finest residual: the detail the coarser scales left over, not the
-        image. Pass the whole sequence for the image.
-        """
-        from .quickstart import tokens_to_latent  # var.quickstart imports this module
-
-        return (self.decode_latent(tokens_to_latent(self, tokens)) + 1) / 2

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from ..evaluation import psnr
 from ..pipeline import VAROutput, VARPipeline
+from .. import quickstart
 from ..precision import autocast, choose_dtype
 from ..transformer import VAR
 from ..vqvae import VQVAE
@@ -277,7 +278,7 @@ class VARTrainer(_Trainer):
                  *, label_smoothing: float = 0.0, grad_clip: float = 2.0, amp: bool = False,
                  ema_decay: float | None = None, ddp_model: nn.Module | None = None,
                  schedule: Schedule | None = None):
-        var.pair_tokenizer(vqvae)  # var.generate(...) finds it; before the copy, so the EMA model is paired too
+        quickstart.pair(var, vqvae)  # var.generate(...) finds it; before the copy, so the EMA model is paired too
         self.ema = copy.deepcopy(var).eval().requires_grad_(False) if ema_decay else None
         modules = {"var": var} | ({"ema": self.ema} if self.ema is not None else {})
         super().__init__(modules, {"var": optimizer}, device, grad_clip, amp, schedule)
