@@ -31,6 +31,7 @@ serve: $(STAMP)
 	$(VENV)/bin/var serve
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest tests
 	$(ACTIVATE_HINT)
 

@@ -95,7 +95,7 @@ def loader_rate(data: Path, batch: int, steps: int = 200) -> float:
     """Images/s of the training run's batch getter on a prepared data set (flips on, one thread)."""
     import torch
     from var.data import split_holdout
-    from var.prepared import open_prepared
+    from var.data import open_prepared
     from var.training.common import DistInfo, Schedule
     from var.training.runs import _batch_getter
     torch.set_num_threads(1)

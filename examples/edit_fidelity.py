@@ -14,7 +14,8 @@ import torch
 from var import VARPipeline, box_mask
 from var.data import fashion_mnist_dataset
 from var.editing import random_boxes
-from var.evaluation import classify, load_classifier, psnr
+from var.evaluation import classify, load_classifier
+from var.metrics import psnr
 
 
 def main() -> None:

@@ -10,8 +10,9 @@ import json
 import torch
 
 from var.data import fashion_mnist_dataset
-from var.evaluation import balanced_indices, classify, dataset_images, frechet_distance, load_classifier, psnr
-from var.training.runs import load_vqvae
+from var.evaluation import balanced_indices, classify, dataset_images, load_classifier
+from var.metrics import frechet_distance, psnr
+from var.checkpoints import load_vqvae
 
 
 @torch.no_grad()

@@ -19,7 +19,7 @@ from PIL import Image
 import var.cmd.edit
 import var.cmd.evaluate
 import var.cmd.sample
-import var.prepared
+import var.prepare_data
 import var.training.plot
 from var import VARPipeline
 import var.cli
@@ -156,7 +156,7 @@ def test_a_file_the_system_refuses_is_one_line_naming_it(tmp_path, monkeypatch, 
     def refused(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), denied)
 
-    monkeypatch.setattr(var.prepared, "prepare_dataset", refused)
+    monkeypatch.setattr(var.prepare_data, "prepare_dataset", refused)
     assert cli(["prepare-data", str(tmp_path / "data"), "--image-size", "8", "--out", str(tmp_path / "out")]) == 2
     assert logged_error(caplog) == f"error: {denied}: Permission denied"
     assert var.cli.error_text(ValueError("bad value")) == "bad value"

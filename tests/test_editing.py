@@ -112,7 +112,7 @@ def test_inpainting_keeps_the_image_over_many_boxes(fashion_test_images):
     boxes of 10-50% of the image: the kept region stays the image's own (PSNR against the tokenizer's
     reconstruction) at every box, and the hole is regenerated, not copied."""
     from var.editing import random_boxes
-    from var.evaluation import psnr
+    from var.metrics import psnr
     pipe = VARPipeline.from_pretrained("fashion-mnist")
     images, _ = fashion_test_images
     S = pipe.image_size

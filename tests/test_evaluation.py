@@ -97,7 +97,7 @@ def test_bundled_models_lists_pipelines_only(tmp_path, monkeypatch):
     (tmp_path / "a-pipeline" / "config.json").write_text(json.dumps({"format": "var-pipeline"}))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "config.json").write_text("{not json")
-    monkeypatch.setattr(var.pipeline, "BUNDLED_DIR", tmp_path)
+    monkeypatch.setattr(var.checkpoints, "BUNDLED_DIR", tmp_path)
     assert bundled_models() == ["a-pipeline"]
 
 

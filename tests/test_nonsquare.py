@@ -85,7 +85,7 @@ def test_a_non_square_pipeline_saves_its_schedule_as_pairs_and_loads_it_back(tmp
 
 
 def test_the_bundled_square_config_round_trips_unchanged():
-    from var.pipeline import BUNDLED_DIR
+    from var.checkpoints import BUNDLED_DIR
     saved = json.loads((BUNDLED_DIR / "fashion-mnist" / "config.json").read_text())
     for key, cls in (("vqvae", VQVAEConfig), ("var", VARConfig)):
         again = json.loads(json.dumps(cls(**saved[key]).to_dict()))

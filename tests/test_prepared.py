@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from var.cli import main as cli
 from var.data import build_dataset, image_folder_dataset, split_holdout
-from var.prepared import open_prepared, prepare_dataset
+from var.data import open_prepared
+from var.prepare_data import prepare_dataset
 from var.training import common as training_common
 from var.training import runs
 from var.training.common import DistInfo, batch_indices
@@ -76,7 +77,7 @@ class InterruptingPool:
 
 
 def test_interrupted_prepare_data_resumes_where_it_stopped(folder, prepared, tmp_path, monkeypatch):
-    import var.prepared as prep
+    import var.prepare_data as prep
     monkeypatch.setattr(prep, "CHUNK", 5)  # 25 files: chunks starting at 0, 5, 10, 15, 20
     monkeypatch.setattr(prep, "as_completed", iter)
     first, second = InterruptingPool(stop_after=2), InterruptingPool()

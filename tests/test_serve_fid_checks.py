@@ -11,7 +11,7 @@ from var import VAR, VQVAE, VARPipeline
 from var.cli import build_parser
 from var.cli import main as cli
 from var.cmd import common
-from var.evaluation import frechet_distance
+from var.metrics import frechet_distance
 
 
 def relu_features(n: int, d: int, shift: float, seed: int) -> np.ndarray:

@@ -24,7 +24,7 @@ from var.cli import main as cli
 from var.files import WriteFailed, leftover_temporaries, write_atomically
 from var.images import write_npz
 from var.inception import load_npz_images
-from var.prepared import open_prepared
+from var.data import open_prepared
 from var.training import common
 from var.training.common import CheckpointWriteFailed, DistInfo, Schedule, fit, load_checkpoint_file
 from var.training.plot import read_metrics
@@ -112,7 +112,7 @@ def test_prepare_data_stops_with_one_line_when_the_disk_fills_while_decoding(tmp
                                                                              caplog):
     """The disk fills after the check (another writer): a worker writing its memory-mapped rows past it dies of
     SIGBUS, and the command must say so and exit, not wait for the dead worker's chunk for ever."""
-    import var.prepared as prepared
+    import var.prepare_data as prepared
 
     data = make_folder(tmp_path / "data", n_per_class=12)
     disk = small_disk("256k")  # 24 images of 64x64x3: 295 kB of pixels

@@ -1,7 +1,7 @@
 """Training data: Fashion-MNIST from its IDX files, any folder of images, or a prepared data set.
 
 All give a :class:`ImageArrayDataset`: uint8 images at the model's resolution (in memory, or memory-mapped
-from a folder written by ``var prepare-data``, see :mod:`var.prepared`), with labels, returned as float
+from a folder written by ``var prepare-data``, see :mod:`var.prepare_data`), with labels, returned as float
 tensors in [0, 1], (channels, H, W). Nothing is downloaded: Fashion-MNIST comes from Debian's
 ``dataset-fashion-mnist`` package or a folder holding its four IDX files.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import logging
+import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,9 @@ from .images import to_8bit
 from .schedule import as_hw
 
 log = logging.getLogger(__name__)
+# A data set written by ``var prepare-data`` (see :mod:`var.prepare_data`).
+FORMAT = "var-prepared"
+MANIFEST, IMAGES, LABELS = "manifest.json", "images.npy", "labels.npy"
 
 FASHION_MNIST_DIRS = ["/usr/share/datasets/fashion-mnist"]
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -259,6 +263,42 @@ def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], c
                              skipped=skipped)
 
 
+def is_prepared(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by ``var prepare-data`` (it holds the manifest)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(path: str | os.PathLike) -> dict:
+    """The manifest of a prepared data set; ValueError naming the file when it is not one."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}/{MANIFEST} is not valid JSON ({e}): the folder is damaged; prepare it "
+                         "again") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}/{MANIFEST} holds a JSON {type(manifest).__name__}, expected an object: it is not a "
+                         "var prepare-data manifest")
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{path}/{MANIFEST} is not a var prepare-data manifest (format {manifest.get('format')!r}, "
+                         f"expected {FORMAT!r})")
+    return manifest
+
+
+def open_prepared(path: str | os.PathLike) -> ImageArrayDataset:
+    """A prepared data set, its pixels memory-mapped (read-only): nothing is read until a batch asks."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    images = np.load(path / IMAGES, mmap_mode="r")
+    labels = np.load(path / LABELS)
+    H, W = manifest["image_size"]
+    expected = (manifest["count"], H, W, manifest["channels"])
+    if images.shape != expected or labels.shape != expected[:1]:
+        raise ValueError(f"{path}: {IMAGES} is {images.shape} and {LABELS} {labels.shape}, the manifest says "
+                         f"{expected}: the folder is damaged; prepare it again")
+    return ImageArrayDataset(images, labels.astype(np.int64), manifest["class_names"], name=str(path),
+                             skipped=manifest["skipped"], fingerprint=manifest["digest"])
+
+
 def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels: int | None = None,
                   split: str = "train", for_crop: bool = False) -> ImageArrayDataset:
     """``data`` is ``fashion-mnist`` (Debian's files or $VAR_FASHION_MNIST), a folder holding the four
@@ -271,7 +311,6 @@ def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels
 
     Image folders and prepared data sets have only a ``train`` split: asking for another raises ValueError,
     so that callers hold images out with :func:`split_holdout` instead of measuring on the training images."""
-    from .prepared import is_prepared, open_prepared
     if data == "fashion-mnist":
         return fashion_mnist_dataset(None, split)
     path = Path(data)

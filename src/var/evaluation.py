@@ -23,7 +23,9 @@ import torch.nn.functional as F
 
 from .data import ImageArrayDataset
 from . import images as image_io
+from .checkpoints import BUNDLED_DIR, CONFIG_NAME, FORMAT_VERSION, read_config
 from .files import write_atomically
+from .metrics import frechet_distance, psnr
 from .precision import dtype_name
 
 if TYPE_CHECKING:
@@ -33,9 +35,7 @@ log = logging.getLogger(__name__)
 
 CLASSIFIER_FORMAT = "var-classifier"
 CLASSIFIER_WEIGHTS = "classifier.safetensors"
-CONFIG_NAME = "config.json"
-BUNDLED_CLASSIFIER = Path(__file__).parent / "weights" / "fashion-mnist-classifier"
-FORMAT_VERSION = 1
+BUNDLED_CLASSIFIER = BUNDLED_DIR / "fashion-mnist-classifier"
 
 
 # ----------------------------------------------------------------------------------- classifier
@@ -188,8 +188,9 @@ def save_classifier(model: Classifier, path: str | os.PathLike, info: dict | Non
     path.mkdir(parents=True, exist_ok=True)
     cfg = {"format": CLASSIFIER_FORMAT, "version": FORMAT_VERSION, "config": model.config.to_dict(),
            "info": dict(info or {})}
-    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, path / CLASSIFIER_WEIGHTS)
-    (path / CONFIG_NAME).write_text(json.dumps(cfg, indent=2) + "\n")
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    write_atomically(path / CLASSIFIER_WEIGHTS, lambda tmp: save_file(tensors, tmp))
+    write_atomically(path / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
     return path
 
 
@@ -201,67 +202,10 @@ def load_classifier(path: str | os.PathLike | None = None) -> tuple[Classifier, 
     path = Path(path) if path is not None else BUNDLED_CLASSIFIER
     if not (path / CONFIG_NAME).is_file():
         raise FileNotFoundError(f"no classifier in {path} (no {CONFIG_NAME})")
-    cfg = json.loads((path / CONFIG_NAME).read_text())
-    if cfg.get("format") != CLASSIFIER_FORMAT:
-        raise ValueError(f"{path / CONFIG_NAME} is not a classifier config (format {cfg.get('format')!r})")
+    cfg = read_config(path / CONFIG_NAME, CLASSIFIER_FORMAT)
     model = Classifier(ClassifierConfig(**cfg["config"]))
     model.load_state_dict(load_file(path / CLASSIFIER_WEIGHTS), strict=True)
     return model.eval(), cfg.get("info", {})
-
-
-# -------------------------------------------------------------------------------------- metrics
-def frechet_distance(feats_a: torch.Tensor | np.ndarray, feats_b: torch.Tensor | np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to two feature sets (N, D) and (M, D):
-    |mu_a - mu_b|^2 + tr(S_a) + tr(S_b) - 2 tr((S_a^1/2 S_b S_a^1/2)^1/2).
-
-    Computed in float64. The last trace is the sum of the singular values of S_a^1/2 S_b^1/2 (their squares
-    are the eigenvalues of S_a^1/2 S_b S_a^1/2): accurate to rounding where that product's eigenvalues are
-    zero (fewer vectors than dimensions), whose square roots of rounding noise would each add ~1e-8 |S|,
-    and the same whichever set comes first. Tiny negative eigenvalues of S_a, S_b are clamped to zero.
-    """
-    a = np.asarray(feats_a.detach().cpu() if isinstance(feats_a, torch.Tensor) else feats_a, dtype=np.float64)
-    b = np.asarray(feats_b.detach().cpu() if isinstance(feats_b, torch.Tensor) else feats_b, dtype=np.float64)
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"feature sets must be (N, D) and (M, D) with the same D, got {a.shape} and {b.shape}")
-    if len(a) < 2 or len(b) < 2:
-        raise ValueError(f"need at least 2 feature vectors per set for a covariance, got {len(a)} and {len(b)}")
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    tr_covmean = np.linalg.svd(_sqrtm_psd(cov_a) @ _sqrtm_psd(cov_b), compute_uv=False).sum()
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a) + np.trace(cov_b) - 2 * tr_covmean)
-
-
-def _sqrtm_psd(cov_DD: np.ndarray) -> np.ndarray:
-    """Square root of a symmetric positive semi-definite matrix (negative rounding noise clamped to 0)."""
-    w, v = np.linalg.eigh((cov_DD + cov_DD.T) / 2)
-    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, where: torch.Tensor | None = None) -> float:
-    """Mean over images of the PSNR (dB) between [0, 1] image batches (B, C, H, W); the per-image
-    MSE is floored at 1e-10, so identical images score 100 dB rather than infinity.
-
-    ``where`` (H, W), (1, 1, H, W) or (B, 1, H, W), True or 1 on the pixels to compare, restricts the MSE
-    to them (e.g. the kept region of an edit); every image must have at least one such pixel."""
-    if a.shape != b.shape or a.ndim != 4:
-        raise ValueError(f"psnr needs two (B, C, H, W) batches of the same shape, got {tuple(a.shape)} and "
-                         f"{tuple(b.shape)}")
-    sq_BCHW = (a.float() - b.float()).pow(2)
-    if where is None:
-        mse_B = sq_BCHW.flatten(1).mean(1)
-    else:
-        w = torch.as_tensor(where, device=a.device).float()
-        w = w.view(1, 1, *w.shape) if w.ndim == 2 else w
-        if w.ndim != 4 or w.shape[1] != 1 or w.shape[-2:] != a.shape[-2:] or w.shape[0] not in (1, a.shape[0]):
-            raise ValueError(f"psnr's `where` must be (H, W) or (1 or B, 1, H, W) with H, W = {tuple(a.shape[-2:])}, "
-                             f"got {tuple(w.shape)}")
-        w_B1HW = w.expand(a.shape[0], 1, *a.shape[-2:])
-        count_B = w_B1HW.flatten(1).sum(1) * a.shape[1]
-        if bool((count_B == 0).any()):
-            empty = torch.nonzero(count_B == 0).flatten().tolist()
-            raise ValueError(f"psnr's `where` selects no pixel of image(s) {empty[:10]}")
-        mse_B = (sq_BCHW * w_B1HW).flatten(1).sum(1) / count_B
-    return float((-10 * torch.log10(mse_B.clamp_min(1e-10))).mean())
 
 
 def balanced_indices(labels: np.ndarray, n_per_class: int, num_classes: int, seed: int) -> np.ndarray:

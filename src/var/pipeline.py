@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 
 from . import editing, official, precision, quickstart
+from .checkpoints import (CONFIG_NAME, FORMAT_VERSION, VAR_WEIGHTS, VQVAE_WEIGHTS, bundled_folder, bundled_models,
+                          for_storage, load_module, load_vqvae, read_config)
 from .cpu.packed_linear import PackedLinear, total_memory_bytes
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
@@ -28,9 +30,6 @@ from .vqvae import VQVAE, VQVAEConfig, square_side
 
 log = logging.getLogger(__name__)
 
-BUNDLED_DIR = Path(__file__).parent / "weights"
-CONFIG_NAME, VQVAE_WEIGHTS, VAR_WEIGHTS = "config.json", "vqvae.safetensors", "var.safetensors"
-FORMAT_VERSION = 1
 # The reference's settings (its FID settings); a saved model may recommend others (``sampling_defaults``).
 REFERENCE_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.0}
 # Classes as a pipeline takes them: an id, a class name, a sequence of either, or an integer tensor.
@@ -46,68 +45,6 @@ class VAROutput:
     images: torch.Tensor               # (B, channels, H, W) in [0, 1]
     tokens: list[torch.Tensor]         # K maps, (B, h_k * w_k)
     labels: torch.Tensor               # (B,) the class of each image (num_classes = the null class)
-
-
-def _is_pipeline_folder(path: Path) -> bool:
-    """Whether ``path`` holds a pipeline's config.json (weights/ also holds the evaluation classifier)."""
-    try:
-        return json.loads((path / CONFIG_NAME).read_text()).get("format") == "var-pipeline"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def read_config(path: Path, fmt: str = "var-pipeline") -> dict:
-    """A saved model's JSON description (a pipeline's config.json, a tokenizer's vqvae.json), with errors
-    that name the file (and the line of a JSON syntax error); it must say ``"format": fmt``."""
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}") from e
-    except UnicodeDecodeError as e:
-        raise ValueError(f"{path} is not a text file: {e}") from e
-    if not isinstance(cfg, dict) or cfg.get("format") != fmt:
-        raise ValueError(f"{path} is not a {fmt} config (no \"format\": \"{fmt}\")")
-    return cfg
-
-
-def load_module(build: Callable[[], torch.nn.Module], weights: Path, described_by: Path,
-                what: str) -> torch.nn.Module:
-    """``build()`` (a model of the configuration in ``described_by``) made on the meta device, then the
-    ``weights`` file loaded into it; ValueError names a configuration that is not ``what`` and weights that do
-    not match it."""
-    try:
-        with torch.device("meta"):
-            module = build()
-    except (KeyError, TypeError) as e:
-        raise ValueError(f"{described_by} does not describe {what}: {e}") from e
-    official.load_strict(module, official.load_state_dict(weights), f"{weights} does not match {described_by}")
-    return module
-
-
-def _for_storage(name: str, tensor: torch.Tensor, store: torch.dtype) -> torch.Tensor:
-    """``tensor`` as saved, floating point in ``store``. Refuses a finite value that ``store`` cannot hold
-    (float16 ends at 65504): it would be saved as inf, and the model would load broken without a word."""
-    tensor = tensor.detach()
-    if not tensor.is_floating_point():
-        return tensor.contiguous().cpu()
-    stored = tensor.to(store)
-    if not torch.equal(torch.isfinite(stored), torch.isfinite(tensor)):
-        raise ValueError(f"{name} holds {tensor.abs().max().item():g}, beyond {store}'s largest value "
-                         f"{torch.finfo(store).max:g}: save it in bf16 or fp32 (weights_dtype)")
-    return stored.contiguous().cpu()
-
-
-def bundled_folder(name: str | os.PathLike) -> Path | None:
-    """The folder of the bundled model called ``name``, or None when ``name`` names none (a path does not)."""
-    folder = BUNDLED_DIR / str(name)
-    return folder if Path(name).name == str(name) and (folder / CONFIG_NAME).is_file() else None
-
-
-def bundled_models() -> list[str]:
-    """Names of the pipelines shipped inside the package."""
-    if not BUNDLED_DIR.is_dir():
-        return []
-    return sorted(p.name for p in BUNDLED_DIR.iterdir() if _is_pipeline_folder(p))
 
 
 class VARPipeline:
@@ -272,7 +209,7 @@ class VARPipeline:
                "var": self.var.config.to_dict(), "class_names": self.class_names, "pad": self.pad, "info": self.info,
                "sampling_defaults": self.sampling_defaults}
         for module, name in ((self.vqvae, VQVAE_WEIGHTS), (self.var, VAR_WEIGHTS)):
-            tensors = {k: _for_storage(f"{name}: {k}", v, store) for k, v in module.state_dict().items()}
+            tensors = {k: for_storage(f"{name}: {k}", v, store) for k, v in module.state_dict().items()}
             write_atomically(path / name, lambda tmp: save_file(tensors, tmp))
         write_atomically(path / CONFIG_NAME, lambda tmp: tmp.write_text(json.dumps(cfg, indent=2) + "\n"))
         return path
@@ -283,7 +220,6 @@ class VARPipeline:
         encoder, ``quant_conv``, codebook, phi) must equal this pipeline's, else the transformer's tokens
         would decode into other images: ValueError names the first weight that differs."""
         if not isinstance(tokenizer, VQVAE):
-            from .training.runs import load_vqvae
             tokenizer = load_vqvae(tokenizer)[0]
         differs = self.vqvae.token_side_difference(tokenizer)
         if differs == "configuration":

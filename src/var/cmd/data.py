@@ -31,7 +31,7 @@ def register(sub) -> None:
 
 
 def run_prepare_data(a: argparse.Namespace) -> int:
-    from ..prepared import prepare_dataset
+    from ..prepare_data import prepare_dataset
     manifest = prepare_dataset(a.folder, a.image_size, a.out, a.channels, a.workers, a.crop)
     log.info("%s: %d images, %d skipped; train with --data %s", a.out, manifest["count"], len(manifest["skipped"]),
              a.out)

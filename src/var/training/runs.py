@@ -23,6 +23,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
+from ..checkpoints import export_vqvae, load_vqvae
 from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, crop_source_side, enlarge_for_crop, split_holdout
 from ..files import FolderLock, WriteFailed, check_free_space, leftover_temporaries, write_atomically
 from ..images import grid
@@ -33,42 +34,12 @@ from .common import (CHECKPOINT, CheckpointWriteFailed, DistInfo, Prefetcher, Sc
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
-VQVAE_JSON, VQVAE_WEIGHTS = "vqvae.json", "vqvae.safetensors"
 RUN_JSON, RUN_LOCK = "run.json", "run.lock"
 # The entries of run.json that each kind of run reads back (the others may be absent from older runs).
 RUN_KEYS = {"vqvae": ("data", "vqvae"), "var": ("data", "vae", "var")}
 
 
 # ------------------------------------------------------------------------------- artifacts
-def export_vqvae(vqvae: VQVAE, out: Path, class_names: list[str] | None, data: str) -> None:
-    """Write the tokenizer's weights and description into ``out``, each file atomically (snapshots overwrite them)."""
-    from safetensors.torch import save_file
-
-    tensors = {k: v.detach().contiguous().cpu() for k, v in vqvae.state_dict().items()}
-    write_atomically(out / VQVAE_WEIGHTS, lambda tmp: save_file(tensors, tmp))
-    meta = {"format": "var-vqvae", "vqvae": vqvae.config.to_dict(), "class_names": class_names, "data": data}
-    write_atomically(out / VQVAE_JSON, lambda tmp: tmp.write_text(json.dumps(meta, indent=2) + "\n"))
-
-
-def load_vqvae(folder: str | os.PathLike) -> tuple[VQVAE, dict]:
-    """A tokenizer from a ``train-vae`` run folder (or a saved pipeline folder, or a bundled model's name)
-    and its metadata; ValueError names a file that does not describe or match a tokenizer."""
-    from ..pipeline import CONFIG_NAME, bundled_folder, load_module, read_config
-
-    folder = Path(folder) if Path(folder).is_dir() else bundled_folder(folder) or Path(folder)
-    if (folder / VQVAE_JSON).is_file():
-        described_by = folder / VQVAE_JSON
-        meta = read_config(described_by, "var-vqvae")
-    elif (folder / CONFIG_NAME).is_file():
-        described_by = folder / CONFIG_NAME
-        meta = read_config(described_by)
-    else:
-        raise FileNotFoundError(f"{folder} holds no trained tokenizer ({VQVAE_JSON} from `var train-vae`)")
-    vqvae = load_module(lambda: VQVAE(VQVAEConfig(**meta["vqvae"])), folder / VQVAE_WEIGHTS, described_by,
-                        "a tokenizer")
-    return vqvae, meta
-
-
 def _fixed_run_config(out: Path, config: dict, info: DistInfo, must_match: tuple[str, ...] = (),
                       checked_by_caller: tuple[str, ...] = ()) -> dict:
     """The run's configuration: written at the first start, read back (and kept) when resuming. A resume whose

@@ -19,7 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..evaluation import psnr
+from ..metrics import psnr
 from ..pipeline import VAROutput, VARPipeline
 from .. import quickstart
 from ..precision import autocast, choose_dtype

@@ -1,4 +1,4 @@
-"""Prepared data sets: an image folder decoded once, in parallel, into memory-mappable files.
+"""Writing prepared data sets: an image folder decoded once, in parallel, into memory-mappable files.
 
 ``var prepare-data`` (:func:`prepare_dataset`) writes a folder holding
 
@@ -9,7 +9,7 @@
   not be decoded (skipped), a digest of the pixels (the token cache's key, so that it never reads them all)
   and ``crop_size``: null, or the model's size when the images are stored larger for random crops.
 
-Training memory-maps ``images.npy`` (:func:`open_prepared`) and reads only the rows of each batch, so its
+Training memory-maps ``images.npy`` (:func:`var.data.open_prepared`) and reads only the rows of each batch, so its
 memory does not grow with the number of images. The manifest is written last: a folder without one is
 unfinished, and the same command resumes it. Until then the folder holds ``plan.json`` (the files and
 options), ``staging.npy`` (a slot per file) and ``status.npy`` (per file: pending, decoded or skipped,
@@ -30,54 +30,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import (CROP_RESAMPLE, RESAMPLE, ImageArrayDataset, crop_source_side, decode_or_none, list_image_files,
-                   warn_skipped)
+from .data import (CROP_RESAMPLE, FORMAT, IMAGES, LABELS, MANIFEST, RESAMPLE, crop_source_side, decode_or_none,
+                   is_prepared, list_image_files, read_manifest, warn_skipped)
 from .files import WriteFailed, check_free_space, format_size, free_space, write_atomically
 from .schedule import as_hw
 
 log = logging.getLogger(__name__)
 
-FORMAT = "var-prepared"
-MANIFEST, IMAGES, LABELS = "manifest.json", "images.npy", "labels.npy"
 _PLAN, _STAGING, _STATUS = "plan.json", "staging.npy", "status.npy"
 PENDING, DECODED, SKIPPED = 0, 1, 2
 CHUNK = 256  # files per worker task: the unit of progress and of resuming
-
-
-def is_prepared(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder written by ``var prepare-data`` (it holds the manifest)."""
-    return (Path(path) / MANIFEST).is_file()
-
-
-def read_manifest(path: str | os.PathLike) -> dict:
-    """The manifest of a prepared data set; ValueError naming the file when it is not one."""
-    try:
-        manifest = json.loads((Path(path) / MANIFEST).read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}/{MANIFEST} is not valid JSON ({e}): the folder is damaged; prepare it "
-                         "again") from None
-    if not isinstance(manifest, dict):
-        raise ValueError(f"{path}/{MANIFEST} holds a JSON {type(manifest).__name__}, expected an object: it is not a "
-                         "var prepare-data manifest")
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{path}/{MANIFEST} is not a var prepare-data manifest (format {manifest.get('format')!r}, "
-                         f"expected {FORMAT!r})")
-    return manifest
-
-
-def open_prepared(path: str | os.PathLike) -> ImageArrayDataset:
-    """A prepared data set, its pixels memory-mapped (read-only): nothing is read until a batch asks."""
-    path = Path(path)
-    manifest = read_manifest(path)
-    images = np.load(path / IMAGES, mmap_mode="r")
-    labels = np.load(path / LABELS)
-    H, W = manifest["image_size"]
-    expected = (manifest["count"], H, W, manifest["channels"])
-    if images.shape != expected or labels.shape != expected[:1]:
-        raise ValueError(f"{path}: {IMAGES} is {images.shape} and {LABELS} {labels.shape}, the manifest says "
-                         f"{expected}: the folder is damaged; prepare it again")
-    return ImageArrayDataset(images, labels.astype(np.int64), manifest["class_names"], name=str(path),
-                             skipped=manifest["skipped"], fingerprint=manifest["digest"])
 
 
 def prepare_dataset(folder: str | os.PathLike, size: int | tuple[int, int], out: str | os.PathLike,
