@@ -1,8 +1,17 @@
+import argparse
 import os
+import signal
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
+
+from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
+from var.cli import build_parser, main as cli
+from var.data import ImageArrayDataset
+from var.training.common import Schedule
 
 # The test models are tiny: one thread is as fast, and a second one only spins (badly so on a busy CPU).
 torch.set_num_threads(1)
@@ -41,5 +50,115 @@ def fixture(request):
 
 @pytest.fixture(scope="session")
 def tiny_pipe(fixture):
-    from var import VARPipeline
     return VARPipeline.from_official(fixture["vae_state_dict"], fixture["var_state_dict"])
+
+
+# ------------------------------------------------------------------ helpers shared by the test files
+
+
+def mnist_sized_pipe() -> VARPipeline:
+    torch.manual_seed(0)
+    patch_nums = (1, 2, 3, 7)   # 28 / 4 = 7
+    vae = VQVAE(VQVAEConfig(in_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=8, vocab_size=32,
+                            patch_nums=patch_nums, using_sa=False))
+    var = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=10, depth=1, embed_dim=64, num_heads=2,
+                        patch_nums=patch_nums))
+    return VARPipeline(vae, var, class_names=[f"class {i}" for i in range(10)])
+
+
+def random_dataset(n_per_class: int, seed: int) -> ImageArrayDataset:
+    rng = np.random.default_rng(seed)
+    labels = np.repeat(np.arange(10), n_per_class)
+    return ImageArrayDataset(rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8), labels)
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def tiny_trainer():
+    from var.training.runs import VQVAE_BETAS, make_optimizer
+    from var.training.trainers import VQVAETrainer
+
+    torch.manual_seed(0)
+    m = VQVAE(TINY_VAE)
+    return VQVAETrainer(m, make_optimizer(m, Schedule(steps=4, batch_size=2), VQVAE_BETAS))
+
+
+def batch(step: int) -> torch.Tensor:
+    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(step))
+
+
+TINY_VAE = VQVAEConfig(in_channels=3, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=32,
+                       patch_nums=(1, 2, 4, 8), using_sa=False, using_mid_sa=False)
+
+
+VAE_ARGS = ["--preset", "custom", "--image-size", "16", "--channels", "3", "--ch", "32", "--ch-mult", "1,2",
+            "--z-channels", "8", "--vocab-size", "32", "--patch-nums", "1,2,4,8", "--no-attn"]
+
+
+VAR_ARGS = ["--preset", "small", "--depth", "1", "--embed-dim", "32", "--num-heads", "2"]
+
+
+def make_folder(root: Path, n_per_class: int = 12, corrupt: bool = False) -> Path:
+    rng = np.random.default_rng(0)
+    for c, name in enumerate(["circles", "squares"]):
+        d = root / name
+        d.mkdir(parents=True)
+        for i in range(n_per_class):
+            arr = (rng.random((20, 24, 3)) * 80 + 100 * c).astype(np.uint8)
+            Image.fromarray(arr).save(d / f"{i}.png")
+    if corrupt:
+        (root / "circles" / "broken.png").write_bytes(b"not a png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def vae_run(folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("vae")
+    assert cli(["train-vae", "--data", str(folder), "--out", str(out), *VAE_ARGS, "--steps", "4",
+                "--batch-size", "8", "--warmup", "2", "--log-every", "2", "--sample-every", "4"]) == 0
+    return out
+
+
+def small_schedule(steps=6, **kw):
+    return Schedule(steps=steps, batch_size=8, lr=1e-3, warmup=2, save_every=100, sample_every=10_000, log_every=1, **kw)
+
+
+def interrupt_at(step_to_stop: int, get_batch):
+    def get(step):
+        if step == step_to_stop:
+            os.kill(os.getpid(), signal.SIGINT)  # handled as a stop request: finish the step, save, return
+        return get_batch(step)
+    return get
+
+
+def other_tokenizer(vae_run: Path, data: Path, out: Path) -> Path:
+    """``vae_run``'s tokenizer with its first encoder conv negated (other tokens), exported into ``out``."""
+    from var.training.runs import export_vqvae, load_vqvae
+
+    other = load_vqvae(vae_run)[0]
+    with torch.no_grad():
+        other.encoder.conv_in.weight.mul_(-1)
+    out.mkdir()
+    export_vqvae(other, out, None, str(data))
+    return out
+
+
+def small_pipe(shared_aln=False, attn_l2_norm=True, share_quant_resi=4, patch_nums=(1, 2, 3, 4), channels=3, seed=0):
+    torch.manual_seed(seed)
+    vae = VQVAE(VQVAEConfig(in_channels=channels, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8,
+                            vocab_size=48, patch_nums=patch_nums, share_quant_resi=share_quant_resi))
+    var = VAR(VARConfig(vocab_size=48, latent_channels=8, num_classes=5, depth=2, embed_dim=64, num_heads=2,
+                        patch_nums=patch_nums, shared_aln=shared_aln, attn_l2_norm=attn_l2_norm))
+    # Random (not near-zero) AdaLN gates so every block really contributes.
+    for name, p in var.named_parameters():
+        if "ada_lin" in name or "ada_gss" in name:
+            torch.nn.init.normal_(p, std=0.2)
+    return VARPipeline(vae, var)

@@ -14,13 +14,7 @@ from var.cli import build_parser, main as cli
 from var.cmd.common import HelpFormatter
 from var.cmd.train import VAE_RECIPES, VAR_RECIPES, resolve_preset_defaults
 from var.data import build_dataset
-
-from test_training import VAE_ARGS, VAR_ARGS
-
-
-def subcommands() -> dict[str, argparse.ArgumentParser]:
-    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+from conftest import VAE_ARGS, VAR_ARGS, subcommands
 
 
 @pytest.mark.parametrize("name", sorted(subcommands()))

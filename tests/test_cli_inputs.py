@@ -21,7 +21,6 @@ import var.cmd.evaluate
 import var.cmd.sample
 import var.prepare_data
 import var.training.plot
-from var import VARPipeline
 import var.cli
 import var.images
 from var.cli import build_parser, main as cli
@@ -29,8 +28,7 @@ from var.cmd.common import check_output_files
 from var.data import list_image_files
 from var.images import grid, load_image
 from var.sampling import make_generator
-
-from test_model import small_pipe
+from conftest import small_pipe
 
 
 def one_error_line(text: str) -> str:

@@ -8,8 +8,7 @@ from PIL import Image
 from var.editing import load_mask
 from var.images import load_image
 from var.serve import INPAINT, OUTPAINT, PAINTED, Demo
-
-from test_model import small_pipe
+from conftest import small_pipe
 
 
 @pytest.fixture(scope="module")

@@ -10,8 +10,7 @@ from var import VARPipeline, box_mask, generate, load_mask
 from var.cli import main
 from var.editing import check_mask, keep_masks_from_mask
 from var.images import load_image
-
-from test_model import small_pipe
+from conftest import small_pipe
 
 
 def padded_pipe(pad: int, channels: int = 3) -> VARPipeline:

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig, bundled_models
+from var import bundled_models
 from var.data import ImageArrayDataset
 from var.evaluation import (Classifier, ClassifierConfig, accuracy, balanced_indices, classify, evaluate_pipeline,
                             frechet_distance, load_classifier, psnr, save_classifier)
 from var.inception import InceptionUnavailable, find_backend, inception_metrics, load_npz_images
-
+from conftest import mnist_sized_pipe, random_dataset
 
 
 def test_frechet_distance_zero_for_identical_sets():
@@ -110,24 +110,8 @@ def test_balanced_indices_are_per_class_and_seeded():
         balanced_indices(labels, 6, 3, seed=0)
 
 
-def tiny_pipe() -> VARPipeline:
-    torch.manual_seed(0)
-    patch_nums = (1, 2, 3, 7)   # 28 / 4 = 7
-    vae = VQVAE(VQVAEConfig(in_channels=1, ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=8, vocab_size=32,
-                            patch_nums=patch_nums, using_sa=False))
-    var = VAR(VARConfig(vocab_size=32, latent_channels=8, num_classes=10, depth=1, embed_dim=64, num_heads=2,
-                        patch_nums=patch_nums))
-    return VARPipeline(vae, var, class_names=[f"class {i}" for i in range(10)])
-
-
-def random_dataset(n_per_class: int, seed: int) -> ImageArrayDataset:
-    rng = np.random.default_rng(seed)
-    labels = np.repeat(np.arange(10), n_per_class)
-    return ImageArrayDataset(rng.integers(0, 256, (len(labels), 28, 28), dtype=np.uint8), labels)
-
-
 def test_evaluate_pipeline_on_a_tiny_random_model(tmp_path):
-    pipe = tiny_pipe()
+    pipe = mnist_sized_pipe()
     torch.manual_seed(0)
     classifier = Classifier(ClassifierConfig(widths=(8, 16), feature_dim=16)).eval()
     test, train = random_dataset(6, seed=1), random_dataset(6, seed=2)
@@ -157,7 +141,7 @@ def test_evaluate_pipeline_on_a_tiny_random_model(tmp_path):
 def test_evaluate_pipeline_refuses_what_would_be_wrong_before_sampling(monkeypatch, caplog):
     """More images per class than the data holds, a zero batch, or the classifier's classes in another order
     (class folders sort by name) fail at once, not after generating every sample."""
-    pipe = tiny_pipe()
+    pipe = mnist_sized_pipe()
     monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: pytest.fail("sampled before checking"))
     names = [f"class {i}" for i in range(10)]
     classifier = Classifier(ClassifierConfig(widths=(8, 16), feature_dim=16, class_names=names)).eval()

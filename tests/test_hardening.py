@@ -19,9 +19,8 @@ from var.editing import box_mask, check_mask
 from var.sampling import check_sampling_options
 from var.training import common
 from var.training.common import CheckpointWriteFailed, DistInfo, Schedule, fit, load_checkpoint_file
+from conftest import TINY_VAE, VAE_ARGS, batch, make_folder, small_pipe, tiny_trainer
 
-from test_model import small_pipe
-from test_training import TINY_VAE, VAE_ARGS, make_folder
 
 NAMES = ["Alpha", "Beta", "Gamma", "Delta", "Epsilon"]
 FEW = settings(max_examples=40, deadline=None)
@@ -284,18 +283,6 @@ def test_check_mask_expands_zero_one_masks_and_names_other_values(batch, shared,
 
 
 # ------------------------------------------------------------------------------------ training
-def tiny_trainer():
-    from var import VQVAE
-    from var.training.runs import VQVAE_BETAS, make_optimizer
-    from var.training.trainers import VQVAETrainer
-
-    torch.manual_seed(0)
-    m = VQVAE(TINY_VAE)
-    return VQVAETrainer(m, make_optimizer(m, Schedule(steps=4, batch_size=2), VQVAE_BETAS))
-
-
-def batch(step: int) -> torch.Tensor:
-    return torch.rand(2, 3, 16, 16, generator=torch.Generator().manual_seed(step))
 
 
 def full_disk_after(saves: int, monkeypatch) -> None:

@@ -5,19 +5,7 @@ import torch
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig, patch_nums_from_max_scale, precision
 from var.sampling import draw, filter_logits, sample_tokens
 from var.sampling import generate as sample_generate
-
-
-def small_pipe(shared_aln=False, attn_l2_norm=True, share_quant_resi=4, patch_nums=(1, 2, 3, 4), channels=3, seed=0):
-    torch.manual_seed(seed)
-    vae = VQVAE(VQVAEConfig(in_channels=channels, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8,
-                            vocab_size=48, patch_nums=patch_nums, share_quant_resi=share_quant_resi))
-    var = VAR(VARConfig(vocab_size=48, latent_channels=8, num_classes=5, depth=2, embed_dim=64, num_heads=2,
-                        patch_nums=patch_nums, shared_aln=shared_aln, attn_l2_norm=attn_l2_norm))
-    # Random (not near-zero) AdaLN gates so every block really contributes.
-    for name, p in var.named_parameters():
-        if "ada_lin" in name or "ada_gss" in name:
-            torch.nn.init.normal_(p, std=0.2)
-    return VARPipeline(vae, var)
+from conftest import small_pipe
 
 
 def guided_argmax(pipe, tokens, labels, cfg):

@@ -10,8 +10,8 @@ from var import VAR, VARConfig, VARPipeline, VQVAEConfig
 from var.cli import main as cli
 from var.editing import area_weights, keep_masks_from_mask
 from var.schedule import patch_nums_from_max_scale, schedule_for
+from conftest import small_pipe
 
-from test_model import small_pipe
 
 WIDE = ((1, 2), (2, 4), (3, 6), (4, 8))          # 8x16 images with the test models' 2x down-sampling
 

@@ -6,8 +6,8 @@ import torch
 
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
 from var.official import var_config_from_state_dict, vqvae_config_from_state_dict
-
 from conftest import official_file
+
 
 RELEASED = ["var_d16", "var_d20", "var_d24", "var_d30", "var_d36"]
 

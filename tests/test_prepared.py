@@ -18,8 +18,7 @@ from var.prepare_data import prepare_dataset
 from var.training import common as training_common
 from var.training import runs
 from var.training.common import DistInfo, batch_indices
-
-from test_training import TINY_VAE, VAE_ARGS, VAR_ARGS, _interrupt_at, make_folder, small_schedule
+from conftest import TINY_VAE, VAE_ARGS, VAR_ARGS, interrupt_at, make_folder, small_schedule
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +106,7 @@ def test_resume_from_a_prepared_data_set_is_bit_for_bit(prepared, tmp_path, monk
             "--sample-every", "100", "--save-every", "100"]
     assert cli([*args, "--out", str(tmp_path / "full")]) == 0
     with monkeypatch.context() as m:  # Ctrl-C as step 2 is read (ahead): checkpoint at the step then done, exit 130
-        m.setattr(runs, "Prefetcher", lambda get, **kw: training_common.Prefetcher(_interrupt_at(2, get), **kw))
+        m.setattr(runs, "Prefetcher", lambda get, **kw: training_common.Prefetcher(interrupt_at(2, get), **kw))
         assert cli([*args, "--out", str(tmp_path / "resumed")]) == 130
     assert cli([*args, "--out", str(tmp_path / "resumed")]) == 0
     full, resumed = (load_file(tmp_path / d / "vqvae.safetensors") for d in ("full", "resumed"))

@@ -11,8 +11,8 @@ from PIL import Image
 from var import VAR, VARConfig, VQVAE
 from var.cli import main as cli
 from var.training.common import Schedule
+from conftest import TINY_VAE, small_schedule
 
-from test_training import TINY_VAE, small_schedule
 
 # The reference's README training commands: depth -> (--alng, --wpe, --twde; None: the weight decay stays).
 REFERENCE_README = {16: (1e-3, 0.1, None), 20: (1e-3, 0.1, None), 24: (1e-4, 0.01, None), 30: (1e-5, 0.01, 0.08),

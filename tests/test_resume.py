@@ -10,10 +10,7 @@ import torch
 from var import VARPipeline
 from var.cli import main as cli
 from var.training.common import DistInfo, Schedule, fit, rng_state
-
-from test_hardening import batch, tiny_trainer
-from test_model import small_pipe
-from test_training import VAE_ARGS, VAR_ARGS, folder, make_folder, other_tokenizer, vae_run  # noqa: F401 (fixtures)
+from conftest import VAE_ARGS, VAR_ARGS, batch, other_tokenizer, small_pipe, tiny_trainer
 
 
 class Killed(BaseException):

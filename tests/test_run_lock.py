@@ -10,8 +10,8 @@ import pytest
 
 from var.cli import main as cli
 from var.files import FolderInUse, FolderLock
+from conftest import VAE_ARGS, VAR_ARGS, make_folder
 
-from test_training import VAE_ARGS, VAR_ARGS, folder, make_folder, vae_run  # noqa: F401 (fixtures)
 
 TRAIN_VAE = [*VAE_ARGS, "--batch-size", "4", "--warmup", "1", "--adv-weight", "0", "--sample-every", "100"]
 HOLD = "import sys, time; from var.files import FolderLock; FolderLock(sys.argv[1]).acquire(); print('held', " \

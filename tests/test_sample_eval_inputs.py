@@ -10,9 +10,8 @@ from var import VARPipeline
 from var.cli import main as cli
 from var.evaluation import Classifier, ClassifierConfig, evaluate_pipeline
 from var.recipes import fashion_mnist_configs
+from conftest import mnist_sized_pipe, random_dataset, small_pipe
 
-from test_evaluation import random_dataset, tiny_pipe
-from test_model import small_pipe
 
 NAMES = ["tench, Tinca tinca", "goldfish", "Ankle boot", "hen", "Eel"]
 
@@ -31,6 +30,21 @@ def test_sample_classes_accept_a_class_name_holding_a_comma(saved, tmp_path):
                 str(npz), "--classes", "tench, Tinca tinca,hen", "goldfish", "Tench, Tinca Tinca", "4"]) == 0
     with np.load(npz) as f:
         assert f["labels"].tolist() == [0, 3, 1, 0, 4]
+
+
+def test_sample_and_the_pipeline_seed_each_chunk_alike(saved, tmp_path):
+    """`var sample` and a pipeline call (which `var eval` makes) seed chunk i with chunk_seed(seed, i): the
+    same labels, seed and batch size give the same images, chunk after chunk (var eval drew every chunk from
+    one generator, so the same seed gave other images than var sample)."""
+    from var.images import to_rgb_uint8
+    npz = tmp_path / "s.npz"
+    assert cli(["sample", "--model", str(saved), "--device", "cpu", "--per-class", "2", "--no-grid", "--npz",
+                str(npz), "--batch-size", "3", "--seed", "7", "--top-k", "0", "--top-p", "0"]) == 0
+    pipe = VARPipeline.from_pretrained(saved)
+    with np.load(npz) as f:
+        images, labels = f["arr_0"], f["labels"].tolist()
+    out = pipe(class_labels=labels, seed=7, batch_size=3, top_k=0, top_p=0)
+    assert np.array_equal(images, to_rgb_uint8(out.images))
 
 
 def test_sample_classes_still_split_names_and_name_an_unknown_piece(saved, tmp_path, caplog):
@@ -75,7 +89,7 @@ def test_eval_refuses_a_model_trained_on_fashion_mnists_class_folders(monkeypatc
     only logged a warning, and every class's samples were judged as another class."""
     _, _, fashion = fashion_mnist_configs()
     folders = sorted(n.replace("/", "_") for n in fashion)
-    pipe = tiny_pipe()
+    pipe = mnist_sized_pipe()
     monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: pytest.fail("sampled before checking"))
     torch.manual_seed(0)
     classifier = Classifier(ClassifierConfig(widths=(8, 16), feature_dim=16, class_names=fashion)).eval()
@@ -88,7 +102,6 @@ def test_eval_refuses_a_model_trained_on_fashion_mnists_class_folders(monkeypatc
     with caplog.at_level(logging.WARNING), pytest.raises(pytest.fail.Exception, match="sampled before checking"):
         evaluate_pipeline(pipe, classifier, test, train, n_per_class=3)
     assert "differ from the classifier's" in caplog.text
-
 
 
 def savez_then_full_disk(f, **arrays):
@@ -108,7 +121,7 @@ def test_sample_npz_on_a_full_disk_leaves_no_truncated_file(saved, tmp_path, mon
 
 
 def test_eval_save_npz_on_a_full_disk_leaves_no_truncated_file(tmp_path, monkeypatch):
-    pipe = tiny_pipe()
+    pipe = mnist_sized_pipe()
     torch.manual_seed(0)
     classifier = Classifier(ClassifierConfig(widths=(8, 16), feature_dim=16)).eval()
     test, train = random_dataset(3, seed=1), random_dataset(3, seed=2)

@@ -5,8 +5,8 @@ import torch
 
 from var.cli import main as cli
 from var.sampling import sample_tokens
+from conftest import small_pipe
 
-from test_model import small_pipe
 
 NO_DATA = "/nonexistent/var-test-data"  # every check below must fire before the data is looked at
 

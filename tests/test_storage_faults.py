@@ -28,9 +28,8 @@ from var.data import open_prepared
 from var.training import common
 from var.training.common import CheckpointWriteFailed, DistInfo, Schedule, fit, load_checkpoint_file
 from var.training.plot import read_metrics
+from conftest import VAE_ARGS, batch, make_folder, tiny_trainer
 
-from test_hardening import batch, tiny_trainer
-from test_training import VAE_ARGS, make_folder
 
 TRAIN_VAE = [*VAE_ARGS, "--batch-size", "4", "--warmup", "1", "--adv-weight", "0"]
 

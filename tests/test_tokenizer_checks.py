@@ -3,8 +3,7 @@ many processes train it."""
 import torch
 
 from var import VQVAE
-
-from test_training import TINY_VAE
+from conftest import TINY_VAE
 
 
 def _usage_after_steps(rank: int, world: int, init_file: str, results: dict) -> None:

@@ -23,7 +23,7 @@ from .checkpoints import (CONFIG_NAME, FORMAT_VERSION, VAR_WEIGHTS, VQVAE_WEIGHT
 from .cpu.packed_linear import PackedLinear, total_memory_bytes
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
-from .sampling import check_sampling_options, generate, make_generator
+from .sampling import check_sampling_options, chunk_seed, generate, make_generator
 from .schedule import Scale
 from .transformer import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig, square_side
@@ -402,7 +402,7 @@ class VARPipeline:
         """
         generator = make_generator(seed, self.device)
         labels = self._labels(class_labels, num_samples, generator)
-        return self._generate_batched(labels, batch_size, progress, generator=generator, smooth=smooth,
+        return self._generate_batched(labels, batch_size, progress, seed, generator=generator, smooth=smooth,
                                       on_scale=on_scale,
                                       **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
 
@@ -454,15 +454,16 @@ class VARPipeline:
         """Generate with ``tokens`` teacher-forced where ``keep_masks`` say so (shared by the edits)."""
         generator = make_generator(seed, self.device)
         labels = self._edit_labels(class_labels, tokens[0].shape[0])
-        return self._generate_batched(labels, batch_size, progress, keep_tokens=tokens, keep_masks=keep_masks,
+        return self._generate_batched(labels, batch_size, progress, seed, keep_tokens=tokens, keep_masks=keep_masks,
                                       keep_latent=keep_latent, generator=generator, **sampling)
 
-    def _generate_batched(self, labels: torch.Tensor, batch_size: int | None, progress: bool,
+    def _generate_batched(self, labels: torch.Tensor, batch_size: int | None, progress: bool, seed: int | None,
                           keep_tokens: Sequence[torch.Tensor] | None = None,
                           keep_masks: Sequence[torch.Tensor] | None = None,
                           keep_latent: torch.Tensor | None = None,
                           on_scale: Callable[[int], None] | None = None, **sampling) -> VAROutput:
-        """Run :func:`generate` over chunks of the batch and decode; editing passes per-scale keeps."""
+        """Run :func:`generate` over chunks of the batch and decode; editing passes per-scale keeps. Chunk 0
+        draws from the call's ``generator``, chunk i from one seeded with :func:`chunk_seed` (``seed`` given)."""
         from tqdm.auto import tqdm
 
         if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, Integral)
@@ -472,8 +473,10 @@ class VARPipeline:
         bs = batch_size or n
         images, tokens = [], []
         with tqdm(total=n, desc="generating", unit="img", disable=not progress) as bar:
-            for s in range(0, n, bs):
+            for i, s in enumerate(range(0, n, bs)):
                 part = slice(s, min(n, s + bs))
+                if i and seed is not None:
+                    sampling["generator"] = make_generator(chunk_seed(seed, i), self.device)
                 keeps = {}
                 if keep_masks is not None:
                     keeps = dict(keep_tokens=[t[part] for t in keep_tokens], keep_masks=[m[part] for m in keep_masks],

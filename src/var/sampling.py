@@ -14,6 +14,7 @@ import math
 from numbers import Integral, Real
 from typing import Callable, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -44,8 +45,7 @@ def _is_real(x) -> bool:
 
 def check_finite_logits(logits: torch.Tensor, k: int, hw: tuple[int, int]) -> None:
     """Stop with a clear message where the model's logits hold NaN or inf (sampling cannot draw from them).
-    The smallest and largest logit are NaN or infinite exactly when one logit is: one pass over the
-    logits, where ``isfinite(...).all()`` takes four (a tenth of a CPU generation at 4,096 codes)."""
+    The smallest and largest logit are NaN or infinite exactly when one logit is: one pass over the logits."""
     lowest, highest = torch.aminmax(logits)
     if not (torch.isfinite(lowest) and torch.isfinite(highest)):
         raise ValueError(f"the model produced non-finite logits (NaN or inf) at scale {k} ({hw[0]}x{hw[1]} tokens): "
@@ -64,6 +64,16 @@ def make_generator(seed: int | None, device: torch.device | str) -> torch.Genera
     else:
         generator.manual_seed(int(seed))
     return generator
+
+
+def chunk_seed(seed: int, i: int) -> int:
+    """The seed of chunk ``i`` of a call seeded with ``seed`` (the one rule of ``VARPipeline`` calls, ``var
+    sample`` and ``var eval``): chunk 0 takes ``seed`` itself, so a call of one chunk is seeded as given; later
+    chunks a number drawn from (seed, i) by numpy's SeedSequence, so that calls with nearby seeds share no
+    chunk."""
+    if i == 0:
+        return seed
+    return int(np.random.SeedSequence([seed % 2 ** 64, i]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def filter_logits(logits_BlV: torch.Tensor, top_k: int = 0,
@@ -256,7 +266,7 @@ class _BatchStreams:
     """The transformer's per-scale pass over the batch, on CPU split into concurrent streams (see
     :mod:`.streams`) at the scales with at least ``MIN_ROWS_PER_STREAM`` tokens per stream. Smaller scales
     run as one call over the whole batch: there the layers are bound by reading the weights, which every
-    stream would do again (on the 2-core development CPU the first scales took 1.8x as long split). One KV
+    stream would do again. One KV
     cache per block holds the whole batch; each stream's caches are views of its rows. The logits come back
     in batch order, so sampling, done by the caller, does not depend on the number of streams."""
 

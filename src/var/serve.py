@@ -291,8 +291,8 @@ def _checked_uploads(gr, component):
     before Gradio decodes them, so that a bad file gets our message instead of Gradio's traceback.
 
     Gradio converts an upload to the component's mode (the editor's is RGBA, for the brush layers' alpha)
-    and saves the copy in the format its file name says: a JPEG, which holds no alpha, could not be saved
-    and every JPEG was refused. The copy is saved as PNG instead (lossless, any mode)."""
+    and saves the copy in the format its file name says; a JPEG holds no alpha, so the copy is saved as PNG
+    (lossless, any mode)."""
     decode = component.preprocess
 
     def preprocess(payload):

@@ -13,6 +13,7 @@ from PIL import Image
 
 from ..images import grid, grid_size, progression_grid, to_rgb_uint8, write_npz
 from ..files import write_atomically
+from ..sampling import chunk_seed
 from .common import (add_command, add_model_args, add_sampling_args, check_output_files, check_output_folder,
                      class_list, class_text, load_pipeline, positive_int, sampling_kwargs)
 
@@ -65,7 +66,7 @@ def _write_pngs(images_NHW3: np.ndarray, labels: torch.Tensor, folder: Path, sta
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate in chunks of ``--batch-size`` (chunk i seeded with :func:`chunk_seed`). Under torchrun the chunks are
+    """Generate in chunks of ``--batch-size`` (chunk i seeded with :func:`var.sampling.chunk_seed`). Under torchrun the chunks are
     dealt out round-robin over the processes and gathered on rank 0, so the files are identical to one
     process's with the same seed."""
     from ..training.common import setup_distributed
@@ -139,15 +140,6 @@ def duration(seconds: float) -> str:
         return f"{seconds:.0f} s"
     minutes = round(seconds / 60)
     return f"{minutes} min" if minutes < 60 else f"{minutes // 60} h {minutes % 60} min"
-
-
-def chunk_seed(seed: int, i: int) -> int:
-    """The seed of chunk ``i``: chunk 0 takes ``seed`` itself (a run of one chunk is ``pipe(..., seed=seed)``),
-    later chunks a number drawn from (seed, i) by numpy's SeedSequence. With seed + i, runs with nearby seeds
-    shared chunks (chunk 1 of seed 0 was chunk 0 of seed 1), so they were not independent replicates."""
-    if i == 0:
-        return seed
-    return int(np.random.SeedSequence([seed % 2 ** 64, i]).generate_state(1, np.uint64)[0] >> 1)
 
 
 def _generate_chunks(pipe, labels: torch.Tensor, starts: list[int], chunk_ids, firsts: set[int],
