@@ -4,25 +4,19 @@ Readers of that README write ``VAR(vocab_size=512, d_model=256, n_layers=6, n_he
 ``VQVAE(num_embeddings=512)``. Each function here turns such keywords into ``VARConfig`` / ``VQVAEConfig``
 keywords, so both spellings build the same model. Giving a keyword under both names is an error.
 
-This module imports only :mod:`var.schedule` from the package: the transformer and the tokenizer both import it.
+The educational models of :mod:`var.quickstart` take these keywords; the plain models take ours only.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping
 
+from .recipes import QUICKSTART_VQVAE
 from .schedule import patch_nums_from_max_scale
+
 # request keyword -> our keyword
 VAR_ALIASES = {"d_model": "embed_dim", "n_layers": "depth", "n_heads": "num_heads", "d_ff": "mlp_ratio",
                "max_scale": "patch_nums"}
 VQVAE_ALIASES = {"num_embeddings": "vocab_size", "embedding_dim": "z_channels", "max_scale": "patch_nums"}
-
-
-
-# The tokenizer ``VQVAE(num_embeddings=512)`` builds: small enough to run in seconds on a CPU, and fitting
-# ``VAR(vocab_size=512, ..., max_scale=8)``: 512 codes of width 32 (VARConfig's default latent_channels),
-# scales 1..8, 4x down-sampling, so 32x32 RGB images and an 8x8 last scale.
-QUICKSTART_VQVAE: dict[str, Any] = dict(in_channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, z_channels=32,
-                                        vocab_size=512, patch_nums=patch_nums_from_max_scale(8))
 
 
 def _rename(given: Mapping[str, Any], aliases: Mapping[str, str]) -> dict[str, Any]:

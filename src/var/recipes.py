@@ -1,8 +1,11 @@
-"""Training recipes: the bundled Fashion-MNIST model's configurations, and the reference's settings by depth."""
+"""Named configurations in one place: the bundled Fashion-MNIST model's, the training recipes of ``var train-vae``
+and ``var train`` presets, the reference's settings by depth, and the educational README's default tokenizer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from .schedule import patch_nums_from_max_scale
 from .transformer import ADALN_GAMMA_BY_DEPTH as ALNG, VARConfig
 from .vqvae import VQVAEConfig
 
@@ -45,3 +48,41 @@ def reference_recipe(depth: int) -> DepthRecipe:
         raise ValueError(f"depth={depth!r}: expected an integer >= 1")
     listed = [d for d in sorted(REFERENCE_BY_DEPTH) if d <= depth]
     return REFERENCE_BY_DEPTH[listed[-1] if listed else min(REFERENCE_BY_DEPTH)]
+
+
+# Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
+# (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
+# The tokenizer's recipe (GAN loss, EMA weights) was chosen by the experiments of docs/tokenizer-recipe.md.
+VAE_RECIPES = {"fashion-mnist": dict(steps=8000, lr=3e-4, warmup=100, save_every=250, sample_every=500,
+                                     adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1),
+               "custom": dict(steps=8000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
+                              adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1)}
+# The model options of `var train-vae --preset custom` left unset take these; the fashion-mnist preset's
+# tokenizer accepts the ones that keep its 28x28 geometry as overrides (the ablations of tokenizer-recipe.md).
+CUSTOM_VAE_MODEL = dict(image_size=32, channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
+                        vocab_size=4096)
+PRESET_VAE_OVERRIDES = ("ch", "num_res_blocks", "z_channels", "vocab_size")
+# `var train-vae --finetune-decoder`: the schedule that replaces the preset's when only the decoder of an already
+# trained tokenizer is trained (GAN from the first step: the reconstructions have long taken shape).
+DECODER_FINETUNE = dict(steps=1500, lr=1e-4, warmup=50, save_every=250, sample_every=500, adv_weight=0.5, ema=0.999,
+                        reinit_every=0, disc_start=0, schedule="cos", min_lr_ratio=0.1)
+# The small, medium and large presets take the reference's recipe where it does not depend on ImageNet's scale:
+# its lin0 schedule with a warm-up of 2% of the run (its --wp, epochs / 50) and, by depth
+# (var.recipes.reference_recipe), its AdaLN gate scale, final learning-rate fraction (--wpe) and final weight
+# decay (--twde); None below marks these, resolved by var.cmd.train. Their length, peak learning rate
+# and batch are ours: the reference's are for 768-1024 images x 200-350 ImageNet epochs. The fashion-mnist preset
+# keeps the schedule the bundled model was trained with (docs/training-defaults.md).
+REFERENCE_PRESETS = ("small", "medium", "large")
+REFERENCE_WARMUP_SHARE = 0.02
+_REFERENCE_VAR = dict(steps=6000, lr=4e-4, warmup=None, save_every=500, sample_every=1000, ema=0, schedule="lin0",
+                      min_lr_ratio=None)
+VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998,
+                                     schedule="cos", min_lr_ratio=0.1),
+               **{name: _REFERENCE_VAR for name in REFERENCE_PRESETS}}
+
+
+# The tokenizer ``VQVAE(num_embeddings=512)`` builds: small enough to run in seconds on a CPU, and fitting
+# ``VAR(vocab_size=512, ..., max_scale=8)``: 512 codes of width 32 (VARConfig's default latent_channels),
+# scales 1..8, 4x down-sampling, so 32x32 RGB images and an 8x8 last scale.
+QUICKSTART_VQVAE: dict[str, Any] = dict(in_channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, z_channels=32,
+                                        vocab_size=512, patch_nums=patch_nums_from_max_scale(8))

@@ -5,6 +5,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from ..recipes import (CUSTOM_VAE_MODEL, DECODER_FINETUNE, PRESET_VAE_OVERRIDES, REFERENCE_PRESETS,
+                       REFERENCE_WARMUP_SHARE, VAE_RECIPES, VAR_RECIPES, fashion_mnist_configs, reference_recipe)
 from ..schedule import parse_patch_nums, parse_size
 from ..training.common import LR_SCHEDULES
 from .common import add_command, add_device_arg, argument_type, check_output_files, positive_int
@@ -16,35 +18,6 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(t) for t in text.replace(",", " ").split())
 
 
-# Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
-# (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
-# The tokenizer's recipe (GAN loss, EMA weights) was chosen by the experiments of docs/tokenizer-recipe.md.
-VAE_RECIPES = {"fashion-mnist": dict(steps=8000, lr=3e-4, warmup=100, save_every=250, sample_every=500,
-                                     adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1),
-               "custom": dict(steps=8000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
-                              adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1)}
-# The model options of `var train-vae --preset custom` left unset take these; the fashion-mnist preset's
-# tokenizer accepts the ones that keep its 28x28 geometry as overrides (the ablations of tokenizer-recipe.md).
-CUSTOM_VAE_MODEL = dict(image_size=32, channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
-                        vocab_size=4096)
-PRESET_VAE_OVERRIDES = ("ch", "num_res_blocks", "z_channels", "vocab_size")
-# `var train-vae --finetune-decoder`: the schedule that replaces the preset's when only the decoder of an already
-# trained tokenizer is trained (GAN from the first step: the reconstructions have long taken shape).
-DECODER_FINETUNE = dict(steps=1500, lr=1e-4, warmup=50, save_every=250, sample_every=500, adv_weight=0.5, ema=0.999,
-                        reinit_every=0, disc_start=0, schedule="cos", min_lr_ratio=0.1)
-# The small, medium and large presets take the reference's recipe where it does not depend on ImageNet's scale:
-# its lin0 schedule with a warm-up of 2% of the run (its --wp, epochs / 50) and, by depth
-# (var.recipes.reference_recipe), its AdaLN gate scale, final learning-rate fraction (--wpe) and final weight
-# decay (--twde); None below marks these, resolved by _resolve_reference_recipe. Their length, peak learning rate
-# and batch are ours: the reference's are for 768-1024 images x 200-350 ImageNet epochs. The fashion-mnist preset
-# keeps the schedule the bundled model was trained with (docs/training-defaults.md).
-REFERENCE_PRESETS = ("small", "medium", "large")
-REFERENCE_WARMUP_SHARE = 0.02
-_REFERENCE_VAR = dict(steps=6000, lr=4e-4, warmup=None, save_every=500, sample_every=1000, ema=0, schedule="lin0",
-                      min_lr_ratio=None)
-VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998,
-                                     schedule="cos", min_lr_ratio=0.1),
-               **{name: _REFERENCE_VAR for name in REFERENCE_PRESETS}}
 # How the help names a default that the reference presets derive (None in their recipe).
 _DERIVED = {"warmup": "2%% of --steps (the reference's)",
             "min_lr_ratio": "the reference's --wpe for the depth: 0.1 up to depth 23, 0.01 from 24"}
@@ -132,8 +105,6 @@ def _schedule(a: argparse.Namespace):
 def _resolve_reference_recipe(a: argparse.Namespace, depth: int) -> None:
     """Fill what a reference preset derives and the command left unset: the warm-up from --steps, and the
     final learning-rate fraction and weight decay from the transformer's ``depth``."""
-    from ..recipes import reference_recipe
-
     recipe = reference_recipe(depth)
     if a.warmup is None:
         a.warmup = max(1, round(a.steps * REFERENCE_WARMUP_SHARE))
@@ -245,7 +216,6 @@ def _preset_vae_config(a: argparse.Namespace):
     that would change its geometry (those belong to ``--preset custom``)."""
     import dataclasses
 
-    from ..recipes import fashion_mnist_configs
 
     geometry = _model_options_given(a, allowed=PRESET_VAE_OVERRIDES)
     if geometry:
@@ -328,7 +298,6 @@ def run_train_vae(a: argparse.Namespace) -> int:
 
 
 def run_train_var(a: argparse.Namespace) -> int:
-    from ..recipes import fashion_mnist_configs
     from ..training.runs import default_cache_dir, train_var
     from ..transformer import VARConfig
 
