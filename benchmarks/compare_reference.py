@@ -33,6 +33,7 @@ import torch
 
 from var import VAR, VARPipeline, generate
 from var.bench import machine_info
+from var.cpu.streams import split_batch
 from var.training import Schedule, VARTrainer
 from var.training.runs import VAR_BETAS, make_optimizer
 
@@ -197,7 +198,7 @@ def run_ours(pipe: VARPipeline, labels: torch.Tensor, args: argparse.Namespace, 
                              generator=generator, streams=args.streams)
     t1 = time.perf_counter()
     with torch.no_grad():
-        images = (pipe.vqvae.decode_latent(f_hat, args.streams) + 1) / 2
+        images = (split_batch(pipe.vqvae.decode_latent, f_hat, args.streams) + 1) / 2
     t2 = time.perf_counter()
     return images, tokens, {"total": t2 - t0, "transformer": t1 - t0, "decoder": t2 - t1}
 

@@ -6,8 +6,7 @@ import torch
 
 from var.sampling import _BatchStreams, generate
 from var.cpu.streams import Streams, split_batch, stream_count
-
-from test_model import small_pipe
+from conftest import small_pipe
 
 
 def _threads_seen_by_a_new_thread() -> int:
@@ -35,9 +34,9 @@ def test_decoding_does_not_depend_on_the_streams():
     pipe = small_pipe()
     f_hat = torch.randn(5, 8, 4, 4)
     with torch.no_grad():
-        one = pipe.vqvae.decode_latent(f_hat, streams=1)
+        one = pipe.vqvae.decode_latent(f_hat)
         for s in (2, 5):
-            torch.testing.assert_close(pipe.vqvae.decode_latent(f_hat, streams=s), one, atol=1e-5, rtol=0)
+            torch.testing.assert_close(split_batch(pipe.vqvae.decode_latent, f_hat, streams=s), one, atol=1e-5, rtol=0)
 
 
 def test_thread_settings_are_restored():

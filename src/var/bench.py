@@ -23,6 +23,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from .cpu.streams import split_batch
 from .pipeline import VARPipeline
 from .precision import autocast, default_device, dtype_name
 from .sampling import generate
@@ -210,7 +211,7 @@ def time_generation(pipe: VARPipeline, s: GenerationSettings, repeats: int) -> d
     with autocast(device, s.dtype), torch.inference_mode():
         for i in range(repeats + 1):  # the first run warms up (and compiles, with --compile)
             f_hat, t_transformer = _timed(transformer, device)
-            _, t_decoder = _timed(lambda: pipe.vqvae.decode_latent(f_hat, s.streams), device)
+            _, t_decoder = _timed(lambda: split_batch(pipe.vqvae.decode_latent, f_hat, s.streams), device)
             if i:
                 runs.append({"transformer": t_transformer, "decoder": t_decoder})
             log.debug("generation run %d: transformer %.3f s, decoder %.3f s", i, t_transformer, t_decoder)

@@ -21,6 +21,7 @@ from . import editing, official, precision, quickstart
 from .checkpoints import (CONFIG_NAME, FORMAT_VERSION, VAR_WEIGHTS, VQVAE_WEIGHTS, bundled_folder, bundled_models,
                           for_storage, load_module, load_vqvae, read_config)
 from .cpu.packed_linear import PackedLinear, total_memory_bytes
+from .cpu.streams import split_batch
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
 from .sampling import check_sampling_options, chunk_seed, generate, make_generator
@@ -366,14 +367,22 @@ class VARPipeline:
     def decode(self, tokens: Sequence[torch.Tensor]) -> torch.Tensor:
         """K token maps to images (B, channels, H, W) in [0, 1]."""
         with self._autocast():
-            return self._to_user_images(self.vqvae.indices_to_img([t.to(self.device) for t in tokens]))
+            latent = self.vqvae.quantize.indices_to_latent([t.to(self.device) for t in tokens])
+            return self._to_user_images(self._decode_latent(latent))
 
     @torch.no_grad()
     def decode_per_scale(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """The image after 1, 2, ..., K scales (the coarse-to-fine progression), each in [0, 1]."""
+        tokens = [t.to(self.device) for t in tokens]
         with self._autocast():
-            stages = self.vqvae.indices_to_img_per_scale([t.to(self.device) for t in tokens])
+            stages = [self._decode_latent(self.vqvae.quantize.indices_to_latent(tokens[:k + 1], upto=k + 1))
+                      for k in range(len(tokens))]
         return [self._to_user_images(x) for x in stages]
+
+    def _decode_latent(self, latent: torch.Tensor) -> torch.Tensor:
+        """The tokenizer's :meth:`~var.vqvae.VQVAE.decode_latent`, on the CPU over the batch in concurrent
+        streams (:mod:`var.cpu.streams`)."""
+        return split_batch(self.vqvae.decode_latent, latent)
 
     @torch.no_grad()
     def logits(self, tokens: Sequence[torch.Tensor], class_labels: ClassLabels) -> torch.Tensor:
@@ -484,7 +493,7 @@ class VARPipeline:
                 with self._autocast():
                     f_hat, toks = generate(self.var, self.vqvae, labels[part], on_scale=on_scale, **sampling, **keeps)
                     with torch.no_grad():
-                        images.append(self._to_user_images(self.vqvae.decode_latent(f_hat)))
+                        images.append(self._to_user_images(self._decode_latent(f_hat)))
                 tokens.append(toks)
                 bar.update(part.stop - part.start)
         return VAROutput(images=torch.cat(images), tokens=[torch.cat(t) for t in zip(*tokens)], labels=labels)

@@ -15,7 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cpu.streams import split_batch
 from .cpu.weight_cache import DerivedWeight
 from .cpu.winograd import WinogradConv2d
 from .quantizer import MultiScaleQuantizer
@@ -325,10 +324,9 @@ class VQVAE(nn.Module):
         self.check_images(img_BCHW)
         return self.quant_conv(self.encoder(img_BCHW))
 
-    def decode_latent(self, f_hat: torch.Tensor, streams: int | None = None) -> torch.Tensor:
-        """Latent f_hat (B, Cvae, h_K, w_K) to an image in [-1, 1]. On CPU the batch is decoded in
-        concurrent streams (see :mod:`var.cpu.streams`), ``streams`` of them if given."""
-        return split_batch(lambda f: self.decoder(self.post_quant_conv(f)).clamp(-1, 1), f_hat, streams)
+    def decode_latent(self, f_hat: torch.Tensor) -> torch.Tensor:
+        """Latent f_hat (B, Cvae, h_K, w_K) to an image in [-1, 1]."""
+        return self.decoder(self.post_quant_conv(f_hat)).clamp(-1, 1)
 
     @torch.no_grad()
     def img_to_indices(self, img_BCHW: torch.Tensor) -> list[torch.Tensor]:
