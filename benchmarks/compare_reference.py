@@ -33,6 +33,7 @@ import torch
 
 from var import VAR, VARPipeline, generate
 from var.bench import machine_info
+from var.cpu import plain
 from var.cpu.streams import split_batch
 from var.training import Schedule, VARTrainer
 from var.training.runs import VAR_BETAS, make_optimizer
@@ -260,7 +261,7 @@ class OurTrainStep:
     ``var train``'s optimizer (``make_optimizer``, ``VAR_BETAS``) at the schedule's peak learning rate."""
 
     def __init__(self, pipe: VARPipeline, tokens: list[torch.Tensor], labels: torch.Tensor, schedule: Schedule):
-        pipe.var.pack_weights(False)  # training does not use the packed inference copies: free them
+        plain(pipe.var)  # training does not use the packed inference copies: free them
         optimizer = make_optimizer(pipe.var, schedule, VAR_BETAS)
         self.trainer = VARTrainer(pipe.var, pipe.vqvae, optimizer, grad_clip=schedule.grad_clip)
         self.batch = (tokens, labels)

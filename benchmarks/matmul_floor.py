@@ -19,6 +19,7 @@ import torch
 
 from var import VARConfig
 from var.cpu.packed_linear import PackedLinear, packing_available
+from var.transformer import Linear
 
 D16_PATCH_NUMS = VARConfig().patch_nums  # the released models' 10 scales, 680 tokens at 256 px
 
@@ -58,8 +59,8 @@ def generate_floor(depth: int, width: int, rows_per_token: int, vocab: int, repe
                    packed: bool) -> dict[int, float]:
     """Seconds of each scale's GEMMs in one generation pass (every block, then the head), with plain
     F.linear or with the packed oneDNN weights the pipeline uses on CPU."""
-    def linear(i: int, o: int) -> PackedLinear:
-        layer = PackedLinear(i, o).requires_grad_(False)
+    def linear(i: int, o: int) -> Linear:
+        layer = (PackedLinear if packed else Linear)(i, o).requires_grad_(False)
         if packed:
             layer.pack()
         return layer

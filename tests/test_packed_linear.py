@@ -3,10 +3,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from var.cpu import accelerate, plain
 from var.cpu.packed_linear import PackedLinear, packing_available
 from var.sampling import generate
+from var.transformer import Linear
+from conftest import small_pipe
 
-from test_model import small_pipe
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN")
 
@@ -93,20 +95,21 @@ def test_a_weight_frozen_when_packed_and_trained_later_is_repacked():
 
 
 def test_packing_again_and_again_keeps_one_gradient_hook():
-    """Each pack / unpack (a training snapshot's) watches the weight's gradients; the hook of a dropped
+    """Each accelerate / plain (a training snapshot's) watches the weight's gradients; the hook of a dropped
     copy goes with it instead of piling up on the weight and running at every backward."""
     import gc
-    layer = _packed_layer()
-    x = torch.randn(4, 24)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(Linear(24, 40))
+    weight, x = model[0].weight, torch.randn(4, 24)
     for _ in range(4):
-        layer.pack()
+        accelerate(model)
         with torch.no_grad():
-            layer(x)
-        layer.unpack()
+            model(x)
+        plain(model)
         gc.collect()
-    assert len(layer.weight._post_accumulate_grad_hooks or {}) == 0
-    layer.pack()
-    assert len(layer.weight._post_accumulate_grad_hooks) == 1
+    assert len(weight._post_accumulate_grad_hooks or {}) == 0
+    accelerate(model)
+    assert len(weight._post_accumulate_grad_hooks) == 1
 
 
 def test_pack_repacks_the_current_weight():
@@ -130,28 +133,36 @@ def test_autograd_and_other_dtypes_take_the_plain_path():
         assert layer.double()(x.double()).dtype == torch.float64
 
 
-def test_unpack_and_pipeline_packing():
+def _packed_and_plain_linears(model):
+    return ([m for m in model.modules() if isinstance(m, PackedLinear)],
+            [m for m in model.modules() if type(m) is Linear])
+
+
+def test_pipeline_packing_and_plain():
     pipe = small_pipe()
-    linears = [m for m in pipe.var.modules() if isinstance(m, PackedLinear)]
-    assert linears and all(m.packed for m in linears)  # a CPU pipeline packs its transformer
+    packed, unpacked = _packed_and_plain_linears(pipe.var)
+    assert packed and not unpacked  # a CPU pipeline packs its transformer
     labels = torch.tensor([0, 3])
-    packed = generate(pipe.var, pipe.vqvae, labels, cfg=2.0, top_k=1)
-    pipe.var.pack_weights(False)
-    assert not any(m.packed for m in linears)
-    plain = generate(pipe.var, pipe.vqvae, labels, cfg=2.0, top_k=1)
-    assert all(torch.equal(a, b) for a, b in zip(packed[1], plain[1], strict=True))
-    torch.testing.assert_close(packed[0], plain[0], atol=1e-5, rtol=0)
+    with_packing = generate(pipe.var, pipe.vqvae, labels, cfg=2.0, top_k=1)
+    plain(pipe.var)
+    packed_after, unpacked_after = _packed_and_plain_linears(pipe.var)
+    assert not packed_after and len(unpacked_after) == len(packed)
+    without = generate(pipe.var, pipe.vqvae, labels, cfg=2.0, top_k=1)
+    assert all(torch.equal(a, b) for a, b in zip(with_packing[1], without[1], strict=True))
+    torch.testing.assert_close(with_packing[0], without[0], atol=1e-5, rtol=0)
 
 
 def test_pipeline_does_not_pack_what_would_crowd_the_memory(monkeypatch):
-    import var.pipeline
-    weights = sum(m.weight.numel() * 4 for m in small_pipe().var.modules() if isinstance(m, PackedLinear))
-    monkeypatch.setattr(var.pipeline, "total_memory_bytes", lambda: 4 * weights - 4)
+    import var.cpu.swap
+    weights = sum(m.weight.numel() * 4 for m in small_pipe().var.modules() if isinstance(m, torch.nn.Linear))
+    monkeypatch.setattr(var.cpu.swap, "total_memory_bytes", lambda: 4 * weights - 4)
     pipe = small_pipe()
-    assert not any(m.packed for m in pipe.var.modules() if isinstance(m, PackedLinear))
-    monkeypatch.setattr(var.pipeline, "total_memory_bytes", lambda: 4 * weights)
+    packed, unpacked = _packed_and_plain_linears(pipe.var)
+    assert unpacked and not packed
+    monkeypatch.setattr(var.cpu.swap, "total_memory_bytes", lambda: 4 * weights)
     pipe.to("cpu")
-    assert all(m.packed for m in pipe.var.modules() if isinstance(m, PackedLinear))
+    packed, unpacked = _packed_and_plain_linears(pipe.var)
+    assert packed and not unpacked
 
 
 def test_compiled_code_uses_the_plain_linear(monkeypatch):

@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from var.cpu import winograd
+from var.cpu import plain, winograd
 from var.cpu.winograd import WinogradConv2d, winograd_conv3x3, winograd_weight
-
-from test_model import small_pipe
+from var.vqvae import ResnetBlock
+from conftest import small_pipe
 
 
 def _close_to_direct(got, x, weight, bias):
@@ -36,7 +36,6 @@ def _small_winograd_conv():
     torch.manual_seed(0)
     conv = WinogradConv2d(6, 4)
     conv.MIN_CHANNELS, conv.MIN_SIDE = 1, 8  # the real thresholds are for the d16 decoder's sizes
-    conv.use_winograd(True)
     return conv
 
 
@@ -52,8 +51,8 @@ def test_module_takes_winograd_only_where_it_applies():
     y = conv(x.requires_grad_())
     y.sum().backward()
     assert conv.weight.grad is not None
-    conv.use_winograd(False)
-    assert conv._transformed.value is None and not conv._applies(x.detach())
+    conv.float()                                                      # moved or cast: the kernels are freed
+    assert conv._transformed.value is None
 
 
 def test_transformed_kernels_follow_the_weight():
@@ -83,14 +82,16 @@ def test_transformed_kernels_follow_a_fused_optimizer_step():
 def test_cpu_pipeline_decodes_with_winograd_like_the_direct_convolutions():
     pipe = small_pipe()
     convs = [m for m in pipe.vqvae.decoder.modules() if isinstance(m, WinogradConv2d)]
-    assert convs and all(m.winograd for m in convs)
+    blocks = [m for m in pipe.vqvae.decoder.modules() if isinstance(m, ResnetBlock)]
+    assert len(convs) == 2 * len(blocks) > 0                          # conv1 and conv2 of every residual block
+    assert not any(isinstance(m, WinogradConv2d) for m in pipe.vqvae.encoder.modules())  # tokens as elsewhere
     for m in convs:
         m.MIN_CHANNELS, m.MIN_SIDE = 1, 4
     f_hat = torch.randn(2, 8, 4, 4)
     with torch.no_grad():
         fast = pipe.vqvae.decode_latent(f_hat)
         assert all(m._transformed.value is not None for m in convs)
-        pipe.vqvae.decoder.use_winograd(False)
+        plain(pipe.vqvae.decoder)
         torch.testing.assert_close(fast, pipe.vqvae.decode_latent(f_hat), atol=1e-4, rtol=0)
 
 

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from . import editing, official, precision, quickstart
 from .checkpoints import (CONFIG_NAME, FORMAT_VERSION, VAR_WEIGHTS, VQVAE_WEIGHTS, bundled_folder, bundled_models,
                           for_storage, load_module, load_vqvae, read_config)
-from .cpu.packed_linear import PackedLinear, total_memory_bytes
+from .cpu import accelerate, plain
 from .cpu.streams import split_batch
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
@@ -131,30 +131,25 @@ class VARPipeline:
         return precision.autocast(self.device, self._compute_dtype)
 
     def to(self, device: str | torch.device) -> "VARPipeline":
-        """Move both models to ``device`` and redo the per-device preparation (packing, Winograd, dtype)."""
+        """Move both models to ``device`` and redo the per-device preparation (CPU layers, dtype)."""
         self.vqvae.to(device)
         self.var.to(device)
         self._prepare_for_device()
         return self
 
     def _prepare_for_device(self) -> None:
-        """On CPU: channels-last decoder weights (the decoder runs channels-last there, and its convs then
-        skip a per-call weight copy), Winograd convolutions in the decoder (:mod:`var.cpu.winograd`) and packed
-        transformer weights (:mod:`var.cpu.packed_linear`). The packed copy costs the transformer's weight
-        memory again, so it is made only where that is at most a quarter of the machine's RAM (d16: 1.2 GiB;
-        d30: 8 GiB). Override with ``pipe.var.pack_weights(True / False)``; ``pipe.vqvae.decoder.use_winograd
-        (False)`` frees the transformed decoder kernels. Other devices keep the defaults."""
+        """On the CPU: channels-last decoder weights (the decoder runs channels-last there, and its convs then
+        skip a per-call weight copy) and the CPU layers (:func:`var.cpu.accelerate`) in the decoder and the
+        transformer; the encoder keeps its plain layers, so that an image makes the same tokens on every
+        device. Other devices: the plain layers (:func:`var.cpu.plain`), contiguous weights."""
         on_cpu = self.device.type == "cpu"
         self.vqvae.decoder.to(memory_format=torch.channels_last if on_cpu else torch.contiguous_format)
-        self.vqvae.decoder.use_winograd(on_cpu)
-        linears = [m for m in self.var.modules() if isinstance(m, PackedLinear)]
-        extra = sum(m.weight.numel() * m.weight.element_size() for m in linears)
-        ram = total_memory_bytes()
-        pack = on_cpu and (ram is None or extra <= ram / 4)
-        if on_cpu and not pack:
-            log.info("not packing the transformer's weights: the copy would take %.1f GiB of %.1f GiB RAM",
-                     extra / 2 ** 30, ram / 2 ** 30)
-        self.var.pack_weights(pack)
+        if on_cpu:
+            accelerate(self.vqvae.decoder)
+            accelerate(self.var)
+        else:
+            plain(self.vqvae)
+            plain(self.var)
         self._choose_dtype()
 
     # ------------------------------------------------------------------------- construction

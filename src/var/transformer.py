@@ -11,7 +11,6 @@ V vocabulary, Cv tokenizer latent channels, K scales.
 """
 from __future__ import annotations
 
-import logging
 import math
 from dataclasses import asdict, dataclass
 from typing import Sequence
@@ -20,11 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cpu.packed_linear import PackedLinear, packing_available
 from .schedule import Scale, compact_patch_nums, normalize_patch_nums, patch_nums_from_max_scale
-
-
-log = logging.getLogger(__name__)
 
 PRESETS = {
     # name: (vocab, width, depth, heads, d_ff, max_scale), the sizes of the original request
@@ -148,6 +143,18 @@ class BlockCausal:
         return torch.cat(outs, dim=2)
 
 
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state dict) whose call can also take a bias in place of its own and
+    end in tanh-GELU: the q/k/v projection's bias is assembled from two parameters and a zero buffer, and the
+    MLP's first layer is followed by GELU. Plain ``F.linear`` here; :func:`var.cpu.accelerate` swaps in a
+    layer that does each in one oneDNN call."""
+
+    def forward(self, x: torch.Tensor, *, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
+        """``x @ W^T + b`` (``bias`` in place of the module's own when given), then tanh-GELU if ``gelu``."""
+        y = F.linear(x, self.weight, self.bias if bias is None else bias)
+        return F.gelu(y, approximate="tanh") if gelu else y
+
+
 class SelfAttention(nn.Module):
     """Multi-head attention with fused q/k/v, optional L2-normalized q/k and a pre-allocated KV cache."""
 
@@ -161,11 +168,11 @@ class SelfAttention(nn.Module):
             self.max_scale_mul = math.log(100)
         else:
             self.scale = 0.25 / math.sqrt(self.head_dim)
-        self.mat_qkv = PackedLinear(dim, 3 * dim, bias=False)
+        self.mat_qkv = Linear(dim, 3 * dim, bias=False)
         self.q_bias = nn.Parameter(torch.zeros(dim))
         self.v_bias = nn.Parameter(torch.zeros(dim))
         self.register_buffer("zero_k_bias", torch.zeros(dim))
-        self.proj = PackedLinear(dim, dim)
+        self.proj = Linear(dim, dim)
 
     def new_cache(self, batch: int, max_len: int, like: torch.Tensor) -> KVCache:
         """An empty cache for ``batch`` sequences of up to ``max_len`` tokens (dtype and device of ``like``)."""
@@ -210,8 +217,8 @@ class SelfAttention(nn.Module):
 class FFN(nn.Module):
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = PackedLinear(dim, hidden)
-        self.fc2 = PackedLinear(hidden, dim)
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc2(self.fc1(x, gelu=True))
@@ -232,7 +239,7 @@ class AdaLNBlock(nn.Module):
         if cfg.shared_aln:
             self.ada_gss = nn.Parameter(torch.empty(1, 1, 6, C))  # drawn in VAR.init_weights
         else:
-            self.ada_lin = nn.Sequential(nn.SiLU(), PackedLinear(C, 6 * C))
+            self.ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 6 * C))
 
     def modulation(self, cond: torch.Tensor) -> torch.Tensor:
         """(B, 1, 6, C) modulation: from the class embedding (B, C), or, with shared AdaLN, from the
@@ -262,7 +269,7 @@ class AdaLNBeforeHead(nn.Module):
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.ln = nn.LayerNorm(dim, eps=eps, elementwise_affine=False)
-        self.ada_lin = nn.Sequential(nn.SiLU(), PackedLinear(dim, 2 * dim))
+        self.ada_lin = nn.Sequential(nn.SiLU(), Linear(dim, 2 * dim))
 
     def forward(self, x_BLC: torch.Tensor, cond_BC: torch.Tensor) -> torch.Tensor:
         scale, shift = self.ada_lin(cond_BC).view(-1, 1, 2, x_BLC.shape[-1]).unbind(2)
@@ -288,18 +295,18 @@ class VAR(nn.Module):
         self.first_l = self.scales[0][0] * self.scales[0][1]
         self.num_classes = cfg.num_classes
         L = cfg.seq_len
-        self.word_embed = PackedLinear(cfg.latent_channels, C)
+        self.word_embed = Linear(cfg.latent_channels, C)
         self.class_emb = nn.Embedding(cfg.num_classes + 1, C)  # last index: the null class
         self.pos_start = nn.Parameter(torch.zeros(1, self.first_l, C))
         self.pos_1LC = nn.Parameter(torch.zeros(1, L, C))
         self.lvl_embed = nn.Embedding(K, C)
         if cfg.shared_aln:
-            self.shared_ada_lin = nn.Sequential(nn.SiLU(), PackedLinear(C, 6 * C))
+            self.shared_ada_lin = nn.Sequential(nn.SiLU(), Linear(C, 6 * C))
         # Stochastic depth grows linearly with depth, from 0 at the first block to drop_path_rate at the last.
         rates = [cfg.drop_path_rate * i / max(1, cfg.depth - 1) for i in range(cfg.depth)]
         self.blocks = nn.ModuleList(AdaLNBlock(cfg, rate) for rate in rates)
         self.head_nm = AdaLNBeforeHead(C, cfg.norm_eps)
-        self.head = PackedLinear(C, cfg.vocab_size)
+        self.head = Linear(C, cfg.vocab_size)
         lvl_1L = torch.cat([torch.full((h * w,), k) for k, (h, w) in enumerate(self.scales)]).view(1, L)
         self.register_buffer("lvl_1L", lvl_1L)
         # Block-causal mask as an additive bias: 0 where a token may look, -inf elsewhere (a buffer, as in the
@@ -342,20 +349,6 @@ class VAR(nn.Module):
             b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
 
     # ------------------------------------------------------------------------------- helpers
-    def pack_weights(self, enabled: bool = True) -> None:
-        """Keep (or drop) packed copies of the linear weights for fast CPU float32 inference; see
-        :mod:`var.cpu.packed_linear`. Costs the weights' size again in memory."""
-        if enabled and not packing_available():
-            log.info("oneDNN packed linear layers are not available in this PyTorch build: weights stay unpacked")
-            return
-        for m in self.modules():
-            if not isinstance(m, PackedLinear):
-                continue
-            if enabled:
-                m.pack()
-            else:
-                m.unpack()
-
     def check_labels(self, labels: torch.Tensor, allow_null: bool = False) -> None:
         """ValueError unless ``labels`` is a 1-D tensor of class ids (and the null class if ``allow_null``)."""
         hi = self.num_classes + (1 if allow_null else 0)

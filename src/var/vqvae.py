@@ -15,8 +15,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cpu.weight_cache import DerivedWeight
-from .cpu.winograd import WinogradConv2d
 from .quantizer import MultiScaleQuantizer
 from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 
@@ -90,9 +88,9 @@ class ResnetBlock(nn.Module):
     def __init__(self, in_ch: int, out_ch: int, groups: int):
         super().__init__()
         self.norm1 = _norm(in_ch, groups)
-        self.conv1 = WinogradConv2d(in_ch, out_ch)
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, 1, 1)
         self.norm2 = _norm(out_ch, groups)
-        self.conv2 = WinogradConv2d(out_ch, out_ch)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, 1, 1)
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -137,37 +135,9 @@ class Upsample(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, 1, 1)
-        self._kernel = DerivedWeight(transposed_kernel)  # eager inference; autograd and compile derive it
-
-    def _apply(self, fn, recurse=True):
-        self._kernel.clear()  # moved or cast: free the cached kernel now; it is re-made on next use
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        # Runs before the child conv's load: a load into inference tensors moves no version counter.
-        self._kernel.clear()
-        super()._load_from_state_dict(*args, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type == "cpu":  # measured ~1.9x faster there; other devices keep the plain form
-            w = self.conv.weight
-            cached = not torch.is_grad_enabled() and not torch.compiler.is_compiling()
-            kernel = self._kernel.get(w) if cached else transposed_kernel(w)
-            return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)
         return self.conv(F.interpolate(x, scale_factor=2, mode="nearest"))
-
-
-def transposed_kernel(weight_OI33: torch.Tensor) -> torch.Tensor:
-    """The 4x4 stride-2 transposed-conv kernel equal to nearest 2x upsampling then the 3x3 conv ``weight``.
-
-    Output row 2i reads input rows i - 1 (tap 0 of the 3x3 kernel) and i (taps 1 + 2); row 2i + 1
-    reads rows i (taps 0 + 1) and i + 1 (tap 2). In the transposed conv (padding 1) input row i'
-    reaches output row 2i' - 1 + t, so tap t of the 4x4 kernel sums these 3x3 taps (same for columns):
-    2.25x fewer multiply-adds than convolving the upsampled image.
-    """
-    fold_43 = weight_OI33.new_tensor([[0, 0, 1], [0, 1, 1], [1, 1, 0], [1, 0, 0]])
-    kernel = torch.einsum("tr,oirq,sq->iots", fold_43, weight_OI33, fold_43)  # (in, out, 4, 4) as conv_transpose wants
-    return kernel.contiguous(memory_format=torch.channels_last)
 
 
 def _middle(channels: int, groups: int, attn: bool) -> nn.Module:
@@ -239,12 +209,6 @@ class Decoder(nn.Module):
         self.up = nn.ModuleList(up)  # indexed by level (0 = full resolution), run from the last index down
         self.norm_out = _norm(c_in, g)
         self.conv_out = nn.Conv2d(c_in, cfg.in_channels, 3, 1, 1)
-
-    def use_winograd(self, enabled: bool) -> None:
-        """Run the residual blocks' 3x3 convolutions by Winograd where it pays (see :mod:`var.cpu.winograd`)."""
-        for m in self.modules():
-            if isinstance(m, WinogradConv2d):
-                m.use_winograd(enabled)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         if z.device.type == "cpu":  # oneDNN convs take channels-last as it is; NCHW costs a reorder each way

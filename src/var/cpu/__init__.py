@@ -1,10 +1,16 @@
-"""CPU speed-ups, kept apart from the models they speed up.
+"""CPU speed-ups, kept apart from the models they speed up: the models hold plain PyTorch layers, and
+:func:`accelerate` swaps in these where a model runs on the CPU (:func:`plain` swaps them back).
 
 - :mod:`~var.cpu.packed_linear`: linear layers whose weights are packed once for oneDNN's GEMM.
 - :mod:`~var.cpu.winograd`: 3x3 convolutions by Winograd F(4x4, 3x3) for the tokenizer's decoder.
+- :mod:`~var.cpu.upsample`: the decoder's upsampling and its convolution as one transposed convolution.
 - :mod:`~var.cpu.streams`: a batch split into concurrent single-threaded streams.
-- :mod:`~var.cpu.weight_cache`: the cache of weight-derived tensors the first two rely on.
+- :mod:`~var.cpu.weight_cache`: the cache of weight-derived tensors the layers rely on.
 
-Each falls back to plain PyTorch where it does not apply (another device, gradients, an unsupported shape
-or compiled code), so the models compute the same function with or without them, up to float rounding.
+Each layer falls back to the plain computation where it does not apply (another device, gradients, an
+unsupported shape or compiled code), so a model computes the same function with or without them, up to
+float rounding.
 """
+from .swap import CPU_LAYERS, accelerate, plain
+
+__all__ = ["CPU_LAYERS", "accelerate", "plain"]

@@ -90,9 +90,9 @@ def winograd_conv3x3(x_NCHW: torch.Tensor, weight_36IO: torch.Tensor, bias_O: to
 
 class WinogradConv2d(nn.Conv2d):
     """A 3x3, stride-1, padding-1 ``nn.Conv2d`` (same parameters and state dict) that runs
-    :func:`winograd_conv3x3` once ``winograd`` is set, where that gives the same function faster: float32
-    on the CPU without autograd, sides multiples of 4 and at least ``MIN_SIDE``, at least ``MIN_CHANNELS``
-    input channels, not inside ``torch.compile`` (which generates its own convolution code). The
+    :func:`winograd_conv3x3` where that gives the same function faster: float32 on the CPU without autograd,
+    sides multiples of 4 and at least ``MIN_SIDE``, at least ``MIN_CHANNELS`` input channels, not inside
+    ``torch.compile`` (which generates its own convolution code); elsewhere the direct convolution. The
     transformed kernels (4x the weight's memory) are made on first use and re-made when the weight changes."""
 
     MIN_SIDE = 32
@@ -100,12 +100,11 @@ class WinogradConv2d(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(in_channels, out_channels, 3, 1, 1)
-        self.winograd = False
         self._transformed = DerivedWeight(winograd_weight)
 
     def _applies(self, x: torch.Tensor) -> bool:
         H, W = x.shape[-2:]
-        return (self.winograd and not torch.is_grad_enabled() and x.device.type == "cpu"
+        return (not torch.is_grad_enabled() and x.device.type == "cpu"
                 and x.dtype == torch.float32 and self.weight.dtype == torch.float32
                 and not torch.is_autocast_enabled("cpu") and not torch.compiler.is_compiling()
                 and self.in_channels >= self.MIN_CHANNELS
@@ -115,12 +114,6 @@ class WinogradConv2d(nn.Conv2d):
         if not self._applies(x):
             return super().forward(x)
         return winograd_conv3x3(x, self._transformed.get(self.weight), self.bias)
-
-    def use_winograd(self, enabled: bool) -> None:
-        """Switch the Winograd path on or off (off also frees the transformed kernels)."""
-        self.winograd = enabled
-        if not enabled:
-            self._transformed.clear()
 
     def _apply(self, fn, recurse=True):
         self._transformed.clear()  # moved or cast: free the kernels now; they are re-made on next use

@@ -24,6 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from ..checkpoints import export_vqvae, load_vqvae
+from ..cpu import accelerate
 from ..data import CROP_RATIO, ImageArrayDataset, build_dataset, crop_source_side, enlarge_for_crop, split_holdout
 from ..files import FolderLock, WriteFailed, check_free_space, leftover_temporaries, write_atomically
 from ..images import grid
@@ -288,6 +289,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
     for phi in vqvae.quantize.quant_resi.unused():  # no gradient ever: under torchrun DDP would wait for one
         phi.requires_grad_(False)
     vqvae.to(info.device)
+    if info.device.type == "cpu":  # the decoder's CPU layers: trained as the plain ones, evaluated faster
+        accelerate(vqvae.decoder)
     disc = disc_opt = None
     if adv_weight > 0:
         disc = PatchDiscriminator(vqvae_cfg.in_channels).to(info.device)

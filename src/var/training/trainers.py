@@ -20,6 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..metrics import psnr
+from ..cpu import plain
 from ..pipeline import VAROutput, VARPipeline
 from .. import quickstart
 from ..precision import autocast, choose_dtype
@@ -342,20 +343,21 @@ class VARTrainer(_Trainer):
 
     def pipeline(self, class_names: Sequence[str] | None = None, pad: int = 0, info: dict | None = None) -> VARPipeline:
         """A pipeline of the current (EMA, if kept) weights; shares tensors with the trainer. On CPU it
-        packs those weights (a copy of their size, see :mod:`var.cpu.packed_linear`); a pipeline used only
-        for a moment during training is better taken from :meth:`sampling_pipeline`."""
+        swaps the CPU layers into those models (:func:`var.cpu.accelerate`: packed copies of the transformer's
+        weights, their size again); a pipeline used only for a moment during training is better taken from
+        :meth:`sampling_pipeline`."""
         return VARPipeline(self.vqvae, self.sampling_model(), class_names=class_names, pad=pad, info=info)
 
     @contextlib.contextmanager
     def sampling_pipeline(self, class_names: Sequence[str] | None = None, pad: int = 0,
                           info: dict | None = None) -> Iterator[VARPipeline]:
-        """:meth:`pipeline` for the length of a ``with`` block. On leaving it, the packed copies of the
-        weights are dropped (they would otherwise sit in memory, the model's size again, until the next
-        snapshot) and the trained model is back in training mode."""
+        """:meth:`pipeline` for the length of a ``with`` block. On leaving it, the transformer's plain layers
+        are back (:func:`var.cpu.plain`: the packed copies of its weights would otherwise sit in memory, the
+        model's size again, until the next snapshot) and the trained model is back in training mode."""
         try:
             yield self.pipeline(class_names, pad, info)
         finally:
-            self.sampling_model().pack_weights(False)
+            plain(self.sampling_model())
             self.var.train()
 
     def generate_samples(self, num_samples: int, class_labels: Sequence[int] | None = None, seed: int = 0,
