@@ -2,10 +2,9 @@
 
 With several intra-op threads, PyTorch runs each op over the whole batch on all of them, and the threads
 meet at a barrier after every op. Whenever another process holds a core (a shared machine, a training
-run beside the generation), each meeting waits for a descheduled thread: on the 2-core development
-machine, next to a training run, d16 generation with 2 threads took 2.4x as long as with 1. Streams of
-the batch, each single-threaded (or with its share of the threads), only meet when their results are
-gathered. Only used on CPU; one stream runs inline, in the caller's thread.
+run beside the generation), each meeting waits for a descheduled thread. Streams of the batch, each
+single-threaded (or with its share of the threads), only meet when their results are gathered. Only used
+on CPU; one stream runs inline, in the caller's thread.
 """
 from __future__ import annotations
 
