@@ -1,17 +1,26 @@
 import argparse
+import errno
+import gc
+import logging
 import os
+import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import settings
 from PIL import Image
 
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
 from var.cli import build_parser, main as cli
 from var.data import ImageArrayDataset
+from var.training import common
 from var.training.common import Schedule
+
 
 # The test models are tiny: one thread is as fast, and a second one only spins (badly so on a busy CPU).
 torch.set_num_threads(1)
@@ -162,3 +171,122 @@ def small_pipe(shared_aln=False, attn_l2_norm=True, share_quant_resi=4, patch_nu
         if "ada_lin" in name or "ada_gss" in name:
             torch.nn.init.normal_(p, std=0.2)
     return VARPipeline(vae, var)
+
+
+FEW = settings(max_examples=40, deadline=None)
+
+
+def one_error_line(text: str) -> str:
+    lines = [l for l in text.splitlines() if l.strip()]
+    assert len(lines) == 1 and "Traceback" not in text, text
+    return lines[0]
+
+
+class RunsCode:
+    """Unpickling this would call a function: weights_only loading must refuse it."""
+
+    def __reduce__(self):
+        return (print, ("this must never run",))
+
+
+def full_disk_after(saves: int, monkeypatch) -> None:
+    """torch.save, as training calls it, writes part of the file and fails with ENOSPC after ``saves`` saves."""
+    real, calls = torch.save, []
+
+    def save(obj, path):
+        calls.append(path)
+        if len(calls) <= saves:
+            return real(obj, path)
+        with open(path, "wb") as f:
+            f.write(b"partial")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(common.torch, "save", save)
+
+
+def savez_then_full_disk(f, **arrays):
+    """np.savez on a disk that fills up part way through the file."""
+    f.write(b"PK\x03\x04 partial")
+    raise OSError(28, "No space left on device")
+
+
+def logged_error(caplog) -> str:
+    """The one error the command logged, which is one line, with no traceback."""
+    errors = [r for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and not errors[0].exc_info, caplog.text
+    return one_error_line(errors[0].getMessage())
+
+
+def no_work(*args, **kwargs):
+    pytest.fail("started the work before checking the options")
+
+
+def image_folder(root: Path, classes=("a", "b")) -> Path:
+    for c in classes:
+        (root / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("L", (8, 8), 40 * i).save(root / c / f"{i}.png")
+    return root
+
+
+@pytest.fixture
+def unreadable(monkeypatch):
+    """Makes a folder unreadable: chmod 000, which binds every user but root; as root (who reads it anyway)
+    its listing fails with the error chmod 000 gives other users."""
+    blocked, changed, real_scandir = set(), [], os.scandir
+
+    def scandir(path="."):
+        if isinstance(path, (str, os.PathLike)) and os.path.abspath(path) in blocked:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), os.fspath(path))
+        return real_scandir(path)
+
+    def make(folder: Path) -> None:
+        if os.geteuid() != 0:
+            folder.chmod(0)
+            changed.append(folder)
+        else:
+            blocked.add(os.path.abspath(folder))
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    yield make
+    for folder in changed:
+        folder.chmod(0o755)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``make(size)``: a folder on a new tmpfs of ``size`` (e.g. "64k"), or None where this process cannot
+    mount one (not root, no mount command): the test then injects the fault instead."""
+    mounted = []
+
+    def make(size: str) -> Path | None:
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        if shutil.which("mount") is None:
+            return None
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)], capture_output=True)
+        if done.returncode != 0:
+            return None
+        mounted.append(folder)
+        return folder
+
+    yield make
+    gc.collect()  # a failed run's frames (memory maps of files on the disk among them) may sit in reference cycles
+    for folder in mounted:
+        if subprocess.run(["umount", str(folder)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(folder)], check=False)  # detached now, freed when unused
+
+
+def error_lines(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+HOLD = "import sys, time; from var.files import FolderLock; FolderLock(sys.argv[1]).acquire(); print('held', " \
+       "flush=True); time.sleep(120)"
+
+
+def hold_lock(path) -> subprocess.Popen:
+    """Another process holding the lock ``path`` (until killed)."""
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(path)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    return holder

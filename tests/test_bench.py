@@ -1,4 +1,4 @@
-"""The benchmark's non-timing logic: analytic FLOP counts and the report's fields."""
+"""The benchmark (var.bench, `var bench`): analytic FLOP counts, the report's fields and the option checks."""
 import dataclasses
 import json
 
@@ -7,9 +7,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
-from var.bench import (CONFIGS, GenerationSettings, benchmark_pipeline, decoder_flops, format_table,
-                       generation_flops, model_configs, transformer_flops)
-from var.cli import build_parser
+from var.bench import (CONFIGS, GenerationSettings, benchmark_pipeline, decoder_flops, format_table, generation_flops,
+                       model_configs, transformer_flops)
+from var.cli import build_parser, main as cli
 
 
 def tiny_var_config(**kw):
@@ -118,3 +118,15 @@ def test_flops_and_a_benchmark_of_a_non_square_model():
                                 repeats=1, train_batch_size=1)
     assert report["model"]["image_size"] == "4x8" and report["training"]["tokens_per_s"] > 0
     assert "(4x8 px" in format_table(report)
+
+
+@pytest.mark.parametrize("option, value", [("--train-batch-size", "-1"), ("--batch-size", "0"), ("--repeats", "0"),
+                                           ("--streams", "0")])
+def test_var_bench_names_a_bad_count_before_building_a_model(monkeypatch, caplog, option, value):
+    """--train-batch-size -1 crashed with torch's traceback after the whole generation benchmark; the other
+    counts were named only after the (d16: ~10 GiB) model had been built."""
+    import var.bench
+
+    monkeypatch.setattr(var.bench, "build_pipeline", lambda *a, **k: pytest.fail("built a model before checking"))
+    assert cli(["bench", "--config", "fashion-mnist", option, value]) == 2
+    assert f"{option} must be" in caplog.text and f"got {value}" in caplog.text

@@ -1,20 +1,30 @@
-"""The command line as a newcomer meets it: help, version, the recipe defaults, held-out images of a
-folder, sample files for FID tools, and the warnings that explain short trial runs."""
+"""The command line (var.cli): help, version, presets, FID files, short-run warnings, device and output checks."""
 import argparse
+import errno
 import json
+import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import types
+from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
+import var.cmd.edit
+import var.cmd.evaluate
+import var.cmd.sample
+import var.training.plot
 from var import __version__
 from var.cli import build_parser, main as cli
-from var.cmd.common import HelpFormatter
+from var.cmd.common import HelpFormatter, check_output_files
 from var.cmd.train import VAE_RECIPES, VAR_RECIPES, resolve_preset_defaults
 from var.data import build_dataset
-from conftest import VAE_ARGS, VAR_ARGS, subcommands
+from conftest import VAE_ARGS, VAR_ARGS, logged_error, no_work, one_error_line, subcommands
 
 
 @pytest.mark.parametrize("name", sorted(subcommands()))
@@ -240,3 +250,104 @@ def test_output_files_that_cannot_be_written_fail_before_any_work(tmp_path, capl
     assert f"--json {tmp_path}: is a folder, expected a file name" in caplog.text
     assert cli(["sample", "--npz", str(tmp_path / "a_file" / "s.npz")]) == 2
     assert f"--npz {tmp_path / 'a_file' / 's.npz'}: {tmp_path / 'a_file'} is a file, not a folder" in caplog.text
+
+
+@pytest.fixture
+def read_only(tmp_path, monkeypatch):
+    """A folder nothing can be written in: a read-only tmpfs mounted there where this process may (root),
+    chmod 555 for other users; root without mount rights gets a folder whose files fail to be made as a
+    read-only disk's do."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    mounted = bool(shutil.which("mount")) and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(folder)], capture_output=True).returncode == 0
+    if not mounted:
+        real = tempfile.TemporaryFile
+
+        def refuse(*args, dir=None, **kwargs):
+            if dir is not None and Path(dir).resolve() == folder.resolve():
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(dir))
+            return real(*args, dir=dir, **kwargs)
+
+        monkeypatch.setattr(tempfile, "TemporaryFile", refuse)
+    try:
+        yield folder
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=False)
+
+
+@pytest.fixture
+def nothing_runs(monkeypatch):
+    for module in (var.cmd.sample, var.cmd.edit, var.cmd.evaluate):
+        monkeypatch.setattr(module, "load_pipeline", no_work)
+    monkeypatch.setattr(var.training.plot, "plot_run", no_work)
+
+
+def test_verbose_shows_the_traceback_of_a_user_error(tmp_path, caplog):
+    assert cli(["-v", "sample", "--model", str(tmp_path / "none"), "--cfg", "inf"]) == 2
+    assert "Traceback" in caplog.text and "cfg must be a finite number" in caplog.text
+
+
+def test_outputs_on_a_read_only_disk_are_named_before_any_work(read_only, tmp_path, nothing_runs, caplog):
+    Image.new("L", (8, 8)).save(tmp_path / "in.png")
+    edit = ["--image", str(tmp_path / "in.png"), "--out"]
+    tries = [(["sample", "--no-grid", "--npz"], "s.npz", "--npz"), (["sample", "--out"], "g.png", "--out"),
+             (["sample", "--out"], "new/g.png", "--out"), (["sample", "--progression"], "p.png", "--progression"),
+             (["sample", "--no-grid", "--png-dir"], "pngs", "--png-dir"),
+             (["edit", "--box", "0,0,0.5,0.5", *edit], "e.png", "--out"), (["vary", "--keep-scales", "2", *edit],
+                                                                             "v.png", "--out"),
+             (["plot", str(tmp_path), "--out"], "loss.png", "--out"), (["eval", "--json"], "r.json", "--json"),
+             (["eval", "--save-npz"], "s.npz", "--save-npz")]
+    for argv, name, flag in tries:
+        caplog.clear()
+        assert cli([*argv, str(read_only / name)]) == 2, argv
+        line = logged_error(caplog)
+        assert line.startswith(f"error: cannot write {read_only / name} ({flag}): no file can be made in "
+                               f"{read_only}: "), line
+        assert line.endswith(("Read-only file system", "Permission denied")), line
+
+
+def test_a_folder_or_a_non_image_name_as_an_image_output_is_refused_before_any_work(tmp_path, nothing_runs, caplog):
+    Image.new("L", (8, 8)).save(tmp_path / "in.png")
+    (tmp_path / "adir").mkdir()
+    edit = ["edit", "--image", str(tmp_path / "in.png"), "--box", "0,0,0.5,0.5"]
+    tries = [(["sample", "--out", "x.txt"], "--out x.txt: expected an image file name ending in .bmp, .jpeg, "
+                                            ".jpg, .png, .webp, got '.txt'"),
+             (["sample", "--progression", "p"], "--progression p: expected an image file name ending in "
+                                                ".bmp, .jpeg, .jpg, .png, .webp, got no suffix"),
+             ([*edit, "--out", "x.txt"], "--out x.txt: expected an image file name"),
+             ([*edit, "--out", str(tmp_path / "adir")], f"--out {tmp_path / 'adir'}: is a folder, expected a file"),
+             (["plot", str(tmp_path), "--out", str(tmp_path / "adir")], f"--out {tmp_path / 'adir'}: is a folder"),
+             (["sample", "--out", "same.png", "--npz", "same.png"],
+              "--npz same.png: also given as --out: one file would overwrite the other")]
+    for argv, message in tries:
+        caplog.clear()
+        assert cli(argv) == 2, argv
+        assert logged_error(caplog).startswith(f"error: {message}"), caplog.text
+    check_output_files(images=("out",), out=tmp_path / "grid.JPG", npz=tmp_path / "grid.npz")  # accepted
+
+
+@pytest.mark.parametrize("device, gpus, message", [
+    ("cuda", 0, "no CUDA device: "), ("cuda:9", 0, "no CUDA device: "),
+    ("cuda:9", 1, "no CUDA device 9: this machine has 1 (cuda:0 to cuda:0)"),
+    ("tpu", 0, "unknown device 'tpu'; expected cpu, cuda, cuda:N or mps"),
+    ("cuda:x", 1, "unknown device 'cuda:x'")])
+def test_a_device_this_machine_lacks_is_a_usage_error(device, gpus, message, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(var.cmd.sample, "load_pipeline", no_work)
+    with pytest.raises(SystemExit) as e:
+        cli(["sample", "--device", device])
+    assert e.value.code == 2
+    assert f"argument --device: {message}" in one_error_line(capsys.readouterr().err)
+
+
+def test_a_device_this_machine_has_is_accepted(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    for device in ("cpu", "cuda", "cuda:1"):
+        assert build_parser().parse_args(["sample", "--device", device]).device == device

@@ -1,13 +1,16 @@
-"""Reading images: 16-bit files, what a folder of images holds, and holding images out."""
+"""Reading data sets (var.data): image files and folders (unreadable, empty or corrupt ones), hold-out, manifests."""
 import logging
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from var.data import ImageArrayDataset, list_image_files, load_resized, split_holdout
+from var.cli import main as cli
+from var.data import (ImageArrayDataset, image_folder_dataset, list_image_files, load_resized, open_prepared,
+                      split_holdout)
 from var.editing import load_mask
 from var.images import load_image
+from conftest import VAE_ARGS, image_folder, logged_error, make_folder
 
 
 def test_16_bit_greyscale_images_are_scaled_not_clipped(tmp_path):
@@ -84,3 +87,46 @@ def test_an_image_too_large_to_decode_is_named_not_a_traceback(tmp_path, monkeyp
         load_image(tmp_path / "big.png", channels=1)
     with pytest.raises(ValueError, match="cannot read mask .*big.png"):
         load_mask(tmp_path / "big.png")
+
+
+def test_an_unreadable_class_folder_is_named_not_dropped(tmp_path, unreadable, caplog):
+    root = image_folder(tmp_path / "data")
+    unreadable(root / "b")
+    with pytest.raises(ValueError, match=f"cannot read folder {root / 'b'}: Permission denied"):
+        list_image_files(root)
+    assert cli(["prepare-data", str(root), "--image-size", "8", "--out", str(tmp_path / "out")]) == 2
+    assert logged_error(caplog) == f"error: cannot read folder {root / 'b'}: Permission denied"
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unreadable_folder_inside_a_class_is_named(tmp_path, unreadable):
+    root = image_folder(tmp_path / "data")
+    (root / "a" / "more").mkdir()
+    unreadable(root / "a" / "more")
+    with pytest.raises(ValueError, match=f"cannot read folder {root / 'a' / 'more'}: Permission denied"):
+        list_image_files(root)
+
+
+def test_a_damaged_manifest_is_named(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"format": ')
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/manifest.json is not valid JSON"):
+        open_prepared(tmp_path)
+    (tmp_path / "manifest.json").write_text("[]")
+    with pytest.raises(ValueError, match=rf"^{tmp_path}/manifest.json holds a JSON list, expected an object"):
+        open_prepared(tmp_path)
+
+
+def test_bad_data_is_reported(tmp_path, caplog):
+    root = make_folder(tmp_path / "d", n_per_class=2, corrupt=True)
+    with caplog.at_level("WARNING"):
+        ds = image_folder_dataset(root, 16)
+    assert len(ds) == 4 and ds.skipped == [str(root / "circles" / "broken.png")]
+    assert "broken.png" in caplog.text and "skipped 1 file" in caplog.text
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        image_folder_dataset(tmp_path / "empty", 16)
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.png").write_bytes(b"xx")
+    with pytest.raises(ValueError, match="could be decoded"):
+        image_folder_dataset(tmp_path / "junk", 16)
+    assert cli(["train-vae", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), *VAE_ARGS]) == 2

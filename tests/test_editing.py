@@ -1,16 +1,18 @@
 """Zero-shot editing: inpainting, outpainting, variations, mask helpers and the ``edit`` / ``vary`` commands."""
 import logging
+import math
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, strategies as st
 from PIL import Image
 
 from var import VARPipeline, box_mask, generate, load_mask
 from var.cli import main
 from var.editing import check_mask, keep_masks_from_mask
 from var.images import load_image
-from conftest import small_pipe
+from conftest import FEW, small_pipe
 
 
 def padded_pipe(pad: int, channels: int = 3) -> VARPipeline:
@@ -356,3 +358,68 @@ def test_cli_errors_are_clear(saved, caplog):
     assert not (tmp / "never.png").exists()
     with pytest.raises(SystemExit):
         run_cli(tmp, "edit", "--image", str(tmp / "in.png"), "--box", "0,0,1", *args)
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    """The tiny random one-channel pipeline (8x8 images, scales 1-4)."""
+    return small_pipe(channels=1)
+
+
+@FEW
+@given(h=st.integers(1, 40), w=st.integers(1, 40),
+       ys=st.tuples(st.floats(0, 1), st.floats(0, 1)), xs=st.tuples(st.floats(0, 1), st.floats(0, 1)))
+def test_box_mask_is_the_rectangle_of_the_pixels_the_box_touches(h, w, ys, xs):
+    (y0, y1), (x0, x1) = sorted(ys), sorted(xs)
+    if not (y0 < y1 and x0 < x1):
+        with pytest.raises(ValueError, match="y0 < y1 and x0 < x1"):
+            box_mask(h, w, y0, x0, y1, x1)
+        return
+    mask = box_mask(h, w, y0, x0, y1, x1)
+    rows, cols = mask.any(1).nonzero().flatten().tolist(), mask.any(0).nonzero().flatten().tolist()
+    assert set(mask.unique().tolist()) <= {0.0, 1.0} and mask.sum() == len(rows) * len(cols)  # one rectangle
+    assert set(rows) <= set(range(math.floor(y0 * h), math.ceil(y1 * h)))     # never beyond what it touches
+    assert set(cols) <= set(range(math.floor(x0 * w), math.ceil(x1 * w)))
+    assert rows and cols                                                        # however thin the box
+    assert set(range(math.ceil(y0 * h), math.floor(y1 * h))) <= set(rows)      # rows wholly inside the box
+    assert set(range(math.ceil(x0 * w), math.floor(x1 * w))) <= set(cols)
+
+
+@FEW
+@given(v=st.floats(allow_nan=True, allow_infinity=True))
+def test_box_fractions_outside_zero_one_are_named(v):
+    if 0 <= v <= 1:
+        return
+    with pytest.raises(ValueError, match=r"box x1=.* is not a fraction in \[0, 1\]"):
+        box_mask(8, 8, 0, 0, 1, v)
+
+
+@FEW
+@given(batch=st.integers(1, 3), shared=st.booleans(), seed=st.integers(0, 2**16),
+       bad=st.one_of(st.none(), st.sampled_from([0.5, -1.0, 2.0, float("nan")])))
+def test_check_mask_expands_zero_one_masks_and_names_other_values(batch, shared, seed, bad):
+    values = torch.from_numpy(np.random.default_rng(seed).integers(0, 2, (1 if shared else batch, 1, 6, 6))).float()
+    if bad is None:
+        out = check_mask(values, batch, 6)
+        assert out.dtype == torch.bool and out.shape == (batch, 1, 6, 6)
+        assert torch.equal(out, (values != 0).expand(batch, 1, 6, 6))
+    else:
+        values[0, 0, seed % 6, 0] = bad
+        with pytest.raises(ValueError, match=r"mask values must be 0 \(keep\) or 1 \(generate\), got"):
+            check_mask(values, batch, 6)
+
+
+@pytest.mark.parametrize("keep", [2.5, True, None, "2"])
+def test_vary_names_a_keep_scales_that_is_not_an_integer(pipe, keep):
+    """2.5 used to keep 3 scales and True 1 without a word; None and "2" failed with a TypeError."""
+    images = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=rf"keep_scales must be an integer in \[0, 4\].*got {keep!r}"):
+        pipe.vary(images, keep)
+
+
+def test_vary_accepts_numpy_and_tensor_integers(pipe):
+    images = torch.rand(1, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    source = pipe.encode(images)
+    for keep in (np.int64(4), torch.tensor(4)):
+        out = pipe.vary(images, keep, seed=0)
+        assert all(torch.equal(a, b) for a, b in zip(out.tokens, source))

@@ -1,4 +1,4 @@
-"""The evaluation tools: Frechet distance, PSNR, the classifier, evaluate_pipeline, var eval."""
+"""The evaluation tools (var.evaluation): the classifier, evaluate_pipeline, the Inception backend, var eval."""
 import json
 import logging
 import sys
@@ -11,68 +11,10 @@ import torch
 from var import bundled_models
 from var.data import ImageArrayDataset
 from var.evaluation import (Classifier, ClassifierConfig, accuracy, balanced_indices, classify, evaluate_pipeline,
-                            frechet_distance, load_classifier, psnr, save_classifier)
+                            load_classifier, save_classifier)
 from var.inception import InceptionUnavailable, find_backend, inception_metrics, load_npz_images
-from conftest import mnist_sized_pipe, random_dataset
-
-
-def test_frechet_distance_zero_for_identical_sets():
-    feats = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
-    assert abs(frechet_distance(feats, feats)) < 1e-8
-
-
-def test_frechet_distance_matches_closed_form_for_diagonal_gaussians():
-    rng = np.random.default_rng(0)
-    n, d = 200_000, 4
-    mu_a, mu_b = np.array([0.0, 1.0, -2.0, 0.5]), np.array([1.0, 1.0, 0.0, 0.0])
-    sd_a, sd_b = np.array([1.0, 2.0, 0.5, 1.5]), np.array([2.0, 1.0, 0.5, 3.0])
-    a = mu_a + sd_a * rng.standard_normal((n, d))
-    b = mu_b + sd_b * rng.standard_normal((n, d))
-    # For diagonal covariances: |mu_a - mu_b|^2 + sum((sd_a - sd_b)^2).
-    expected = ((mu_a - mu_b) ** 2).sum() + ((sd_a - sd_b) ** 2).sum()
-    assert frechet_distance(a, b) == pytest.approx(expected, rel=0.02)
-
-
-def test_frechet_distance_survives_rank_deficient_covariances():
-    base = torch.randn(50, 3, generator=torch.Generator().manual_seed(1))
-    feats = torch.cat([base, base, torch.zeros(50, 10)], 1)   # covariance of rank 3 in 16 dimensions
-    fd = frechet_distance(feats, feats + 1)
-    assert np.isfinite(fd) and fd == pytest.approx(16.0, abs=1e-6)
-
-
-def test_frechet_distance_errors_name_the_shapes():
-    with pytest.raises(ValueError, match=r"\(10, 4\) and \(10, 5\)"):
-        frechet_distance(torch.zeros(10, 4), torch.zeros(10, 5))
-    with pytest.raises(ValueError, match="at least 2"):
-        frechet_distance(torch.zeros(1, 4), torch.zeros(10, 4))
-
-
-def test_psnr_of_known_images():
-    a = torch.zeros(2, 1, 4, 4)
-    assert psnr(a, a + 0.1) == pytest.approx(20.0, abs=1e-4)           # MSE 0.01
-    b = torch.tensor([0.1, 0.01]).view(2, 1, 1, 1).expand_as(a)         # 20 dB and 40 dB: the mean is 30
-    assert psnr(a, b) == pytest.approx(30.0, abs=1e-3)
-    assert psnr(a, a) == pytest.approx(100.0)
-    with pytest.raises(ValueError, match="same shape"):
-        psnr(a, torch.zeros(2, 1, 4, 5))
-
-
-def test_psnr_over_a_region_ignores_the_rest():
-    a = torch.zeros(2, 1, 4, 4)
-    b = a.clone()
-    b[:, :, :2] = 0.1                                   # top half off by 0.1, bottom half exact
-    top = torch.zeros(4, 4)
-    top[:2] = 1
-    assert psnr(a, b, where=top) == pytest.approx(20.0, abs=1e-4)
-    assert psnr(a, b, where=1 - top) == pytest.approx(100.0)
-    per_image = torch.stack([top, 1 - top])[:, None]   # image 0: the top, image 1: the bottom
-    assert psnr(a, b, where=per_image) == pytest.approx(60.0, abs=1e-3)
-    with pytest.raises(ValueError, match=r"selects no pixel of image\(s\) \[0, 1\]"):
-        psnr(a, b, where=torch.zeros(4, 4))
-    with pytest.raises(ValueError, match=r"selects no pixel of image\(s\) \[1\]"):
-        psnr(a, b, where=torch.stack([top, torch.zeros(4, 4)])[:, None])
-    with pytest.raises(ValueError, match=r"`where` must be"):
-        psnr(a, b, where=torch.ones(3, 3))
+from var.recipes import fashion_mnist_configs
+from conftest import mnist_sized_pipe, random_dataset, savez_then_full_disk
 
 
 def test_classifier_shapes_and_save_load_roundtrip(tmp_path):
@@ -239,3 +181,35 @@ def test_classifier_training_is_seeded_and_leaves_the_callers_random_state_alone
     c, _ = train_classifier(data, seed=2, **small)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.head.weight, c.head.weight) and record["seed"] == 1 and not a.training
+
+
+def test_eval_refuses_a_model_trained_on_fashion_mnists_class_folders(monkeypatch, caplog):
+    """Class folders sort by name, and "T-shirt/top" cannot be a folder's name: such a model's classes are the
+    classifier's in another order with one spelled differently. The check compared the sorted lists, so it
+    only logged a warning, and every class's samples were judged as another class."""
+    _, _, fashion = fashion_mnist_configs()
+    folders = sorted(n.replace("/", "_") for n in fashion)
+    pipe = mnist_sized_pipe()
+    monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: pytest.fail("sampled before checking"))
+    torch.manual_seed(0)
+    classifier = Classifier(ClassifierConfig(widths=(8, 16), feature_dim=16, class_names=fashion)).eval()
+    test, train = random_dataset(6, seed=1), random_dataset(6, seed=2)
+    pipe.class_names = folders
+    with pytest.raises(ValueError, match="in another order.*'Ankle boot' is class 0 of the model but 9 of the "
+                                         "classifier"):
+        evaluate_pipeline(pipe, classifier, test, train, n_per_class=3)
+    pipe.class_names = [n.replace("/", "_") for n in fashion]   # the same order, one spelled differently
+    with caplog.at_level(logging.WARNING), pytest.raises(pytest.fail.Exception, match="sampled before checking"):
+        evaluate_pipeline(pipe, classifier, test, train, n_per_class=3)
+    assert "differ from the classifier's" in caplog.text
+
+
+def test_eval_save_npz_on_a_full_disk_leaves_no_truncated_file(tmp_path, monkeypatch):
+    pipe = mnist_sized_pipe()
+    torch.manual_seed(0)
+    classifier = Classifier(ClassifierConfig(widths=(8, 16), feature_dim=16)).eval()
+    test, train = random_dataset(3, seed=1), random_dataset(3, seed=2)
+    monkeypatch.setattr(np, "savez", savez_then_full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        evaluate_pipeline(pipe, classifier, test, train, n_per_class=2, save_npz=tmp_path / "e.npz")
+    assert list(tmp_path.iterdir()) == []

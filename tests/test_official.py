@@ -6,7 +6,7 @@ import torch
 
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
 from var.official import var_config_from_state_dict, vqvae_config_from_state_dict
-from conftest import official_file
+from conftest import RunsCode, official_file
 
 
 RELEASED = ["var_d16", "var_d20", "var_d24", "var_d30", "var_d36"]
@@ -126,3 +126,12 @@ def test_model_options_conflict_is_a_usage_error(tmp_path, capsys, caplog):
     assert e.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
     assert cli(["sample", "--num-heads", "4", "--out", str(tmp_path / "g.png")]) == 2
     assert "--num-heads is for --official checkpoints" in caplog.text
+
+
+def test_from_official_on_files_that_are_not_checkpoints(tmp_path):
+    (tmp_path / "notes.pth").write_bytes(b"these are notes, not tensors\n" * 20)
+    with pytest.raises(ValueError, match="notes.pth is not a PyTorch checkpoint / state dict"):
+        VARPipeline.from_official(tmp_path / "notes.pth", tmp_path / "notes.pth")
+    torch.save({"x": RunsCode()}, tmp_path / "code.pth")
+    with pytest.raises(ValueError, match="code.pth is refused: it holds Python objects other than tensors"):
+        VARPipeline.from_official(tmp_path / "code.pth", tmp_path / "code.pth")

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,6 +15,8 @@ from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
 from var.aliases import QUICKSTART_VQVAE, vqvae_config_kwargs
 from var.quickstart import NO_TOKENIZER
 from var.training import VARTrainer
+from conftest import TINY_VAE, small_pipe
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -178,3 +181,25 @@ def test_decode_from_indices_rejects_tokens_of_another_shape():
         vqvae.decode_from_indices(torch.zeros(2, 3, 3, dtype=torch.long))
     with pytest.raises(ValueError, match=r"in \[0, 48\)"):
         vqvae.decode_from_indices(torch.full((2, 4, 4), 48))
+
+
+def test_a_config_and_keyword_options_together_are_refused():
+    from var import VAR, VQVAE
+
+    with pytest.raises(TypeError, match=r"VAR\(\) takes a VARConfig or keyword options, not both .*\['depth'\]"):
+        VAR(small_pipe().var.config, depth=4)
+    with pytest.raises(TypeError, match=r"VQVAE\(\) takes a VQVAEConfig or keyword options, not both"):
+        VQVAE(TINY_VAE, vocab_size=16)
+
+
+@pytest.mark.parametrize("labels, shown", [([1.7, 2.0], "1.7"), (torch.tensor([0.5, 1.0]), "0.5"),
+                                           ([True, False], "True"), (["Dress", "Bag"], "'Dress'")])
+def test_quick_start_generate_refuses_class_labels_that_are_not_whole_ids(labels, shown):
+    """VAR.generate(class_labels=[1.7, ...]) silently generated class 1 (the float was truncated); the pipeline
+    refuses such a label by name, and so must the quick start's call."""
+    var, vqvae = tiny_models()
+    with pytest.raises(ValueError, match=f"class_labels must be whole class ids.*{shown}"):
+        var.generate(batch_size=2, class_labels=labels, seed=0, vqvae=vqvae)
+    # Whole numbers, as floats (JSON) or any integer type, are still ids.
+    whole = var.generate(batch_size=2, class_labels=[1.0, np.int64(2)], seed=0, vqvae=vqvae)
+    assert torch.equal(whole, var.generate(batch_size=2, class_labels=[1, 2], seed=0, vqvae=vqvae))

@@ -1,5 +1,4 @@
-"""Prepared data sets (var prepare-data): exact round trip, resume, training from them as from memory,
-disjoint shares per process, and the token cache written in chunks, resumable and split over processes."""
+"""Prepared data sets (var.prepare_data): round trip, resume, training from them, token caches split over processes."""
 import json
 import os
 import subprocess

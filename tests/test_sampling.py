@@ -1,0 +1,146 @@
+"""Next-scale sampling (var.sampling): the KV-cached loop, top-k/top-p filtering, draws, option and seed checks."""
+import math
+
+import pytest
+import torch
+from hypothesis import given, strategies as st
+
+from var.sampling import check_sampling_options, draw, filter_logits, generate as sample_generate, sample_tokens
+from conftest import FEW, small_pipe
+
+
+def guided_argmax(pipe, tokens, labels, cfg):
+    K = len(pipe.patch_nums)
+    cond = pipe.logits(tokens, labels)
+    x = pipe.vqvae.quantize.teacher_forcing_input(tokens)
+    with torch.no_grad():
+        null = pipe.var(torch.full_like(labels, pipe.num_classes), x)
+    out, start = [], 0
+    for k, (h, w) in enumerate(pipe.scales):
+        t = cfg * k / (K - 1)
+        sl = slice(start, start + h * w)
+        out.append(((1 + t) * cond[:, sl] - t * null[:, sl]).argmax(-1))
+        start += h * w
+    return out
+
+
+@pytest.mark.parametrize("variant", [dict(), dict(shared_aln=True), dict(attn_l2_norm=False),
+                                     dict(share_quant_resi=0), dict(share_quant_resi=1),
+                                     dict(patch_nums=(1, 2, 4, 6, 8)),
+                                     dict(patch_nums=((1, 2), (2, 4), (3, 6), (4, 8))),     # 8x16 images
+                                     dict(patch_nums=((1, 1), (2, 1), (3, 2), (6, 4)))])    # 12x8 images
+@pytest.mark.parametrize("cfg", [0.0, 3.0])
+def test_kv_cached_generation_equals_teacher_forced_pass(variant, cfg):
+    pipe = small_pipe(**variant)
+    labels = torch.tensor([0, 3, 4])
+    out = pipe(class_labels=labels, cfg=cfg, top_k=1, seed=0)
+    expected = guided_argmax(pipe, out.tokens, labels, cfg)
+    for k, (got, want) in enumerate(zip(out.tokens, expected)):
+        assert torch.equal(got, want), f"scale {k}"
+    torch.testing.assert_close(out.images, pipe.decode(out.tokens), atol=1e-5, rtol=0)
+
+
+def test_top_k_top_p_filtering_keeps_the_right_candidates():
+    logits = torch.log(torch.tensor([[[0.5, 0.3, 0.15, 0.05]]]))
+    vals, ids = filter_logits(logits, top_k=3, top_p=0.0)
+    assert ids.tolist() == [[[0, 1, 2]]]
+    vals, ids = filter_logits(logits, top_k=0, top_p=0.7)  # 0.5 + 0.3 reaches 0.7: the rest is dropped
+    assert torch.isfinite(vals).sum() == 2 and set(ids[torch.isfinite(vals)].tolist()) == {0, 1}
+    vals, ids = filter_logits(logits, top_k=0, top_p=0.1)  # the best token is never dropped
+    assert torch.isfinite(vals).sum() == 1 and ids[0, 0, 0] == 0
+    g = torch.Generator().manual_seed(0)
+    draws = sample_tokens(logits.expand(1, 4000, 4), top_k=2, generator=g)
+    share0 = (draws == 0).float().mean().item()
+    assert set(draws.unique().tolist()) == {0, 1} and abs(share0 - 0.5 / 0.8) < 0.03
+
+
+def test_draws_follow_the_distribution_and_never_pick_a_dropped_candidate():
+    probs = torch.tensor([0.0, 0.2, 0.0, 0.5, 0.3, 0.0])
+    logits = probs.log().expand(1, 200_000, 6)  # -inf where the probability is 0
+    vals, ids = filter_logits(logits)  # nothing to cut: the logits as they are, no sort
+    assert ids is None and vals is logits
+    draws = draw(vals, ids, torch.Generator().manual_seed(0))
+    share = torch.bincount(draws.flatten(), minlength=6).double() / draws.numel()
+    torch.testing.assert_close(share, probs.double(), atol=0.005, rtol=0)
+    assert share[probs == 0].sum() == 0
+
+
+def test_a_draw_at_the_top_of_the_distribution_takes_the_last_candidate_with_weight(monkeypatch):
+    # u * total can round up to the total: the draw must not fall on the zero-weight tail.
+    monkeypatch.setattr(torch, "rand", lambda shape, **kw: torch.ones(shape, dtype=kw.get("dtype")))
+    logits = torch.tensor([[[0.0, 1.0, -torch.inf, -torch.inf]]])
+    assert draw(logits, None).tolist() == [[1]]
+    assert draw(logits, torch.tensor([[[7, 8, 9, 10]]])).tolist() == [[8]]
+
+
+def test_generate_names_bad_edit_inputs():
+    pipe = small_pipe()
+    tokens = pipe.encode(torch.rand(2, 3, 8, 8))
+    masks = [torch.ones_like(t, dtype=torch.bool) for t in tokens]
+    labels = torch.tensor([0, 1])
+
+    def run(**kw):
+        return sample_generate(pipe.var, pipe.vqvae, labels, **kw)
+
+    with pytest.raises(ValueError, match="keep_tokens and keep_masks go together: got keep_masks alone"):
+        run(keep_masks=masks)
+    with pytest.raises(ValueError, match=r"expected 4 keep_masks \(one per scale\), got 3"):
+        run(keep_tokens=tokens, keep_masks=masks[:3])
+    with pytest.raises(ValueError, match=r"keep_masks\[2\] must have shape \(2, 9\), got \(2, 4\)"):
+        run(keep_tokens=tokens, keep_masks=[masks[0], masks[1], masks[1], masks[3]])
+    with pytest.raises(ValueError, match="keep_tokens hold 1 images, the labels 2"):
+        run(keep_tokens=[t[:1] for t in tokens], keep_masks=[m[:1] for m in masks])
+    _, kept = run(keep_tokens=tokens, keep_masks=masks)  # everything kept: the tokens come back unchanged
+    assert all(torch.equal(a, b) for a, b in zip(kept, tokens))
+
+
+@FEW
+@given(cfg=st.floats(allow_nan=True, allow_infinity=True), top_k=st.integers(-10**6, 10**6),
+       top_p=st.floats(allow_nan=True), temperature=st.floats(allow_nan=True))
+def test_sampling_options_are_accepted_exactly_in_their_ranges(cfg, top_k, top_p, temperature):
+    checks = {"cfg": math.isfinite(cfg), "top_k": top_k >= 0, "top_p": 0 <= top_p <= 1,
+              "temperature": 0 < temperature < math.inf}
+    for name, ok in checks.items():
+        value = dict(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature)[name]
+        if ok:
+            check_sampling_options(**{name: value})
+        else:
+            with pytest.raises(ValueError, match=name):
+                check_sampling_options(**{name: value})
+
+
+def test_nan_weights_are_reported_at_the_first_scale():
+    broken = small_pipe()
+    with torch.no_grad():
+        broken.var.head.weight[0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite logits \(NaN or inf\) at scale 0 \(1x1 tokens\)"):
+        broken(class_labels=[0], seed=0)
+
+
+@pytest.mark.parametrize("row", [[0.0, float("inf"), 1.0], [float("nan"), 2.0, -3.0],
+                                 [-float("inf")] * 3, [float("inf"), float("inf"), 1.0]])
+@pytest.mark.parametrize("top_k", [0, 2])
+def test_a_draw_from_nan_or_inf_logits_is_refused_not_an_id_past_the_vocabulary(row, top_k):
+    """The cdf of such logits is NaN (or all zero): the search then returned id V (3 here), which is no token."""
+    logits = torch.tensor([[row, [0.0, 1.0, 2.0]]])
+    with pytest.raises(ValueError, match="cannot draw from logits whose largest value is"):
+        sample_tokens(logits, top_k=top_k, generator=torch.Generator().manual_seed(0))
+
+
+def test_a_temperature_so_small_that_the_logits_overflow_is_named():
+    """temperature 1e-40 passes the option check (finite, > 0) but overflows float32 logits to +inf: generation
+    stopped with "index 48 is out of bounds" / "index out of range in self" instead of a message saying why."""
+    pipe = small_pipe()
+    for kw in (dict(top_k=0, top_p=0.0), dict(top_k=5, top_p=0.0), dict()):
+        with pytest.raises(ValueError, match="temperature or cfg so extreme that float32 overflows"):
+            pipe(class_labels=[0, 1], seed=0, temperature=1e-40, **kw)
+
+
+@pytest.mark.parametrize("seed", [2 ** 64, -2 ** 63 - 1])
+def test_a_seed_out_of_torchs_range_is_named(seed):
+    from var.sampling import make_generator
+
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[-2\*\*63, 2\*\*64\), got {seed}"):
+        make_generator(seed, "cpu")
+    make_generator(2 ** 64 - 1, "cpu")  # the ends of the range are seeds
+    make_generator(-2 ** 63, "cpu")
