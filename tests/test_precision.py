@@ -12,10 +12,7 @@ from var.cli import build_parser, main as cli
 from var.sampling import generate
 from var.training.trainers import VQVAETrainer
 from var.vqvae import VQVAE
-
-from test_cli import subcommands
-from test_model import small_pipe
-from test_training import TINY_VAE
+from conftest import TINY_VAE, small_pipe, subcommands
 
 
 def pretend_cpu(monkeypatch, bf16: bool, amx: bool = False) -> None:
