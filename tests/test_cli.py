@@ -56,9 +56,15 @@ def test_version(capsys):
 
 
 def parse(argv: list[str], recipes: dict) -> argparse.Namespace:
-    args = build_parser().parse_args(argv)
-    resolve_preset_defaults(args, recipes)
-    return args
+    return resolve_preset_defaults(build_parser().parse_args(argv), recipes)
+
+
+def test_preset_defaults_build_new_options_and_leave_the_parsed_ones_alone():
+    """The options are built, not mutated: what the command line gave stays as parsed."""
+    given = build_parser().parse_args(["train", "--lr", "1e-3"])
+    resolved = resolve_preset_defaults(given, VAR_RECIPES)
+    assert given.steps is None and given.warmup is None and given.lr == 1e-3
+    assert resolved.steps == VAR_RECIPES["fashion-mnist"]["steps"] and resolved.lr == 1e-3 and resolved is not given
 
 
 def test_fashion_mnist_preset_defaults_are_the_bundled_models_recipe():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -45,11 +46,14 @@ def _model_options_given(a: argparse.Namespace, allowed: tuple[str, ...] = ()) -
             and getattr(a, name) is not False]
 
 
-def resolve_preset_defaults(a: argparse.Namespace, recipes: dict[str, dict]) -> None:
-    """Fill the options left unset (None) with the chosen preset's values."""
-    for key, value in recipes[a.preset].items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
+def with_defaults(a: argparse.Namespace, defaults: dict) -> argparse.Namespace:
+    """New options: ``a`` with those left unset (None) taken from ``defaults``; ``a`` is not changed."""
+    return argparse.Namespace(**{**vars(a), **{k: v for k, v in defaults.items() if getattr(a, k) is None}})
+
+
+def resolve_preset_defaults(a: argparse.Namespace, recipes: dict[str, dict]) -> argparse.Namespace:
+    """The options with those left unset (None) taken from the chosen preset's recipe."""
+    return with_defaults(a, recipes[a.preset])
 
 
 def _betas(text: str) -> tuple[float, float]:
@@ -102,16 +106,12 @@ def _schedule(a: argparse.Namespace):
                     final_weight_decay=a.final_weight_decay)
 
 
-def _resolve_reference_recipe(a: argparse.Namespace, depth: int) -> None:
-    """Fill what a reference preset derives and the command left unset: the warm-up from --steps, and the
-    final learning-rate fraction and weight decay from the transformer's ``depth``."""
+def _resolve_reference_recipe(a: argparse.Namespace, depth: int) -> argparse.Namespace:
+    """The options with what a reference preset derives taken where the command left it unset: the warm-up
+    from --steps, and the final learning-rate fraction and weight decay from the transformer's ``depth``."""
     recipe = reference_recipe(depth)
-    if a.warmup is None:
-        a.warmup = max(1, round(a.steps * REFERENCE_WARMUP_SHARE))
-    if a.min_lr_ratio is None:
-        a.min_lr_ratio = recipe.final_lr_ratio
-    if a.final_weight_decay is None:
-        a.final_weight_decay = recipe.final_weight_decay
+    return with_defaults(a, dict(warmup=max(1, round(a.steps * REFERENCE_WARMUP_SHARE)),
+                                 min_lr_ratio=recipe.final_lr_ratio, final_weight_decay=recipe.final_weight_decay))
 
 
 def register(sub) -> None:
@@ -214,9 +214,6 @@ def register(sub) -> None:
 def _preset_vae_config(a: argparse.Namespace):
     """The fashion-mnist preset's tokenizer with the overrides given; ValueError names a model option
     that would change its geometry (those belong to ``--preset custom``)."""
-    import dataclasses
-
-
     geometry = _model_options_given(a, allowed=PRESET_VAE_OVERRIDES)
     if geometry:
         raise ValueError(f"{_flags(geometry)}: only with --preset custom; the fashion-mnist preset's tokenizer takes "
@@ -231,9 +228,7 @@ def _custom_vae_config(a: argparse.Namespace):
     from ..schedule import as_hw, patch_nums_from_max_scale, schedule_for
     from ..vqvae import VQVAEConfig
 
-    for name, value in CUSTOM_VAE_MODEL.items():
-        if getattr(a, name) is None:
-            setattr(a, name, value)
+    a = with_defaults(a, CUSTOM_VAE_MODEL)
     downsample = 2 ** (len(a.ch_mult) - 1)
     image_hw = as_hw(a.image_size)
     if a.patch_nums and a.max_scale:
@@ -278,16 +273,14 @@ def run_train_vae(a: argparse.Namespace) -> int:
         if given:
             raise ValueError(f"{_flags(given)}: --finetune-decoder keeps the model of {a.finetune_decoder}; leave "
                              "the model options out")
-        for key, value in DECODER_FINETUNE.items():
-            if getattr(a, key) is None:
-                setattr(a, key, value)
+        a = with_defaults(a, DECODER_FINETUNE)
         cfg = None  # the source's
     else:
-        resolve_preset_defaults(a, VAE_RECIPES)
-        if a.disc_start is None:
-            a.disc_start = a.steps // 4  # after the reconstructions have taken shape (VQGAN-style delayed start)
+        a = resolve_preset_defaults(a, VAE_RECIPES)
+        # The GAN starts once the reconstructions have taken shape (VQGAN-style delayed start).
+        a = with_defaults(a, dict(disc_start=a.steps // 4))
         cfg = _preset_vae_config(a) if a.preset == "fashion-mnist" else _custom_vae_config(a)
-        cfg.beta = a.beta
+        cfg = dataclasses.replace(cfg, beta=a.beta)
     _check_warmup(a, warmup_given)
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
@@ -302,17 +295,14 @@ def run_train_var(a: argparse.Namespace) -> int:
     from ..transformer import VARConfig
 
     warmup_given = a.warmup is not None
-    resolve_preset_defaults(a, VAR_RECIPES)
+    a = resolve_preset_defaults(a, VAR_RECIPES)
     cfg = fashion_mnist_configs()[1] if a.preset == "fashion-mnist" else VARConfig.from_preset(a.preset)
-    for name in ("depth", "embed_dim", "num_heads"):
-        if getattr(a, name) is not None:
-            setattr(cfg, name, getattr(a, name))
+    sizes = {name: getattr(a, name) for name in ("depth", "embed_dim", "num_heads") if getattr(a, name) is not None}
+    # replace() validates the new config (drop_path_rate None: derived from the new depth).
+    cfg = dataclasses.replace(cfg, **sizes, cond_drop_rate=a.cond_drop, drop_path_rate=a.drop_path)
     if a.preset in REFERENCE_PRESETS:
-        _resolve_reference_recipe(a, cfg.depth)
+        a = _resolve_reference_recipe(a, cfg.depth)
     _check_warmup(a, warmup_given)
-    cfg.cond_drop_rate = a.cond_drop
-    cfg.drop_path_rate = a.drop_path
-    cfg = VARConfig(**cfg.to_dict())  # re-validate after the overrides
     if not a.crop:
         _note_tokenizing(a.data, a.cache_dir or default_cache_dir())
     train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema or None,
