@@ -90,7 +90,7 @@ def test_evaluate_pipeline_refuses_what_would_be_wrong_before_sampling(monkeypat
     test, train = random_dataset(6, seed=1), random_dataset(6, seed=2)
     with pytest.raises(ValueError, match="class 0 has 6 images, fewer than n_per_class=7"):
         evaluate_pipeline(pipe, classifier, test, train, n_per_class=7)
-    with pytest.raises(ValueError, match="batch_size must be at least 1, got 0"):
+    with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):
         evaluate_pipeline(pipe, classifier, test, train, n_per_class=3, batch_size=0)
     pipe.class_names = names[::-1]
     with pytest.raises(ValueError, match="in another order"):

@@ -144,3 +144,22 @@ def test_a_seed_out_of_torchs_range_is_named(seed):
         make_generator(seed, "cpu")
     make_generator(2 ** 64 - 1, "cpu")  # the ends of the range are seeds
     make_generator(-2 ** 63, "cpu")
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, True, "2"])
+def test_every_batch_size_is_checked_by_one_rule(bad):
+    """The pipeline's calls and the educational generate refuse a batch size with the same message as
+    var eval's evaluation (test_evaluation): each had its own check and wording."""
+    from var import VAR
+    from var.sampling import check_batch_size
+
+    pipe = small_pipe()
+    message = rf"batch_size must be an integer >= 1.*got {bad!r}"
+    with pytest.raises(ValueError, match=message):
+        check_batch_size(bad)
+    with pytest.raises(ValueError, match=message):
+        pipe(class_labels=[0, 1], batch_size=bad)
+    educational = VAR(pipe.var.config)
+    with pytest.raises(ValueError, match=message):
+        educational.generate(batch_size=bad, vqvae=pipe.vqvae)
+    check_batch_size(None, allow_none=True)

@@ -26,6 +26,7 @@ from . import images as image_io
 from .checkpoints import BUNDLED_DIR, CONFIG_NAME, FORMAT_VERSION, read_config
 from .files import write_atomically
 from .metrics import frechet_distance, psnr
+from .sampling import check_batch_size
 from .precision import dtype_name
 
 if TYPE_CHECKING:
@@ -270,8 +271,7 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     _check_class_order(pipe.class_names, c.class_names)
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be at least 1, got {n_per_class}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    check_batch_size(batch_size)
     # The real images are drawn first: a split too small for n_per_class fails before any sampling.
     train_rows = balanced_indices(train.labels, n_per_class, c.num_classes, seed)
     test_rows = balanced_indices(test.labels, n_per_class, c.num_classes, seed)

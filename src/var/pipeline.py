@@ -24,7 +24,7 @@ from .cpu import accelerate, plain
 from .cpu.streams import split_batch
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
-from .sampling import check_sampling_options, chunk_seed, generate, make_generator
+from .sampling import check_batch_size, check_sampling_options, chunk_seed, generate, make_generator
 from .schedule import Scale
 from .transformer import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig, square_side
@@ -470,9 +470,7 @@ class VARPipeline:
         draws from the call's ``generator``, chunk i from one seeded with :func:`chunk_seed` (``seed`` given)."""
         from tqdm.auto import tqdm
 
-        if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, Integral)
-                                       or batch_size < 1):
-            raise ValueError(f"batch_size must be an integer >= 1 (or None: the whole batch at once), got {batch_size!r}")
+        check_batch_size(batch_size, allow_none=True)
         n = labels.numel()
         bs = batch_size or n
         images, tokens = [], []

@@ -20,7 +20,7 @@ import torch
 from . import transformer, vqvae as tokenizer
 from .aliases import var_config_kwargs, vqvae_config_kwargs
 from .quantizer import MultiScaleQuantizer
-from .sampling import generate, make_generator
+from .sampling import check_batch_size, generate, make_generator
 from .transformer import VARConfig
 from .vqvae import VQVAEConfig
 
@@ -83,8 +83,7 @@ def _device(var: transformer.VAR, vqvae: tokenizer.VQVAE, device: str | torch.de
 def _labels(var: transformer.VAR, class_labels, batch_size: int, generator: torch.Generator,
             device: torch.device) -> torch.Tensor:
     """``class_labels`` as a (batch_size,) tensor; None draws classes uniformly with the call's generator."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    check_batch_size(batch_size)
     if class_labels is None:
         return torch.randint(0, var.num_classes, (batch_size,), generator=generator, device=device)
     labels = _whole_ids(class_labels).to(device)

@@ -52,6 +52,16 @@ def check_finite_logits(logits: torch.Tensor, k: int, hw: tuple[int, int]) -> No
                          "its weights or inputs hold NaN or inf")
 
 
+def check_batch_size(batch_size, allow_none: bool = False) -> None:
+    """ValueError unless ``batch_size`` is an integer >= 1 (or, with ``allow_none``, None: everything at once);
+    1.5, True and 0 are refused, not rounded."""
+    if batch_size is None and allow_none:
+        return
+    if isinstance(batch_size, bool) or not isinstance(batch_size, Integral) or batch_size < 1:
+        none = " (or None: the whole batch at once)" if allow_none else ""
+        raise ValueError(f"batch_size must be an integer >= 1{none}, got {batch_size!r}")
+
+
 def make_generator(seed: int | None, device: torch.device | str) -> torch.Generator:
     """The one random stream of a generation call: seeded when ``seed`` is given, so calls repeat. ValueError
     names a seed that is not an integer in [-2**63, 2**64) (a float such as 1.5 is refused, not truncated)."""
