@@ -196,9 +196,10 @@ def test_a_config_and_keyword_options_together_are_refused():
                                            ([True, False], "True"), (["Dress", "Bag"], "'Dress'")])
 def test_quick_start_generate_refuses_class_labels_that_are_not_whole_ids(labels, shown):
     """VAR.generate(class_labels=[1.7, ...]) silently generated class 1 (the float was truncated); the pipeline
-    refuses such a label by name, and so must the quick start's call."""
+    refuses such a label by name, and so must the quick start's call (the same check: var.sampling.class_ids)."""
     var, vqvae = tiny_models()
-    with pytest.raises(ValueError, match=f"class_labels must be whole class ids.*{shown}"):
+    refused = f"class_labels must hold integers or class names, got {shown}|unknown class {shown}: this model"
+    with pytest.raises(ValueError, match=refused):
         var.generate(batch_size=2, class_labels=labels, seed=0, vqvae=vqvae)
     # Whole numbers, as floats (JSON) or any integer type, are still ids.
     whole = var.generate(batch_size=2, class_labels=[1.0, np.int64(2)], seed=0, vqvae=vqvae)

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,7 +24,7 @@ from .cpu import accelerate, plain
 from .cpu.streams import split_batch
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
-from .sampling import check_batch_size, check_sampling_options, chunk_seed, generate, make_generator
+from .sampling import check_batch_size, check_sampling_options, chunk_seed, class_ids, generate, make_generator
 from .schedule import Scale
 from .transformer import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig, square_side
@@ -241,50 +241,16 @@ class VARPipeline:
         return options
 
     def class_ids(self, class_labels: ClassLabels, allow_null: bool = False) -> torch.Tensor:
-        """Class labels as a 1-D LongTensor: ids (ints, a 0-D or 1-D integer tensor or numpy array) or this
-        model's class names (matched case-insensitively), alone or in a flat sequence, one label per image.
-        ValueError names a bad or unknown label, and a nested sequence or an array of more than one dimension
-        (one label per image: flattening it would silently make more images than rows).
-        ``allow_null`` also accepts the null class's id, ``num_classes`` (what generation takes)."""
-        if hasattr(class_labels, "ndim") and hasattr(class_labels, "tolist"):  # a tensor or a numpy array
-            if class_labels.ndim > 1:
-                raise ValueError(f"class_labels must be one label or a 1-D sequence of labels, got an array of "
-                                 f"shape {tuple(class_labels.shape)}")
-            items = class_labels.reshape(-1).tolist()
-        else:
-            items = class_labels
-        if isinstance(items, (str, int, float)) or not hasattr(items, "__iter__"):
-            items = [items]
-        items = list(items)
-        nested = next((c for c in items if isinstance(c, (list, tuple)) or getattr(c, "ndim", 0) > 0), None)
-        if nested is not None:
-            raise ValueError(f"class_labels must be one label or a 1-D sequence of labels, got a nested sequence "
-                             f"holding {nested!r}")
-        ids = [self._class_id(c) for c in items]
-        if not ids:
-            raise ValueError("class_labels is empty: give at least one class id or name")
-        labels = torch.tensor(ids, dtype=torch.long, device=self.device)
-        self.var.check_labels(labels, allow_null=allow_null)
-        return labels
+        """Class labels as a 1-D LongTensor on the pipeline's device: ids or this model's class names, alone or
+        in a flat sequence (:func:`var.sampling.class_ids`); ``allow_null`` also accepts the null class's
+        id, ``num_classes`` (what generation takes). ValueError names a bad or unknown label."""
+        return class_ids(class_labels, self.num_classes, self.class_names, allow_null).to(self.device)
 
     def label_name(self, label: int) -> str:
         """How figures and the web demo name a class id: its name, ``class N`` without names, or ``null class``."""
         if label == self.num_classes:
             return "null class"
         return self.class_names[label] if self.class_names else f"class {label}"
-
-    def _class_id(self, label) -> int:
-        """One label as a class id: an integer (a float only when whole, e.g. 3.0) or a class name."""
-        if isinstance(label, str):
-            lookup = {name.lower(): i for i, name in enumerate(self.class_names or [])}
-            if label.strip().lower() not in lookup:
-                known = f"one of {self.class_names}" if self.class_names else "an id: this model has no class names"
-                raise ValueError(f"unknown class {label!r}; expected {known} or an id in [0, {self.num_classes})")
-            return lookup[label.strip().lower()]
-        whole = isinstance(label, Integral) or (isinstance(label, Real) and float(label).is_integer())
-        if isinstance(label, bool) or not whole:
-            raise ValueError(f"class_labels must hold integers or class names, got {label!r}")
-        return int(label)
 
 
     def _labels(self, class_labels: ClassLabels | None, num_samples: int | None,

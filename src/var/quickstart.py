@@ -20,7 +20,7 @@ import torch
 from . import transformer, vqvae as tokenizer
 from .aliases import var_config_kwargs, vqvae_config_kwargs
 from .quantizer import MultiScaleQuantizer
-from .sampling import check_batch_size, generate, make_generator
+from .sampling import check_batch_size, class_ids, generate, make_generator
 from .transformer import VARConfig
 from .vqvae import VQVAEConfig
 
@@ -86,28 +86,10 @@ def _labels(var: transformer.VAR, class_labels, batch_size: int, generator: torc
     check_batch_size(batch_size)
     if class_labels is None:
         return torch.randint(0, var.num_classes, (batch_size,), generator=generator, device=device)
-    labels = _whole_ids(class_labels).to(device)
+    labels = class_ids(class_labels, var.num_classes, allow_null=True).to(device)
     if labels.numel() != batch_size:
         raise ValueError(f"{labels.numel()} class labels for batch_size={batch_size}: give one per sample")
     return labels
-
-
-def _whole_ids(class_labels) -> torch.Tensor:
-    """``class_labels`` as a flat LongTensor of ids. A casting conversion would truncate 1.7 to class 1 and take
-    True as class 1 without a word (the pipeline refuses both), so only whole numbers pass (3.0 too: JSON
-    carries ids so); anything else is a ValueError that names it."""
-    expected = "class_labels must be whole class ids (this call takes no class names)"
-    try:
-        given = torch.as_tensor(class_labels).reshape(-1)
-    except (TypeError, ValueError, RuntimeError) as e:
-        raise ValueError(f"{expected}, got {class_labels!r}") from e
-    if given.dtype == torch.bool or given.is_complex():
-        raise ValueError(f"{expected}, got {class_labels!r}")
-    if given.is_floating_point():
-        bad = given[~(torch.isfinite(given) & (given == given.round()))]
-        if bad.numel():
-            raise ValueError(f"{expected}, got {bad[0].item()!r} in {class_labels!r}")
-    return given.long()
 
 
 def generate_sequence(var: "VAR", batch_size: int, *, temperature: float, top_k: int, top_p: float,

@@ -52,6 +52,54 @@ def check_finite_logits(logits: torch.Tensor, k: int, hw: tuple[int, int]) -> No
                          "its weights or inputs hold NaN or inf")
 
 
+def class_ids(class_labels, num_classes: int, class_names: Sequence[str] | None = None,
+              allow_null: bool = False) -> torch.Tensor:
+    """Class labels as a 1-D LongTensor (on the CPU): ids (integers; a float only when whole, e.g. 3.0 from
+    JSON; a 0-D or 1-D tensor or array) or ``class_names`` (matched case-insensitively), alone or in a flat
+    sequence, one label per image; each in [0, num_classes), or num_classes (the null class) with
+    ``allow_null``. ValueError names a bad or unknown label, a nested sequence and an array of more than one
+    dimension (flattening them would silently make more images than rows)."""
+    if hasattr(class_labels, "ndim") and hasattr(class_labels, "tolist"):  # a tensor or a numpy array
+        if class_labels.ndim > 1:
+            raise ValueError(f"class_labels must be one label or a 1-D sequence of labels, got an array of "
+                             f"shape {tuple(class_labels.shape)}")
+        items = class_labels.reshape(-1).tolist()
+    else:
+        items = class_labels
+    if isinstance(items, (str, int, float)) or not hasattr(items, "__iter__"):
+        items = [items]
+    items = list(items)
+    nested = next((c for c in items if isinstance(c, (list, tuple)) or getattr(c, "ndim", 0) > 0), None)
+    if nested is not None:
+        raise ValueError(f"class_labels must be one label or a 1-D sequence of labels, got a nested sequence "
+                         f"holding {nested!r}")
+    if not items:
+        raise ValueError("class_labels is empty: give at least one class id or name")
+    lookup = {name.lower(): i for i, name in enumerate(class_names or [])}
+    ids = [_class_id(c, lookup, class_names, num_classes) for c in items]
+    hi = num_classes + (1 if allow_null else 0)
+    if not all(0 <= i < hi for i in ids):
+        null = f" or {num_classes} (the null class)" if allow_null else ""
+        raise ValueError(f"class labels must be in [0, {num_classes}){null}, got {ids}")
+    return torch.tensor(ids, dtype=torch.long)
+
+
+def _class_id(label, lookup: dict[str, int], class_names: Sequence[str] | None, num_classes: int) -> int:
+    """One label as a class id: an integer (a float only when whole) or a class name of ``lookup``."""
+    if isinstance(label, str):
+        if label.strip().lower() not in lookup:
+            if not class_names:
+                raise ValueError(f"unknown class {label!r}: this model has no class names; expected an id in "
+                                 f"[0, {num_classes})")
+            raise ValueError(f"unknown class {label!r}; expected one of {list(class_names)} or an id in "
+                             f"[0, {num_classes})")
+        return lookup[label.strip().lower()]
+    whole = isinstance(label, Integral) or (isinstance(label, Real) and float(label).is_integer())
+    if isinstance(label, bool) or not whole:
+        raise ValueError(f"class_labels must hold integers or class names, got {label!r}")
+    return int(label)
+
+
 def check_batch_size(batch_size, allow_none: bool = False) -> None:
     """ValueError unless ``batch_size`` is an integer >= 1 (or, with ``allow_none``, None: everything at once);
     1.5, True and 0 are refused, not rounded."""
