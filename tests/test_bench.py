@@ -7,8 +7,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
-from var.bench import (CONFIGS, GenerationSettings, benchmark_pipeline, decoder_flops, format_table, generation_flops,
+from var.bench import (GenerationSettings, benchmark_pipeline, decoder_flops, format_table, generation_flops,
                        model_configs, transformer_flops)
+from var.recipes import CONFIGS
 from var.cli import build_parser, main as cli
 
 

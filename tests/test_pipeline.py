@@ -6,7 +6,8 @@ import pytest
 import torch
 from hypothesis import given, strategies as st
 
-from var import VARConfig, VARPipeline, VQVAE, VQVAEConfig, patch_nums_from_max_scale
+from var import VARPipeline, VQVAE, VQVAEConfig, patch_nums_from_max_scale
+from var.recipes import preset_config
 from var.sampling import generate as sample_generate, make_generator
 from conftest import FEW, small_pipe
 
@@ -76,7 +77,7 @@ def test_clear_errors():
     with pytest.raises(ValueError, match="2 token maps"):
         pipe.logits(tokens, [0, 1, 2])
     with pytest.raises(ValueError, match="unknown preset"):
-        VARConfig.from_preset("huge")
+        preset_config("huge")
     other = VQVAE(VQVAEConfig(**{**pipe.vqvae.config.to_dict(), "vocab_size": 16}))
     with pytest.raises(ValueError, match=r"the tokenizer \(vocabulary, latent channels, scales\) \(16, "):
         VARPipeline(other, pipe.var)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
+from var import VAR, VARPipeline, VQVAE, VQVAEConfig
 from var.aliases import QUICKSTART_VQVAE, vqvae_config_kwargs
 from var.quickstart import NO_TOKENIZER
+from var.recipes import preset_config
 from var.training import VARTrainer
 from conftest import TINY_VAE, small_pipe
 
@@ -61,7 +62,7 @@ def test_request_presets_have_the_parameter_counts_in_the_readme(name):
     kwargs, estimate, count = REQUEST_PRESETS[name]
     with torch.device("meta"):
         model = VAR(**kwargs)
-        preset = VAR(VARConfig.from_preset(name))
+        preset = VAR(preset_config(name))
     assert model.config == preset.config
     assert sum(p.numel() for p in model.parameters()) == count
     row = next(line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith(f"| {name} |"))

@@ -3,15 +3,16 @@ import pytest
 import torch
 
 from var import VAR, VARConfig
+from var.recipes import preset_config
 from conftest import small_pipe
 
 
 def test_presets_have_the_requested_sizes():
-    small = VARConfig.from_preset("small")
+    small = preset_config("small")
     assert (small.vocab_size, small.embed_dim, small.depth, small.num_heads, small.patch_nums) == (
         512, 256, 6, 8, (1, 2, 3, 4, 5, 6, 7, 8))
     with torch.device("meta"):
-        model = VAR(VARConfig.from_preset("large"))
+        model = VAR(preset_config("large"))
     assert model.blocks[0].ffn.fc1.out_features == 3072 and len(model.blocks) == 24
 
 

@@ -3,9 +3,10 @@ from .editing import box_mask, load_mask
 from .pipeline import VAROutput, VARPipeline, bundled_models
 from .quantizer import MultiScaleQuantizer
 from .quickstart import VAR, VQVAE
+from .recipes import PRESETS
 from .sampling import generate
 from .schedule import patch_nums_from_max_scale, schedule_for
-from .transformer import PRESETS, VARConfig
+from .transformer import VARConfig
 from .vqvae import VQVAEConfig
 
 __version__ = "0.1.0"

@@ -28,32 +28,15 @@ from .pipeline import VARPipeline
 from .precision import autocast, default_device, dtype_name
 from .sampling import generate
 from .training.runs import adamw
-from .transformer import PRESETS, VAR, VARConfig
+from .recipes import model_configs
+from .transformer import VAR, VARConfig
 from .vqvae import VQVAE, VQVAEConfig
 
 log = logging.getLogger(__name__)
 
-RELEASED_DEPTHS = (16, 20, 24, 30, 36)
-CONFIGS = [f"d{d}" for d in RELEASED_DEPTHS] + ["fashion-mnist"] + sorted(PRESETS)
 
 
 # ------------------------------------------------------------------------------------------- models
-def model_configs(name: str) -> tuple[VQVAEConfig, VARConfig]:
-    """Tokenizer and transformer configs of a named shape: a released depth (``d16`` ...), the bundled
-    Fashion-MNIST geometry, or a transformer preset (``small``, ``medium``, ``large``)."""
-    if name == "fashion-mnist":
-        from .recipes import fashion_mnist_configs
-        vae, var, _ = fashion_mnist_configs()
-        return vae, var
-    if name in PRESETS:
-        var = VARConfig.from_preset(name)
-        return VQVAEConfig(vocab_size=var.vocab_size, z_channels=var.latent_channels, patch_nums=var.patch_nums), var
-    if name.startswith("d") and name[1:].isdigit() and int(name[1:]) in RELEASED_DEPTHS:
-        depth = int(name[1:])
-        return VQVAEConfig(), VARConfig(depth=depth, embed_dim=64 * depth, num_heads=depth)
-    raise ValueError(f"unknown config {name!r}; choose one of {CONFIGS}")
-
-
 def build_pipeline(name: str, device: str | torch.device, seed: int = 0) -> VARPipeline:
     """The bundled model for ``fashion-mnist`` when it is installed, otherwise random weights of the shape."""
     if name == "fashion-mnist":
@@ -273,7 +256,7 @@ def compile_pipeline(pipe: VARPipeline) -> None:
 
 def run_benchmark(config: str = "d16", device: str | None = None, settings: GenerationSettings | None = None,
                   repeats: int = 3, train_batch_size: int | None = None, compile: bool = False) -> dict:
-    """All measurements for a named config (see :data:`CONFIGS`) on ``device`` (default: CUDA if present)."""
+    """All measurements for a named config (see :data:`var.recipes.CONFIGS`) on ``device`` (default: CUDA if present)."""
     device = torch.device(device or default_device())
     pipe = build_pipeline(config, device)
     if compile:

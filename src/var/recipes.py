@@ -86,3 +86,43 @@ VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every
 # scales 1..8, 4x down-sampling, so 32x32 RGB images and an 8x8 last scale.
 QUICKSTART_VQVAE: dict[str, Any] = dict(in_channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, z_channels=32,
                                         vocab_size=512, patch_nums=patch_nums_from_max_scale(8))
+
+
+# The transformer sizes of the original request (the educational README), by name; max_scale is the last
+# scale's side (scales 1 ... max_scale).
+PRESETS = {
+    "small": dict(vocab_size=512, embed_dim=256, depth=6, num_heads=8, mlp_ratio=4.0, max_scale=8),
+    "medium": dict(vocab_size=4096, embed_dim=512, depth=12, num_heads=8, mlp_ratio=4.0, max_scale=16),
+    "large": dict(vocab_size=4096, embed_dim=768, depth=24, num_heads=12, mlp_ratio=4.0, max_scale=16),
+}
+
+
+def preset_config(name: str, **overrides) -> VARConfig:
+    """The transformer configuration of a named preset (:data:`PRESETS`), with ``overrides`` applied;
+    ValueError names an unknown preset."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    kw = {**PRESETS[name], **overrides}
+    max_scale = kw.pop("max_scale")
+    kw.setdefault("patch_nums", patch_nums_from_max_scale(max_scale))
+    return VARConfig(**kw)
+
+
+# Model shapes by name, for benchmarks: the released depths, the bundled model's geometry and the presets.
+RELEASED_DEPTHS = (16, 20, 24, 30, 36)
+CONFIGS = [f"d{d}" for d in RELEASED_DEPTHS] + ["fashion-mnist"] + sorted(PRESETS)
+
+
+def model_configs(name: str) -> tuple[VQVAEConfig, VARConfig]:
+    """Tokenizer and transformer configs of a named shape: a released depth (``d16`` ...), the bundled
+    Fashion-MNIST geometry, or a transformer preset (``small``, ``medium``, ``large``)."""
+    if name == "fashion-mnist":
+        vae, var, _ = fashion_mnist_configs()
+        return vae, var
+    if name in PRESETS:
+        var = preset_config(name)
+        return VQVAEConfig(vocab_size=var.vocab_size, z_channels=var.latent_channels, patch_nums=var.patch_nums), var
+    if name.startswith("d") and name[1:].isdigit() and int(name[1:]) in RELEASED_DEPTHS:
+        depth = int(name[1:])
+        return VQVAEConfig(), VARConfig(depth=depth, embed_dim=64 * depth, num_heads=depth)
+    raise ValueError(f"unknown config {name!r}; choose one of {CONFIGS}")

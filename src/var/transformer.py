@@ -19,15 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .schedule import Scale, compact_patch_nums, normalize_patch_nums, patch_nums_from_max_scale
-
-PRESETS = {
-    # name: (vocab, width, depth, heads, d_ff, max_scale), the sizes of the original request
-    "small": dict(vocab_size=512, embed_dim=256, depth=6, num_heads=8, mlp_ratio=4.0, max_scale=8),
-    "medium": dict(vocab_size=4096, embed_dim=512, depth=12, num_heads=8, mlp_ratio=4.0, max_scale=16),
-    "large": dict(vocab_size=4096, embed_dim=768, depth=24, num_heads=12, mlp_ratio=4.0, max_scale=16),
-}
-
+from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 
 @dataclass
 class VARConfig:
@@ -56,16 +48,6 @@ class VARConfig:
         if self.embed_dim % self.num_heads:
             raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
 
-    @classmethod
-    def from_preset(cls, name: str, **overrides) -> "VARConfig":
-        """The configuration of a named preset (:data:`PRESETS`), with ``overrides`` applied."""
-        if name not in PRESETS:
-            raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
-        kw = dict(PRESETS[name])
-        kw.update(overrides)
-        max_scale = kw.pop("max_scale")
-        kw.setdefault("patch_nums", patch_nums_from_max_scale(max_scale))
-        return cls(**kw)
 
     @property
     def scales(self) -> tuple[Scale, ...]:

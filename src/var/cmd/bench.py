@@ -10,6 +10,7 @@ import torch
 
 from .. import bench, precision
 from ..precision import default_device
+from ..recipes import CONFIGS
 from .common import add_command, add_device_arg
 
 log = logging.getLogger("var")
@@ -17,7 +18,7 @@ log = logging.getLogger("var")
 
 def register(sub) -> None:
     p = add_command(sub, "bench", "measure generation and training speed on this device")
-    p.add_argument("--config", default="d16", choices=bench.CONFIGS,
+    p.add_argument("--config", default="d16", choices=CONFIGS,
                    help="model shape, with random weights (fashion-mnist: the bundled model when installed); "
                         "the default d16 needs about 10 GiB of memory on a CPU (its training step; "
                         "--train-batch-size 0 skips it, and --config fashion-mnist needs under 1 GiB) "

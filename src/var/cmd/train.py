@@ -7,7 +7,8 @@ import logging
 from pathlib import Path
 
 from ..recipes import (CUSTOM_VAE_MODEL, DECODER_FINETUNE, PRESET_VAE_OVERRIDES, REFERENCE_PRESETS,
-                       REFERENCE_WARMUP_SHARE, VAE_RECIPES, VAR_RECIPES, fashion_mnist_configs, reference_recipe)
+                       REFERENCE_WARMUP_SHARE, VAE_RECIPES, VAR_RECIPES, fashion_mnist_configs, preset_config,
+                       reference_recipe)
 from ..schedule import parse_patch_nums, parse_size
 from ..training.common import LR_SCHEDULES
 from .common import add_command, add_device_arg, argument_type, check_output_files, positive_int
@@ -182,7 +183,7 @@ def register(sub) -> None:
                    help="run folder; it becomes a VARPipeline.from_pretrained folder")
     p.add_argument("--preset", choices=sorted(VAR_RECIPES), default="fashion-mnist",
                    help="transformer size and recipe: fashion-mnist is the bundled model's (depth 8, width 224, 7 heads); "
-                        "small, medium, large are VARConfig.from_preset's")
+                        "small, medium, large are var.recipes.preset_config's")
     p.add_argument("--depth", type=int, help="override the preset's number of blocks")
     p.add_argument("--embed-dim", type=int, help="override the preset's width")
     p.add_argument("--num-heads", type=int, help="override the preset's attention heads")
@@ -292,11 +293,10 @@ def run_train_vae(a: argparse.Namespace) -> int:
 
 def run_train_var(a: argparse.Namespace) -> int:
     from ..training.runs import default_cache_dir, train_var
-    from ..transformer import VARConfig
 
     warmup_given = a.warmup is not None
     a = resolve_preset_defaults(a, VAR_RECIPES)
-    cfg = fashion_mnist_configs()[1] if a.preset == "fashion-mnist" else VARConfig.from_preset(a.preset)
+    cfg = fashion_mnist_configs()[1] if a.preset == "fashion-mnist" else preset_config(a.preset)
     sizes = {name: getattr(a, name) for name in ("depth", "embed_dim", "num_heads") if getattr(a, name) is not None}
     # replace() validates the new config (drop_path_rate None: derived from the new depth).
     cfg = dataclasses.replace(cfg, **sizes, cond_drop_rate=a.cond_drop, drop_path_rate=a.drop_path)
