@@ -8,6 +8,7 @@ While a run trains, ``run.lock`` names its process: a second run started in the 
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import inspect
@@ -470,8 +471,8 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     vqvae = vqvae.to(info.device)
     H = vqvae.config.image_hw[0]
     ds = _transformer_images(data, vqvae.config, crop)
-    var_cfg.vocab_size, var_cfg.latent_channels = vqvae.config.vocab_size, vqvae.config.z_channels
-    var_cfg.patch_nums, var_cfg.num_classes = vqvae.config.patch_nums, ds.num_classes
+    var_cfg = dataclasses.replace(var_cfg, vocab_size=vqvae.config.vocab_size, latent_channels=vqvae.config.z_channels,
+                                  patch_nums=vqvae.config.patch_nums, num_classes=ds.num_classes)
     cfg = _fixed_run_config(out, {"kind": "var", "data": data, "vae": str(vae_dir), "var": var_cfg.to_dict(),
                                   "class_names": ds.class_names, "crop": crop}, info, must_match=("data",),
                             checked_by_caller=("vae",))
