@@ -130,7 +130,7 @@ def test_tokenizer_on_a_folder_holds_images_out_and_train_says_it_tokenizes_firs
     with caplog.at_level("INFO"):
         assert cli(["train", *common, "--vae", str(tmp_path / "vae"), "--out", str(tmp_path / "var"),
                     "--cache-dir", str(tmp_path / "cache"), *VAR_ARGS]) == 0
-    note = caplog.text.index("before its first step, var train tokenizes every image")
+    note = caplog.text.index("before its first step, var train tokenizes the 40 images")
     assert str(tmp_path / "cache") in caplog.text[note:] and note < caplog.text.index("cached tokens")
 
 

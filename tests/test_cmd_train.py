@@ -251,3 +251,22 @@ def test_decoder_finetune_keeps_the_tokens_and_plugs_into_a_pipeline(folder, vae
     assert cli(["train-vae", "--data", str(folder), "--out", str(tmp_path / "y"), "--finetune-decoder",
                 str(vae_run), "--reinit-every", "5", "--steps", "1", "--batch-size", "8"]) == 2
     assert "reinit_every=5" in caplog.text
+
+
+def test_train_says_whether_it_tokenizes_or_uses_the_cache_with_the_data_s_chunk_counts(folder, vae_run, tmp_path,
+                                                                                           caplog):
+    """The first run tokenizes (and says how many images, in chunks that match the data); a later run with the
+    same tokenizer and images says the cache is used, and says nothing of tokenizing."""
+    common = ["--data", str(folder), "--vae", str(vae_run), *VAR_ARGS, "--steps", "1", "--batch-size", "8",
+              "--warmup", "1", "--sample-every", "1000", "--cache-dir", str(tmp_path / "cache"), "--flip"]
+    with caplog.at_level("INFO"):
+        assert cli(["train", "--out", str(tmp_path / "first"), *common]) == 0
+    n = len(image_folder_dataset(folder, 16, 3))
+    assert f"var train tokenizes the {n} images and their mirrored copies, once" in caplog.text
+    assert f"tokenizing 2 of the 2 chunk(s) left, {2 * n} images (originals and mirrored copies)" in caplog.text
+    assert "using the cached tokens" not in caplog.text
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        assert cli(["train", "--out", str(tmp_path / "again"), *common]) == 0
+    assert f"using the cached tokens of the {n} images and their mirrored copies" in caplog.text
+    assert "tokenizes the" not in caplog.text and "tokenizing " not in caplog.text

@@ -292,7 +292,7 @@ def run_train_vae(a: argparse.Namespace) -> int:
 
 
 def run_train_var(a: argparse.Namespace) -> int:
-    from ..training.runs import default_cache_dir, train_var
+    from ..training.runs import train_var
 
     warmup_given = a.warmup is not None
     a = resolve_preset_defaults(a, VAR_RECIPES)
@@ -303,22 +303,11 @@ def run_train_var(a: argparse.Namespace) -> int:
     if a.preset in REFERENCE_PRESETS:
         a = _resolve_reference_recipe(a, cfg.depth)
     _check_warmup(a, warmup_given)
-    if not a.crop:
-        _note_tokenizing(a.data, a.cache_dir or default_cache_dir())
     train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema or None,
               flip=a.flip, amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma,
               crop=a.crop)
     log.info("pipeline saved in %s (load it with VARPipeline.from_pretrained)", a.out)
     return 0
-
-
-def _note_tokenizing(data: str, cache_dir: Path) -> None:
-    """Say before it happens that every training image is tokenized before the first step: a short
-    trial run on Fashion-MNIST otherwise seems to hang for minutes."""
-    count = "all 60,000 Fashion-MNIST images, about 4 minutes on a 2-core CPU" if data == "fashion-mnist" else \
-        "every image of the data set"
-    log.info("before its first step, var train tokenizes %s, once: the tokens are cached in %s and reused by "
-             "every later run with the same tokenizer and images", count, cache_dir)
 
 
 def run_plot(a: argparse.Namespace) -> int:

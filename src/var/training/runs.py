@@ -372,9 +372,18 @@ def token_cache_key(vqvae: VQVAE, ds: ImageArrayDataset, flip: bool) -> str:
 def tokenize_dataset(vqvae: VQVAE, ds: ImageArrayDataset, cache_dir: Path, info: DistInfo, flip: bool = False,
                      batch_size: int = 256) -> np.ndarray:
     """Token ids (N, L) of every image (and (2, N, L) with mirrored copies when ``flip``), cached on disk and
-    returned memory-mapped (read-only). See :func:`_fill_token_cache` for how the cache is written."""
+    returned memory-mapped (read-only); the log says whether the cache is used or the images are tokenized
+    now. See :func:`_fill_token_cache` for how the cache is written."""
     path = cache_dir / f"tokens_{token_cache_key(vqvae, ds, flip)}.npy"
-    if not path.is_file():
+    images = f"{len(ds)} images" + (" and their mirrored copies" if flip else "")
+    if path.is_file():
+        if info.is_main:
+            log.info("using the cached tokens of the %s (%s): the same tokenizer and images, nothing to tokenize",
+                     images, path)
+    else:
+        if info.is_main:
+            log.info("before its first step, var train tokenizes the %s, once: the tokens are cached in %s and "
+                     "reused by every later run with the same tokenizer and images", images, cache_dir)
         _fill_token_cache(vqvae, ds, path, info, flip, batch_size)
     return np.load(path, mmap_mode="r")
 
@@ -409,8 +418,9 @@ def _fill_token_cache(vqvae: VQVAE, ds: ImageArrayDataset, path: Path, info: Dis
     todo = [(v, c) for v in range(variants) for c in range(n_chunks) if not done[v, c]]
     _barrier(info)  # every process has read the same list before any of them marks a chunk done
     mine = todo[info.rank::info.world]
-    log.info("tokenizing %d of the %d chunks of %d images left (process %d of %d)", len(mine), len(todo), batch_size,
-             info.rank + 1, info.world)
+    log.info("tokenizing %d of the %d chunk(s) left, %d images%s, in process %d of %d", len(mine), len(todo),
+             sum(min(len(ds), (c + 1) * batch_size) - c * batch_size for _, c in mine),
+             " (originals and mirrored copies)" if flip else "", info.rank + 1, info.world)
     vqvae.eval()
     for v, c in tqdm(mine, desc="tokenizing", unit="chunk", disable=not info.is_main):
         idx = np.arange(c * batch_size, min(len(ds), (c + 1) * batch_size))
