@@ -3,10 +3,12 @@ import logging
 
 import numpy as np
 import pytest
+from PIL import Image
 
 import var.cmd.sample
 from var import VARPipeline
 from var.cli import main as cli
+from var.images import grid_size
 from conftest import logged_error, no_work, one_error_line, savez_then_full_disk, small_pipe
 
 
@@ -120,3 +122,27 @@ def test_a_long_sample_run_says_how_long_after_its_first_chunk(saved, tmp_path, 
     assert "3 samples in 3 chunk(s)" in caplog.text
     assert "the first chunk took " in caplog.text and "the 3 chunks will take about " in caplog.text
     assert [var.cmd.sample.duration(s) for s in (0.4, 45, 59.6, 750, 80_300)] == ["0 s", "45 s", "1 min", "12 min", "22 h 18 min"]
+
+
+def test_one_class_is_a_square_grid_and_several_classes_a_row_each(saved, tmp_path):
+    """--per-class 16 of one class: 4 rows of 4 (not one row of 16); two classes keep a row per class."""
+    pipe = VARPipeline.from_pretrained(saved)
+    tile = tuple(s * max(1, 64 // max(pipe.image_hw)) for s in pipe.image_hw)
+    for classes, per_class, columns in (["2"], 16, 4), (["0,2"], 3, 3):
+        out = tmp_path / f"{len(classes[0])}.png"
+        assert sample_cli(saved, "--classes", *classes, "--per-class", str(per_class), "--out", str(out)) == 0
+        names = [NAMES[int(c)] for c in classes[0].split(",")]
+        with Image.open(out) as im:
+            assert im.size == grid_size(len(names) * per_class, columns, tile, row_labels=names)
+    assert grid_size(16, 4, tile, row_labels=names[:1]) != grid_size(16, 16, tile, row_labels=names[:1])
+
+
+@pytest.mark.parametrize("argv", [["--out", "same.png", "--progression", "same.png"],
+                                  ["--progression", "samples/grid.png"]])       # --out's default
+def test_the_progression_never_overwrites_the_grid(saved, tmp_path, monkeypatch, caplog, argv):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(var.cmd.sample, "load_pipeline", no_work)
+    assert cli(["sample", "--model", str(saved), "--device", "cpu", *argv]) == 2
+    assert "--progression " in logged_error(caplog) and "also given as --out: one file would overwrite the other" \
+        in logged_error(caplog)
+    assert not list(tmp_path.rglob("*.png"))

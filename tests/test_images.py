@@ -36,3 +36,9 @@ def test_a_palette_images_transparent_colour_is_read_on_black(tmp_path):
     im.save(tmp_path / "p.png", transparency=0)
     image, _ = load_image(tmp_path / "p.png", 1)
     assert (image[0, 0, 0] * 255).round().tolist() == [0, 255]
+
+
+def test_square_columns_make_a_square_ish_grid():
+    assert [var.images.square_columns(n) for n in (1, 2, 4, 5, 8, 9, 16, 17, 100)] == [1, 2, 2, 3, 3, 3, 4, 5, 10]
+    with pytest.raises(ValueError, match="at least 1 tile, got 0"):
+        var.images.square_columns(0)

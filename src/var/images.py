@@ -1,6 +1,7 @@
 """Image I/O and figures with Pillow and numpy: tensors <-> files, labelled sample grids."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Sequence
 
@@ -103,6 +104,14 @@ def _margins(row_labels: Sequence[str] | None, col_labels: Sequence[str] | None)
     left = 0 if not row_labels else 8 + max(int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(t, font=font))
                                            for t in row_labels)
     return left, 0 if not col_labels else 16
+
+
+def square_columns(n: int) -> int:
+    """Columns of a square-ish grid of ``n`` >= 1 tiles: ceil(sqrt(n)), so 16 tiles are 4x4 and 8 are 3 rows
+    of 3, 3 and 2. ValueError for ``n`` < 1."""
+    if n < 1:
+        raise ValueError(f"a grid needs at least 1 tile, got {n}")
+    return math.isqrt(n - 1) + 1
 
 
 def grid_size(n: int, nrow: int, tile_hw: tuple[int, int], pad: int = 2, row_labels: Sequence[str] | None = None,

@@ -1,4 +1,4 @@
-"""``var sample``: a labelled grid of samples (a row per class), optionally every sample as a PNG file and
+"""``var sample``: a labelled grid of samples (a row per class; one class as a square), optionally every sample as a PNG file and
 an npz for FID tools, and the coarse-to-fine progression figure."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..images import grid, grid_size, progression_grid, to_rgb_uint8, write_npz
+from ..images import grid, grid_size, progression_grid, square_columns, to_rgb_uint8, write_npz
 from ..files import write_atomically
 from ..sampling import chunk_seed
 from .common import (add_command, add_model_args, add_sampling_args, check_output_files, check_output_folder,
@@ -26,7 +26,8 @@ ESTIMATE_AFTER = 60
 
 
 def register(sub) -> None:
-    p = add_command(sub, "sample", "generate a grid of samples, a row per class (and PNG files / an npz for FID)")
+    p = add_command(sub, "sample", "generate a grid of samples, a row per class or one class as a square (and PNG "
+                                   "files / an npz for FID)")
     add_model_args(p)
     which = p.add_mutually_exclusive_group()
     which.add_argument("--classes", type=class_text, nargs="+", metavar="IDS_OR_NAMES",
@@ -107,19 +108,26 @@ def run(args: argparse.Namespace) -> int:
         as_float = torch.from_numpy(images_NHW3).permute(0, 3, 1, 2).float() / 255
         path = Path(args.out)
         path.parent.mkdir(parents=True, exist_ok=True)
-        grid(as_float, nrow=args.per_class, scale=scale, row_labels=names).save(path)
+        grid(as_float, nrow=grid_columns(len(classes), args.per_class), scale=scale, row_labels=names).save(path)
         log.info("wrote %d samples (%d classes x %d) to %s", len(labels), len(classes), args.per_class, path)
     if args.progression:
         write_progression(pipe, tokens, names[:len(firsts)], Path(args.progression), scale)
     return 0
 
 
+def grid_columns(num_classes: int, per_class: int) -> int:
+    """Samples a row of the grid: a row per class, or one class's samples as a square-ish grid (its name on
+    the first row)."""
+    return per_class if num_classes > 1 else square_columns(per_class)
+
+
 def check_grid_size(num_classes: int, per_class: int, image_hw: tuple[int, int], scale: int,
                     names: list[str]) -> None:
-    """ValueError, before any sampling, when the grid of ``num_classes`` rows of ``per_class`` samples would
-    exceed ``MAX_GRID_PIXELS``: it names the size and the options that write many samples instead."""
-    width, height = grid_size(num_classes * per_class, per_class, (image_hw[0] * scale, image_hw[1] * scale),
-                              row_labels=names)
+    """ValueError, before any sampling, when the grid of ``num_classes`` classes of ``per_class`` samples
+    (:func:`grid_columns`) would exceed ``MAX_GRID_PIXELS``: it names the size and the options that write many
+    samples instead."""
+    width, height = grid_size(num_classes * per_class, grid_columns(num_classes, per_class),
+                              (image_hw[0] * scale, image_hw[1] * scale), row_labels=names)
     if width * height > MAX_GRID_PIXELS:
         raise ValueError(f"--per-class {per_class} x {num_classes} classes makes a grid of {width:,} x {height:,} "
                          f"pixels, over the limit of {MAX_GRID_PIXELS / 1e6:.0f} M pixels: add --no-grid and "
