@@ -42,3 +42,16 @@ def test_square_columns_make_a_square_ish_grid():
     assert [var.images.square_columns(n) for n in (1, 2, 4, 5, 8, 9, 16, 17, 100)] == [1, 2, 2, 3, 3, 3, 4, 5, 10]
     with pytest.raises(ValueError, match="at least 1 tile, got 0"):
         var.images.square_columns(0)
+
+
+def test_has_colour_sees_colour_not_grey_stored_as_rgb_or_jpeg(tmp_path):
+    grey = (np.random.default_rng(0).random((16, 16)) * 255).astype(np.uint8)
+    Image.fromarray(grey).convert("RGB").save(tmp_path / "grey.jpg", quality=75)
+    Image.fromarray(grey).save(tmp_path / "grey.png")
+    tinted = np.repeat(grey[..., None], 3, -1)
+    tinted[3, 4] = (200, 40, 40)                                       # one red pixel
+    Image.fromarray(tinted).save(tmp_path / "red.png")
+    assert [var.images.has_colour(tmp_path / f) for f in ("grey.jpg", "grey.png", "red.png")] == [False, False, True]
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image .*bad.png"):
+        var.images.has_colour(tmp_path / "bad.png")

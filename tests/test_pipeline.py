@@ -211,3 +211,22 @@ def test_token_ids_that_are_not_integers_are_named(pipe):
                                              r"got torch.float32"):
             call([t.float() for t in tokens])
     assert torch.equal(pipe.decode([t.int() for t in tokens]), pipe.decode(tokens))
+
+
+def test_reconstruction_check_says_when_the_model_does_not_know_an_image():
+    """Noise is nothing the bundled model knows: the note names its data (and the grey conversion); a sample
+    of its own it knows: no note. A model whose data is not recorded says that instead."""
+    from var.pipeline import UNKNOWN_IMAGE_PSNR
+
+    pipe = VARPipeline.from_pretrained("fashion-mnist")
+    noise = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    db, note = pipe.reconstruction_check(noise, greyed=True)
+    assert db < UNKNOWN_IMAGE_PSNR and note.startswith(f"note: the tokenizer reconstructs the image at {db:.1f} dB")
+    assert "this model was trained on fashion-mnist; the image is outside what it knows: expect the kept part to " \
+           "change too; the image was converted to greyscale" in note
+    known = pipe(class_labels=[3], seed=0).images
+    db, note = pipe.reconstruction_check(known)
+    assert db >= UNKNOWN_IMAGE_PSNR and note is None
+    unrecorded = VARPipeline(pipe.vqvae, pipe.var, class_names=pipe.class_names, pad=pipe.pad)
+    assert "this model's training data is not recorded" in unrecorded.reconstruction_check(noise)[1]
+    assert "greyscale" not in unrecorded.reconstruction_check(noise)[1]

@@ -116,3 +116,20 @@ def test_the_demos_reproduce_commands_name_the_device_the_images_were_made_on(de
     for info in (demo.generate("Dress", 1, seed=1)[2], demo.vary(garment, 5, 1, seed=1)[1]):
         args = build_parser().parse_args(shown_command(info))
         assert torch.device(args.device or common.default_device()) == demo.pipe.device, info
+
+
+def test_the_demos_edits_say_when_the_model_does_not_know_the_upload(tmp_path):
+    """A colour photo uploaded to the bundled model's Edit and Vary: the note that the model (trained on
+    fashion-mnist) does not know it, and that it was made grey, follows the reproduce command."""
+    y, x = np.mgrid[0:30, 0:40]
+    Image.fromarray(np.stack([x * 6, y * 8, (x + y) * 3], -1).astype(np.uint8)).save(tmp_path / "photo.png")
+    bundled = Demo(VARPipeline.from_pretrained("fashion-mnist"))
+    edited = bundled.edit({"background": str(tmp_path / "photo.png"), "layers": []}, "box", seed=0)[3]
+    varied = bundled.vary(str(tmp_path / "photo.png"), 3, 1, seed=0)[1]
+    for info in edited, varied:
+        assert shown_command(info)[0] in ("edit", "vary")
+        assert info.split("\n\n")[1].startswith("note: the tokenizer reconstructs the image at ")
+        assert "trained on fashion-mnist; the image is outside what it knows" in info and "greyscale" in info
+    sample = bundled.pipe(class_labels=[3], seed=0).images
+    Image.fromarray(sample[0, 0].mul(255).round().byte().numpy()).save(tmp_path / "dress.png")
+    assert "\n\n" not in bundled.vary(str(tmp_path / "dress.png"), 3, 1, seed=0)[1]

@@ -14,6 +14,8 @@ from .schedule import as_hw, normalize_patch_nums
 # The grey level (0-255) that transparent pixels of an input image are composited on: black, the background
 # of the bundled Fashion-MNIST model's images (see :func:`to_8bit`).
 TRANSPARENT_BACKGROUND = 0
+# Levels (0-255) by which a pixel's red, green and blue may differ in a grey image: a JPEG's chroma rounding.
+GREY_TOLERANCE = 8
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -81,6 +83,18 @@ def load_image(path: str | Path, channels: int, size: int | tuple[int, int] | No
     t = torch.from_numpy(arr)
     t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
     return t.contiguous(), original
+
+
+def has_colour(path: str | Path) -> bool:
+    """Whether an image file holds colour: a pixel whose red, green and blue differ by more than
+    ``GREY_TOLERANCE`` levels (as :func:`to_8bit` reads it), so that a grey image stored as RGB or as a JPEG
+    does not count. Raises ValueError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as im:
+            rgb = np.asarray(to_8bit(im, 3), dtype=np.int16)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+    return bool((rgb.max(axis=-1) - rgb.min(axis=-1)).max() > GREY_TOLERANCE)
 
 
 def save_image(images: torch.Tensor, path: str | Path, scale: int = 1) -> Path:

@@ -24,6 +24,7 @@ from .cpu import accelerate, plain
 from .cpu.streams import split_batch
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
+from .metrics import psnr
 from .sampling import check_batch_size, check_sampling_options, chunk_seed, class_ids, generate, make_generator
 from .schedule import Scale
 from .transformer import VAR, VARConfig
@@ -37,6 +38,10 @@ REFERENCE_SAMPLING = {"cfg": 1.5, "top_k": 900, "top_p": 0.96, "temperature": 1.
 ClassLabels = int | str | Sequence[int | str] | torch.Tensor
 # RGB to grey as Pillow's "L" mode does it (ITU-R 601-2 luma), shaped to weigh (B, 3, H, W) images.
 LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+# An input the tokenizer reconstructs below this PSNR (dB) is one the model does not know: its RMS error is over
+# a tenth of the pixel range, which shows, and an edit keeps the input no closer than its reconstruction. The
+# bundled model reconstructs 95% of 2,000 Fashion-MNIST test images above 19.4 dB (mean 24.7); photos, about 10.
+UNKNOWN_IMAGE_PSNR = 20.0
 
 
 @dataclass
@@ -330,6 +335,23 @@ class VARPipeline:
         with self._autocast():
             latent = self.vqvae.quantize.indices_to_latent([t.to(self.device) for t in tokens])
             return self._to_user_images(self._decode_latent(latent))
+
+    @torch.no_grad()
+    def reconstruction_check(self, images: torch.Tensor, greyed: bool = False) -> tuple[float, str | None]:
+        """Whether this model knows ``images`` (B, channels, H, W) in [0, 1], to say before editing them: the
+        mean PSNR (dB) of their reconstruction through the tokenizer, ``decode(encode(images))``, and a note
+        for the user when it is below ``UNKNOWN_IMAGE_PSNR`` (else None) that names the data the model was
+        trained on (``info["data"]``) and, with ``greyed``, that the input was converted to greyscale."""
+        x = images.to(self.device, torch.float32)
+        db = psnr(self.decode(self.encode(x)).float(), x)
+        if db >= UNKNOWN_IMAGE_PSNR:
+            return db, None
+        data = self.info.get("data")
+        trained = f"this model was trained on {data}" if data else \
+            "this model's training data is not recorded (info.data of its config.json)"
+        grey = "; the image was converted to greyscale: this model takes 1 channel" if greyed else ""
+        return db, (f"note: the tokenizer reconstructs the image at {db:.1f} dB PSNR, below {UNKNOWN_IMAGE_PSNR:g} "
+                    f"dB: {trained}; the image is outside what it knows: expect the kept part to change too{grey}")
 
     @torch.no_grad()
     def decode_per_scale(self, tokens: Sequence[torch.Tensor]) -> list[torch.Tensor]:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .editing import box_mask, cover
-from .images import load_image, progression_grid, to_rgb_uint8
+from .images import has_colour, load_image, progression_grid, to_rgb_uint8
 from .pipeline import VAROutput, VARPipeline
 from .precision import dtype_name, emulated_reason
 
@@ -97,13 +97,18 @@ class Demo:
             raise ValueError(f"unknown class {choice!r}; expected one of {shown}")
         return self.classes.index(choice)
 
-    def read_image(self, path: str | None) -> torch.Tensor:
-        """An uploaded image at the model's resolution (1, C, S, S)."""
+    def read_image(self, path: str | None) -> tuple[torch.Tensor, str | None]:
+        """An uploaded image at the model's resolution (1, C, S, S), and the note to show with the result when
+        the model does not know it (:meth:`VARPipeline.reconstruction_check`; it says when the image was made
+        grey), else None."""
         if not path:
             raise ValueError("no image: upload one first")
         check_upload(path)
         image, _ = load_image(path, self.pipe.channels, self.pipe.image_size)
-        return image.to(self.pipe.device)
+        image = image.to(self.pipe.device)
+        db, note = self.pipe.reconstruction_check(image, greyed=self.pipe.channels == 1 and has_colour(path))
+        log.info("an upload the tokenizer reconstructs at %.1f dB PSNR%s", db, " (not known to the model)" if note else "")
+        return image, note
 
     def painted_mask(self, layers: Sequence[str], invert: bool = False) -> torch.Tensor:
         """The brush strokes of the editor's layers (any pixel not transparent) as an (S, S) 0/1 mask; a
@@ -161,7 +166,7 @@ class Demo:
         """Inpaint (regenerate the region) or outpaint (keep it, regenerate around it) the editor's image,
         optionally towards a class. The region is the editor's brush strokes or the box (y0, x0, y1, x1 as
         fractions of the height and width). Returns (input, mask, result) at the model's resolution and the seed."""
-        image = self.read_image((editor or {}).get("background"))
+        image, note = self.read_image((editor or {}).get("background"))
         S = self.pipe.image_size
         if operation not in (INPAINT, OUTPAINT):
             raise ValueError(f"unknown operation {operation!r}; expected {INPAINT!r} or {OUTPAINT!r}")
@@ -184,7 +189,7 @@ class Demo:
         out = self._run(self.pipe.inpaint, progress, images=image, mask=mask, class_labels=label, **options)
         command = self.command("edit", options, "--image", "input.png", "--mask", "mask.png", *self._class_arg(label),
                                "--out", "result.png")   # var edit requires --out
-        return to_pil(image), to_pil(mask), to_pil(out.images), self.info(options, command)
+        return to_pil(image), to_pil(mask), to_pil(out.images), self.info(options, command, note)
 
     def vary(self, image: str | None, keep_scales: float, num_images: float = 1, class_name: str | None = None,
              cfg: float | None = None, top_k: float | None = None, top_p: float | None = None,
@@ -192,7 +197,7 @@ class Demo:
              progress: Callable = _no_progress):
         """Variations of an image that keep its first ``keep_scales`` scales; variation i uses seed + i,
         so each one is reproducible on its own with ``var vary``."""
-        image, n = self.read_image(image), _count(num_images, "num_images")
+        (image, note), n = self.read_image(image), _count(num_images, "num_images")
         keep = _whole(keep_scales, "keep_scales")
         label = self.class_id(class_name or self.classes[-1])
         options = self.sampling(cfg, top_k, top_p, temperature, smooth, seed)
@@ -203,7 +208,7 @@ class Demo:
             gallery.append((to_pil(out.images), f"seed {options['seed'] + i}"))
         command = self.command("vary", options, "--image", "input.png", "--keep-scales", str(keep),
                                *self._class_arg(label), "--out", "result.png")   # var vary requires --out
-        return gallery, self.info(options, command)
+        return gallery, self.info(options, command, note)
 
     # --------------------------------------------------------------------------- plumbing
     def _run(self, call: Callable[..., VAROutput], progress: Callable, part: tuple[int, int] = (0, 1),
@@ -241,9 +246,10 @@ class Demo:
             return []
         return ["--dtype", dtype_name(dtype)] + (["--force-dtype"] if emulated_reason(dtype, device) else [])
 
-    def info(self, options: dict, command: str) -> str:
-        """The line shown under every result: its seed, and the command that makes it again."""
-        return f"**seed {options['seed']}**. Reproduce: `{command}`"
+    def info(self, options: dict, command: str, note: str | None = None) -> str:
+        """The line shown under every result: its seed and the command that makes it again, then ``note``
+        (an input the model does not know) in a paragraph of its own."""
+        return f"**seed {options['seed']}**. Reproduce: `{command}`" + (f"\n\n{note}" if note else "")
 
 
 def _json_int(value):

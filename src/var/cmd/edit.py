@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 
 from ..editing import box_mask, load_mask
-from ..images import grid, load_image, save_image
+from ..images import grid, has_colour, load_image, save_image
 from ..pipeline import VARPipeline
 from .common import (add_command, add_model_args, add_sampling_args, check_output_files, class_list, class_text,
                      load_pipeline, sampling_kwargs)
@@ -68,15 +68,26 @@ def register(sub) -> None:
 
 
 def _load_input(path: str, pipe: VARPipeline) -> tuple[torch.Tensor, tuple[int, int]]:
-    """The input image at the model's resolution, with a note when it had to be resized (and one more
-    when that changed its aspect ratio)."""
+    """The input image at the model's resolution and its original (width, height), with a note when it had to
+    be resized (and one more when that changed its aspect ratio) or made grey, and then how well the model
+    knows it (:meth:`VARPipeline.reconstruction_check`): said before the edit, which keeps no more of it."""
     H, W = pipe.image_hw
     image, (w, h) = load_image(path, pipe.channels, (H, W))
     if (w, h) != (W, H):
         stretched = " (its aspect ratio changed: the model's images are width x height %dx%d)" % (W, H) \
             if w * H != h * W else ""
         log.info("note: resized %s from %dx%d to %dx%d, the model's resolution%s", path, w, h, W, H, stretched)
-    return image.to(pipe.device), (w, h)
+    greyed = pipe.channels == 1 and has_colour(path)
+    if greyed:
+        log.info("note: converted %s to grey (luminance): this model takes 1 channel", path)
+    image = image.to(pipe.device)
+    db, note = pipe.reconstruction_check(image, greyed)
+    if note:
+        log.warning("%s", note)
+    else:
+        log.info("the model's tokenizer reconstructs %s at %.1f dB PSNR (what an edit keeps of it is at best that "
+                 "close)", path, db)
+    return image, (w, h)
 
 
 def _write(args: argparse.Namespace, pipe: VARPipeline, named_images: dict[str, torch.Tensor]) -> None:
