@@ -230,3 +230,5 @@ def test_reconstruction_check_says_when_the_model_does_not_know_an_image():
     unrecorded = VARPipeline(pipe.vqvae, pipe.var, class_names=pipe.class_names, pad=pipe.pad)
     assert "this model's training data is not recorded" in unrecorded.reconstruction_check(noise)[1]
     assert "greyscale" not in unrecorded.reconstruction_check(noise)[1]
+    rgb = known.expand(-1, 3, -1, -1)  # a colour image for this 1-channel model: compared as the model sees it
+    assert pipe.reconstruction_check(rgb)[0] == pytest.approx(pipe.reconstruction_check(known)[0], abs=1e-3)

@@ -342,7 +342,7 @@ class VARPipeline:
         mean PSNR (dB) of their reconstruction through the tokenizer, ``decode(encode(images))``, and a note
         for the user when it is below ``UNKNOWN_IMAGE_PSNR`` (else None) that names the data the model was
         trained on (``info["data"]``) and, with ``greyed``, that the input was converted to greyscale."""
-        x = images.to(self.device, torch.float32)
+        x = self._match_channels(images.to(self.device, torch.float32))  # compared as the model sees them
         db = psnr(self.decode(self.encode(x)).float(), x)
         if db >= UNKNOWN_IMAGE_PSNR:
             return db, None
