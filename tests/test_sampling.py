@@ -163,3 +163,30 @@ def test_every_batch_size_is_checked_by_one_rule(bad):
     with pytest.raises(ValueError, match=message):
         educational.generate(batch_size=bad, vqvae=pipe.vqvae)
     check_batch_size(None, allow_none=True)
+
+
+def test_guidance_at_the_first_scales_only_equals_the_teacher_forced_pass():
+    """cfg_scales=N guides scales 0..N-1 and takes the conditional logits alone after (the null half of the
+    batch dropped, its cached keys and values too); None, or N >= K, is the default to the token."""
+    pipe = small_pipe()
+    labels = torch.tensor([0, 3, 4])
+    K = len(pipe.patch_nums)
+    out = pipe(class_labels=labels, cfg=3.0, top_k=1, seed=0, cfg_scales=2)
+    guided, conditional = guided_argmax(pipe, out.tokens, labels, 3.0), guided_argmax(pipe, out.tokens, labels, 0.0)
+    for k, got in enumerate(out.tokens):
+        assert torch.equal(got, (guided if k < 2 else conditional)[k]), f"scale {k}"
+    assert not all(torch.equal(a, b) for a, b in zip(out.tokens, pipe(class_labels=labels, cfg=3.0, top_k=1).tokens))
+    default = pipe(class_labels=labels, cfg=3.0, seed=1, top_k=0, top_p=0)
+    for n in (None, K, K + 3):
+        same = pipe(class_labels=labels, cfg=3.0, seed=1, top_k=0, top_p=0, cfg_scales=n)
+        assert all(torch.equal(a, b) for a, b in zip(same.tokens, default.tokens)) and torch.equal(same.images, default.images)
+    unguided = pipe(class_labels=labels, cfg=0.0, seed=1, top_k=0, top_p=0)
+    assert all(torch.equal(a, b) for a, b in zip(pipe(class_labels=labels, cfg=3.0, seed=1, top_k=0, top_p=0,
+                                                       cfg_scales=0).tokens, unguided.tokens))
+    with pytest.raises(ValueError, match=r"cfg_scales must be an integer >= 0.*got -1"):
+        pipe(class_labels=labels, cfg_scales=-1)
+    # Concurrent streams split the remaining rows anew: the same tokens as one stream.
+    many = torch.arange(40) % 5
+    one, two = (sample_generate(pipe.var, pipe.vqvae, many, cfg=3.0, top_k=1, streams=s, cfg_scales=3)[1]
+                for s in (1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(one, two))

@@ -250,7 +250,7 @@ def reconstruct(pipe: VARPipeline, images: torch.Tensor, batch_size: int = 100) 
 
 def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArrayDataset, train: ImageArrayDataset,
                       n_per_class: int = 100, cfg: float | None = None, top_k: int | None = None,
-                      top_p: float | None = None, temperature: float | None = None,
+                      top_p: float | None = None, temperature: float | None = None, cfg_scales: int | None = None,
                       seed: int = 0, batch_size: int = 100, progress: bool = False,
                       save_npz: str | os.PathLike | None = None) -> dict:
     """Score a class-conditional :class:`~var.pipeline.VARPipeline` with ``classifier``.
@@ -278,7 +278,7 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     labels = torch.arange(c.num_classes).repeat_interleave(n_per_class)
     start = time.perf_counter()
     samples = pipe(class_labels=labels, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
-                   batch_size=batch_size, progress=progress).images.cpu()
+                   batch_size=batch_size, progress=progress, cfg_scales=cfg_scales).images.cpu()
     sample_time = time.perf_counter() - start
     log.info("generated %d samples in %.0f s", len(labels), sample_time)
     if save_npz is not None:
@@ -301,7 +301,8 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     names = c.class_names or [str(i) for i in range(c.num_classes)]
     result = {
         "n_per_class": n_per_class, "num_samples": len(labels),
-        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature), "seed": seed,
+        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+                                     cfg_scales=cfg_scales), "seed": seed,
                      "batch_size": batch_size, "dtype": dtype_name(pipe.compute_dtype)},
         "class_accuracy": int(hits.sum()) / len(labels),
         "class_accuracy_per_class": {names[k]: int(hits[labels == k].sum()) / n_per_class

@@ -241,7 +241,7 @@ class VARPipeline:
     def sampling(self, **given) -> dict:
         """The sampling options of a call: each one given, or else this model's default; checked here,
         before any work, so that a bad value is named instead of failing deep inside sampling."""
-        options = {k: self.sampling_defaults[k] if v is None else v for k, v in given.items()}
+        options = {k: self.sampling_defaults.get(k) if v is None else v for k, v in given.items()}
         check_sampling_options(**options)
         return options
 
@@ -382,12 +382,13 @@ class VARPipeline:
                  cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  temperature: float | None = None, smooth: bool = False, seed: int | None = None,
                  batch_size: int | None = None, progress: bool = False,
-                 on_scale: Callable[[int], None] | None = None) -> VAROutput:
+                 on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None) -> VAROutput:
         """Generate images of ``class_labels`` (ids or class names such as ``["Dress"]``; or ``num_samples``
         of uniformly drawn classes; the id ``num_classes`` is the null class: unconditional).
 
         ``cfg``, ``top_k``, ``top_p`` and ``temperature`` left at None take the model's defaults
         (``sampling_defaults``: saved with the model, else the reference's 1.5 / 900 / 0.96 / 1.0).
+        ``cfg_scales`` guides only the first that many scales (faster; None: every scale, see :func:`generate`).
         ``seed`` makes the call reproducible (for a given batch size); ``batch_size`` bounds memory by
         generating in chunks; ``on_scale(k)`` is called after each scale k of each chunk (progress reports).
         Returns images in [0, 1] with the token maps of every scale.
@@ -396,13 +397,14 @@ class VARPipeline:
         labels = self._labels(class_labels, num_samples, generator)
         return self._generate_batched(labels, batch_size, progress, seed, generator=generator, smooth=smooth,
                                       on_scale=on_scale,
-                                      **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                                      **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+                                                    cfg_scales=cfg_scales))
 
     def inpaint(self, images: torch.Tensor, mask, class_labels: ClassLabels | None = None, *,
                 cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
                 temperature: float | None = None, smooth: bool = False, seed: int | None = None,
                 batch_size: int | None = None, progress: bool = False,
-                on_scale: Callable[[int], None] | None = None) -> VAROutput:
+                on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None) -> VAROutput:
         """Regenerate the masked part of ``images`` (B, channels, H, W) in [0, 1] and keep the rest.
 
         ``mask`` is (H, W) or (B, 1, H, W), 1 where new content is generated and 0 where the image is kept
@@ -422,13 +424,14 @@ class VARPipeline:
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, keep_latent=latent,
                           smooth=smooth,
                           on_scale=on_scale,
-                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+                                                    cfg_scales=cfg_scales))
 
     def vary(self, images: torch.Tensor, keep_scales: int, class_labels: ClassLabels | None = None, *,
              cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
              temperature: float | None = None, smooth: bool = False, seed: int | None = None,
              batch_size: int | None = None, progress: bool = False,
-             on_scale: Callable[[int], None] | None = None) -> VAROutput:
+             on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None) -> VAROutput:
         """Variations of ``images``: keep their first ``keep_scales`` token maps and regenerate the finer ones.
 
         The coarse scales fix the layout, so the results share it with new details. ``keep_scales = 0`` is
@@ -438,7 +441,8 @@ class VARPipeline:
         keep_masks = editing.keep_masks_for_scales(images.shape[0], self.patch_nums, keep_scales, self.device)
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
                           on_scale=on_scale,
-                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature))
+                          **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+                                                    cfg_scales=cfg_scales))
 
     def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels: ClassLabels | None,
               seed: int | None, batch_size: int | None, progress: bool, keep_latent: torch.Tensor | None = None,

@@ -25,7 +25,7 @@ from .vqvae import VQVAE
 
 
 def check_sampling_options(cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                           temperature: float | None = None) -> None:
+                           temperature: float | None = None, cfg_scales: int | None = None) -> None:
     """Raise ValueError naming the first bad option and its valid range; None means "not given" (the
     pipeline and the command line check their options here before any work starts)."""
     if cfg is not None and not (_is_real(cfg) and math.isfinite(cfg)):
@@ -36,6 +36,10 @@ def check_sampling_options(cfg: float | None = None, top_k: int | None = None, t
         raise ValueError(f"top_p must be in [0, 1] (0 or 1 keeps every token), got {top_p!r}")
     if temperature is not None and not (_is_real(temperature) and 0 < temperature < math.inf):
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if cfg_scales is not None and (isinstance(cfg_scales, bool) or not isinstance(cfg_scales, Integral)
+                                   or cfg_scales < 0):
+        raise ValueError(f"cfg_scales must be an integer >= 0 (guidance at the first cfg_scales scales only; "
+                         f"None: at all), got {cfg_scales!r}")
 
 
 def _is_real(x) -> bool:
@@ -210,11 +214,13 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
              generator: torch.Generator | None = None,
              keep_tokens: Sequence[torch.Tensor] | None = None, keep_masks: Sequence[torch.Tensor] | None = None,
              keep_latent: torch.Tensor | None = None, on_scale: Callable[[int], None] | None = None,
-             streams: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+             streams: int | None = None, cfg_scales: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Generate the token maps of every scale for ``label_B`` (null class allowed).
 
     At scale k of K the guided logits are ``(1 + t) * cond - t * null`` with ``t = cfg * k / (K - 1)``
-    (the paper's linear ramp). Where ``keep_masks[k]`` (B, h_k * w_k) is True the token is taken from
+    (the paper's linear ramp); with ``cfg_scales`` only the first ``cfg_scales`` scales are guided and the
+    later ones take the conditional logits alone (the null-class half of the batch is dropped, a
+    training-free speed-up). Where ``keep_masks[k]`` (B, h_k * w_k) is True the token is taken from
     ``keep_tokens[k]`` instead of being sampled. With ``keep_latent`` (B, Cv, H, W: the kept image's
     quantized latent) a kept token is the image's own only while every earlier token of its image was
     kept; after that it is re-fitted (:meth:`MultiScaleQuantizer.codes_toward`) so that the running
@@ -226,7 +232,7 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
         f_hat, tokens = _generate(var, vqvae, label_B, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
                                   smooth=smooth, generator=generator, keep_tokens=keep_tokens,
                                   keep_masks=keep_masks, keep_latent=keep_latent, on_scale=on_scale,
-                                  streams=streams)
+                                  streams=streams, cfg_scales=cfg_scales)
     # Clones made outside inference mode are ordinary tensors, usable anywhere (autograd included).
     return f_hat.clone(), [t.clone() for t in tokens]
 
@@ -235,16 +241,16 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
               temperature: float, smooth: bool, generator: torch.Generator | None,
               keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
               keep_latent: torch.Tensor | None, on_scale: Callable[[int], None] | None,
-              streams: int | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+              streams: int | None, cfg_scales: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     var.check_labels(label_B, allow_null=True)
-    check_sampling_options(cfg, top_k, top_p, temperature)
+    check_sampling_options(cfg, top_k, top_p, temperature, cfg_scales)
     scales, quant = var.scales, vqvae.quantize
     if scales != quant.scales:
         raise ValueError(f"transformer scales {var.patch_nums} differ from the tokenizer's {quant.patch_nums}")
     K, B = len(scales), label_B.shape[0]
     _check_kept(keep_tokens, keep_masks, keep_latent, quant, B)
     untouched_B = label_B.new_ones(B, dtype=torch.bool)  # every token so far is the kept image's own
-    guided = cfg != 0  # with cfg == 0 the null-class half would get weight 0: skip it
+    guided = cfg != 0 and cfg_scales != 0  # with cfg == 0 the null-class half would get weight 0: skip it
     labels = torch.cat((label_B, torch.full_like(label_B, var.num_classes))) if guided else label_B
     n = labels.shape[0]
 
@@ -260,6 +266,10 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
         cur = 0
         for k, (h, w) in enumerate(scales):
             ratio = k / (K - 1) if K > 1 else 1.0
+            if guided and cfg_scales is not None and k >= cfg_scales:  # guidance off from here: drop the null half
+                guided = False
+                transformer.keep_rows(B)
+                x_nlC = x_nlC[:B]
             logits_BlV = transformer.logits(x_nlC)
             check_finite_logits(logits_BlV, k, (h, w))
             if guided:  # (1 + t) * conditional - t * unconditional, in one pass
@@ -331,13 +341,23 @@ class _BatchStreams:
     MIN_ROWS_PER_STREAM = 256
 
     def __init__(self, var: VAR, cond_nC: torch.Tensor, mods: Sequence[torch.Tensor], streams: Streams):
-        n = cond_nC.shape[0]
-        edges = [round(i * n / streams.count) for i in range(streams.count + 1)]
         self.var, self.streams, self.cond, self.mods = var, streams, cond_nC, mods
-        self.parts = [slice(a, b) for a, b in zip(edges, edges[1:])]
-        self.caches = var.new_caches(n, cond_nC)
-        self.part_caches = [[KVCache(c.kv[:, sl]) for c in self.caches] for sl in self.parts]
+        self.caches = var.new_caches(cond_nC.shape[0], cond_nC)
         self.length = 0
+        self._split()
+
+    def _split(self) -> None:
+        """Each stream's rows of the batch and its views of the caches."""
+        n = self.cond.shape[0]
+        edges = [round(i * n / self.streams.count) for i in range(self.streams.count + 1)]
+        self.parts = [slice(a, b) for a, b in zip(edges, edges[1:])]
+        self.part_caches = [[KVCache(c.kv[:, sl], c.length) for c in self.caches] for sl in self.parts]
+
+    def keep_rows(self, n: int) -> None:
+        """Run only the first ``n`` rows of the batch from now on (their cached keys and values stay)."""
+        self.cond, self.mods = self.cond[:n], [m[:n] for m in self.mods]
+        self.caches = [KVCache(c.kv[:, :n], c.length) for c in self.caches]
+        self._split()
 
     def logits(self, x_nlC: torch.Tensor) -> torch.Tensor:
         """Logits (n, l, V) of the scale whose input is ``x_nlC``; its keys and values join the caches."""

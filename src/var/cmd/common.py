@@ -132,6 +132,9 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's; reference 0.96)")
     p.add_argument("--temperature", type=float, default=None,
                    help="softmax temperature (default: the model's; reference 1.0)")
+    p.add_argument("--cfg-scales", type=int, default=None, metavar="N",
+                   help="guide only the first N scales, the later ones conditional alone: faster, at a measured "
+                        "cost (docs/performance.md) (default: every scale)")
     p.add_argument("--smooth", action="store_true", help="Gumbel-softmax smoothing (looks, not FID)")
     p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images")
 
@@ -237,6 +240,7 @@ def _check_writable(flag: str, path: Path, folder: Path) -> None:
 def sampling_kwargs(args: argparse.Namespace) -> dict:
     """The options of :func:`add_sampling_args` as keyword arguments of the pipeline's calls, checked
     before a model is loaded."""
-    check_sampling_options(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature)
+    check_sampling_options(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                           cfg_scales=args.cfg_scales)
     return dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                smooth=args.smooth, seed=args.seed)
+                cfg_scales=args.cfg_scales, smooth=args.smooth, seed=args.seed)

@@ -30,10 +30,12 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, help="0 disables (default: the model's)")
     p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default: the model's)")
+    p.add_argument("--cfg-scales", type=int, default=None, metavar="N",
+                   help="guide only the first N scales (faster, at a measured cost) (default: every scale)")
     p.add_argument("--seed", type=int, default=0, help="random seed of the samples and of the real images drawn")
     p.add_argument("--batch-size", type=positive_int, default=100,
-                   help="images generated per call (one random stream runs through the calls: the samples of a "
-                        "seed depend on it)")
+                   help="images generated per call, call i seeded from --seed and i as var sample does (the "
+                        "samples of a seed depend on it)")
     p.add_argument("--classifier", metavar="PATH", default="bundled",
                    help="a folder written by var train-classifier, or 'bundled' for the shipped one")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder holding its IDX files: the "
@@ -116,7 +118,8 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     test, train = _dataset(args.data, "test"), _dataset(args.data, "train")
     start = time.perf_counter()
     result = evaluate_pipeline(pipe, classifier, test, train, n_per_class=args.per_class, cfg=args.cfg,
-                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature, seed=args.seed,
+                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                               cfg_scales=args.cfg_scales, seed=args.seed,
                                batch_size=args.batch_size, progress=True, save_npz=args.save_npz)
     result["eval_time_s"] = round(time.perf_counter() - start, 1)
     result["model"] = "official" if args.official else args.model
