@@ -411,10 +411,10 @@ class VARPipeline:
         (outpainting: 1 outside the region to keep; see :func:`var.editing.box_mask`). At every scale a
         token is kept when more than half of its pixels are (:func:`var.editing.keep_masks_from_mask`).
         Kept tokens are teacher-forced: the image's own until something of it is generated, then fitted
-        so that the latent meets the image's at the kept positions (``keep_latent`` of :func:`generate`). The model's border (``pad``) follows the
-        mask of the nearest image pixel. Without ``class_labels`` the null class conditions the model;
-        with them the edit is class-conditional. Sampling options (and ``on_scale``) are those of
-        ``__call__``; the seed draws the same numbers.
+        so that the latent meets the image's at the kept positions (``keep_latent`` of :func:`generate`).
+        The model's border (``pad``) follows the mask of the nearest image pixel. Without ``class_labels``
+        the null class conditions the model; with them the edit is class-conditional. Sampling options (and
+        ``on_scale``) are those of ``__call__``; the seed draws the same numbers.
         """
         tokens = self.encode(images)
         gen_B1HW = editing.check_mask(mask, images.shape[0], self.image_hw).to(self.device)

@@ -18,6 +18,12 @@ import torch.nn.functional as F
 
 from .schedule import Scale, compact_patch_nums, normalize_patch_nums
 
+def nearest_row(z_NC: torch.Tensor, w_VC: torch.Tensor) -> torch.Tensor:
+    """For each row of ``z_NC``, the index of the row of ``w_VC`` at the smallest squared L2 distance."""
+    d_NV = (z_NC.square().sum(dim=1, keepdim=True) + w_VC.square().sum(dim=1)).addmm_(z_NC, w_VC.T, alpha=-2)
+    return d_NV.argmin(dim=1)
+
+
 class Phi(nn.Conv2d):
     """3x3 conv mixed with its input: ``(1 - r) * h + r * conv(h)``, r = ``resi_ratio``."""
 
@@ -109,8 +115,7 @@ class MultiScaleQuantizer(nn.Module):
         w_VC = self.embedding.weight
         if self.cosine_lookup:
             return (F.normalize(z_NC, dim=1) @ F.normalize(w_VC, dim=1).T).argmax(dim=1)
-        d_NV = (z_NC.square().sum(dim=1, keepdim=True) + w_VC.square().sum(dim=1)).addmm_(z_NC, w_VC.T, alpha=-2)
-        return d_NV.argmin(dim=1)
+        return nearest_row(z_NC, w_VC)
 
     @property
     def latent_hw(self) -> Scale:
@@ -224,13 +229,13 @@ class MultiScaleQuantizer(nn.Module):
             return ids_Bl
         phi = self.quant_resi.for_scale(k)
         # phi(h) at a position is A @ h there plus what its neighbours (and the bias) add.
-        own_CC = (1 - phi.resi_ratio) * torch.eye(C, device=f_hat.device) + phi.resi_ratio * phi.weight[:, :, 1, 1].float()
-        codes_VC = self.embedding.weight.float() @ own_CC.T
+        centre_CC = phi.weight[:, :, 1, 1].float()
+        own_CC = (1 - phi.resi_ratio) * torch.eye(C, device=f_hat.device) + phi.resi_ratio * centre_CC
         h_BChw = self.embedding(ids_Bl).transpose(1, 2).reshape(B, C, h, w)
         from_neighbours = phi(h_BChw).float() - torch.einsum("oc,bchw->bohw", own_CC, h_BChw)
         wanted_NC = (residual - from_neighbours).permute(0, 2, 3, 1).reshape(-1, C)
-        d_NV = (wanted_NC.square().sum(1, keepdim=True) + codes_VC.square().sum(1)).addmm_(wanted_NC, codes_VC.T, alpha=-2)
-        return torch.where(fit_Bl, d_NV.argmin(dim=1).view(B, h * w), other_Bl)
+        fitted_Bl = nearest_row(wanted_NC, self.embedding.weight.float() @ own_CC.T).view(B, h * w)
+        return torch.where(fit_Bl, fitted_Bl, other_Bl)
 
     def next_input(self, k: int, f_hat: torch.Tensor, h_BChw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Add scale k's code map (B, C, h_k, w_k) to f_hat; return f_hat and the next scale's input map."""

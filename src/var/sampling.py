@@ -224,8 +224,9 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
     ``keep_tokens[k]`` instead of being sampled. With ``keep_latent`` (B, Cv, H, W: the kept image's
     quantized latent) a kept token is the image's own only while every earlier token of its image was
     kept; after that it is re-fitted (:meth:`MultiScaleQuantizer.codes_toward`) so that the running
-    latent meets the image's at the kept positions whatever was generated around them. ``streams`` splits the transformer's batch into that many
-    concurrent streams (see :mod:`var.cpu.streams`); by default one per CPU thread on CPU, one elsewhere.
+    latent meets the image's at the kept positions whatever was generated around them. ``streams`` splits
+    the transformer's batch into that many concurrent streams (see :mod:`var.cpu.streams`); by default one
+    per CPU thread on CPU, one elsewhere.
     Returns the final latent f_hat and the K token maps.
     """
     with torch.inference_mode():
@@ -334,8 +335,8 @@ class _BatchStreams:
     """The transformer's per-scale pass over the batch, on CPU split into concurrent streams (see
     :mod:`.streams`) at the scales with at least ``MIN_ROWS_PER_STREAM`` tokens per stream. Smaller scales
     run as one call over the whole batch: there the layers are bound by reading the weights, which every
-    stream would do again. One KV
-    cache per block holds the whole batch; each stream's caches are views of its rows. The logits come back
+    stream would do again. One KV cache per block holds the whole batch; each stream's caches are views of
+    its rows. The logits come back
     in batch order, so sampling, done by the caller, does not depend on the number of streams."""
 
     MIN_ROWS_PER_STREAM = 256
