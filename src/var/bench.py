@@ -256,7 +256,8 @@ def compile_pipeline(pipe: VARPipeline) -> None:
 
 def run_benchmark(config: str = "d16", device: str | None = None, settings: GenerationSettings | None = None,
                   repeats: int = 3, train_batch_size: int | None = None, compile: bool = False) -> dict:
-    """All measurements for a named config (see :data:`var.recipes.CONFIGS`) on ``device`` (default: CUDA if present)."""
+    """All measurements for a named config (see :data:`var.recipes.CONFIGS`) on ``device`` (default: CUDA if
+    present)."""
     device = torch.device(device or default_device())
     pipe = build_pipeline(config, device)
     if compile:

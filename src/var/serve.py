@@ -107,7 +107,8 @@ class Demo:
         image, _ = load_image(path, self.pipe.channels, self.pipe.image_size)
         image = image.to(self.pipe.device)
         db, note = self.pipe.reconstruction_check(image, greyed=self.pipe.channels == 1 and has_colour(path))
-        log.info("an upload the tokenizer reconstructs at %.1f dB PSNR%s", db, " (not known to the model)" if note else "")
+        log.info("an upload the tokenizer reconstructs at %.1f dB PSNR%s", db,
+                 " (not known to the model)" if note else "")
         return image, note
 
     def painted_mask(self, layers: Sequence[str], invert: bool = False) -> torch.Tensor:

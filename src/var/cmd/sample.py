@@ -1,5 +1,5 @@
-"""``var sample``: a labelled grid of samples (a row per class; one class as a square), optionally every sample as a PNG file and
-an npz for FID tools, and the coarse-to-fine progression figure."""
+"""``var sample``: a labelled grid of samples (a row per class; one class as a square), optionally every sample
+as a PNG file and an npz for FID tools, and the coarse-to-fine progression figure."""
 from __future__ import annotations
 
 import argparse
@@ -67,9 +67,9 @@ def _write_pngs(images_NHW3: np.ndarray, labels: torch.Tensor, folder: Path, sta
 
 
 def run(args: argparse.Namespace) -> int:
-    """Generate in chunks of ``--batch-size`` (chunk i seeded with :func:`var.sampling.chunk_seed`). Under torchrun the chunks are
-    dealt out round-robin over the processes and gathered on rank 0, so the files are identical to one
-    process's with the same seed."""
+    """Generate in chunks of ``--batch-size`` (chunk i seeded with :func:`var.sampling.chunk_seed`). Under
+    torchrun the chunks are dealt out round-robin over the processes and gathered on rank 0, so the files are
+    identical to one process's with the same seed."""
     from ..training.common import setup_distributed
 
     sampling = sampling_kwargs(args)

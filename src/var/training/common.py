@@ -133,7 +133,8 @@ class Schedule:
         if self.final_weight_decay is None:
             return self.weight_decay
         done = min(1.0, step / max(1, self.steps - 1))
-        return self.final_weight_decay + (self.weight_decay - self.final_weight_decay) * 0.5 * (1 + math.cos(math.pi * done))
+        span = self.weight_decay - self.final_weight_decay
+        return self.final_weight_decay + span * 0.5 * (1 + math.cos(math.pi * done))
 
 
 @dataclass
