@@ -203,6 +203,13 @@ def register(sub) -> None:
     p.add_argument("--crop", action="store_true",
                    help="random-crop augmentation (the reference's): images resized to 1.125x, a random window "
                         "cut every step and tokenized on the fly instead of read from the token cache")
+    p.add_argument("--fsdp", action="store_true",
+                   help="shard the transformer, its gradients, AdamW's moments and the EMA weights over the torchrun "
+                        "processes (PyTorch's FSDP2): each process holds 1/N of them, so models too large for one "
+                        "device train; checkpoints are sharded too (docs/training.md)")
+    p.add_argument("--dtype", choices=("fp32", "bf16"), default="fp32",
+                   help="with --fsdp: the dtype the blocks compute in; bf16 gathers bf16 weights and computes under "
+                        "bf16 autocast, while the shards, the gradients' reduction and AdamW stay float32")
     _schedule_args(p, VAR_RECIPES)
     p.set_defaults(run=run_train_var)
 
@@ -305,7 +312,7 @@ def run_train_var(a: argparse.Namespace) -> int:
     _check_warmup(a, warmup_given)
     train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema or None,
               flip=a.flip, amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma,
-              crop=a.crop)
+              crop=a.crop, fsdp=a.fsdp, dtype=a.dtype)
     log.info("pipeline saved in %s (load it with VARPipeline.from_pretrained)", a.out)
     return 0
 

@@ -28,6 +28,7 @@ from ..precision import default_device
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
+SHARDED_CHECKPOINT = "checkpoint-sharded.pt"  # the index of a sharded (FSDP) run's checkpoint: see var.training.fsdp
 METRICS = "metrics.jsonl"
 
 
@@ -361,15 +362,18 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
     """Run ``trainer.train_step`` from the checkpointed step (or 0) to ``schedule.steps``, under ``schedule``'s
     learning rate and weight decay.
 
-    Saves a checkpoint every ``save_every`` steps, at the end and on SIGINT/SIGTERM (then raises
-    :class:`Interrupted`); a non-finite loss raises :class:`NonFiniteLoss` before any weight is changed by
-    it, a file of the run that cannot be written (checkpoint, snapshot, metrics) :class:`CheckpointWriteFailed`
-    naming the file and the step whose checkpoint is intact.
+    Saves a checkpoint (``trainer.checkpoint_name``; a sharded trainer's is written by every process) every
+    ``save_every`` steps, at the end and on SIGINT/SIGTERM (then raises :class:`Interrupted`); ValueError when
+    ``out`` holds the other kind of checkpoint (a run started with or without --fsdp); a non-finite loss
+    raises :class:`NonFiniteLoss` before any weight is changed by it, a file of the run that cannot be written
+    (checkpoint, snapshot, metrics) :class:`CheckpointWriteFailed` naming the file and the step whose
+    checkpoint is intact. Snapshots run inside ``trainer.full_weights``, which every process enters.
     """
     from tqdm.auto import tqdm
 
     out.mkdir(parents=True, exist_ok=True)
-    ckpt = out / CHECKPOINT
+    ckpt = out / trainer.checkpoint_name
+    _refuse_other_kind_of_checkpoint(ckpt)
     saved_step = None  # the step of the checkpoint on disk
     if ckpt.exists():
         trainer.load_checkpoint(ckpt, info.rank)
@@ -400,14 +404,17 @@ def fit(trainer, schedule: Schedule, out: Path, info: DistInfo, get_batch: Calla
                 _on_main_process(_stop_if_unwritable(lambda: append_metrics(out, last), f"the metrics of step {done}",
                                                      saved_step), info)
             if on_snapshot is not None and (done % schedule.sample_every == 0 or done == schedule.steps):
-                _on_main_process(_stop_if_unwritable(lambda: on_snapshot(done), f"the snapshot of step {done}",
-                                                     saved_step), info)
+                with trainer.full_weights(info):  # sharded weights are gathered by every process
+                    _on_main_process(_stop_if_unwritable(lambda: on_snapshot(done), f"the snapshot of step {done}",
+                                                         saved_step), info)
             stopping = any_rank(stop.requested, info)
             if done % schedule.save_every == 0 or done == schedule.steps or stopping:
-                check_replicas_in_sync(trainer.modules, info)
+                if not trainer.sharded:
+                    check_replicas_in_sync(trainer.modules, info)
                 states = gather_rng_states(info)
-                _on_main_process(_stop_if_unwritable(lambda: trainer.save_checkpoint(ckpt, states),
-                                                     f"the checkpoint of step {done}", saved_step), info)
+                save = _stop_if_unwritable(lambda: trainer.save_checkpoint(ckpt, states),
+                                           f"the checkpoint of step {done}", saved_step)
+                (_on_every_process if trainer.sharded else _on_main_process)(save, info)
                 saved_step = done
                 if stopping:
                     if info.world > 1:
@@ -430,6 +437,30 @@ def _on_main_process(work: Callable[[], None], info: DistInfo) -> None:
         if error is not None:
             raise error
         raise TrainingStopped(f"process {info.rank}: stopping, the main process failed (its log says why)")
+
+
+def _on_every_process(work: Callable[[], None], info: DistInfo) -> None:
+    """Run ``work`` (writing each process's part of the files) on every process. When it fails on one, every
+    process stops: those where it failed with their error, the others with :class:`TrainingStopped`."""
+    error = None
+    try:
+        work()
+    except Exception as e:  # re-raised below, after the other processes have been told
+        error = e
+    if any_rank(error is not None, info):
+        if error is not None:
+            raise error
+        raise TrainingStopped(f"process {info.rank}: stopping, another process failed (its log says why)")
+
+
+def _refuse_other_kind_of_checkpoint(ckpt: Path) -> None:
+    """ValueError when the run folder holds the other kind of checkpoint than ``ckpt`` and not ``ckpt``: a run
+    resumes with or without --fsdp as it started."""
+    other = ckpt.with_name(SHARDED_CHECKPOINT if ckpt.name == CHECKPOINT else CHECKPOINT)
+    if other.exists() and not ckpt.exists():
+        how = "without --fsdp" if other.name == CHECKPOINT else "with --fsdp"
+        raise ValueError(f"{other.parent} holds {other.name}, the checkpoint of a run {how}: resume it {how}, "
+                         "or start a new --out")
 
 
 def _stop_if_unwritable(write: Callable[[], None], what: str, saved_step: int | None) -> Callable[[], None]:

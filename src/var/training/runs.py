@@ -31,8 +31,10 @@ from ..files import FolderLock, WriteFailed, check_free_space, leftover_temporar
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
-from .common import (CHECKPOINT, CheckpointWriteFailed, DistInfo, Prefetcher, Schedule, _on_main_process,
-                     append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size, setup_distributed)
+from .common import (CHECKPOINT, SHARDED_CHECKPOINT, CheckpointWriteFailed, DistInfo, Prefetcher, Schedule,
+                     _on_main_process, append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size,
+                     setup_distributed)
+from .fsdp import DTYPES, process_group_of_one, shard_transformer
 from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
@@ -123,14 +125,15 @@ def _run_lock(out: Path, info: DistInfo):
 
 
 def _locked_run(train: Callable[..., dict]) -> Callable[..., dict]:
-    """``train`` (a function with ``out`` and ``device`` parameters) holding the run folder's lock throughout."""
+    """``train`` (a function with ``out`` and ``device`` parameters) holding the run folder's lock throughout;
+    with ``fsdp=True`` in a process alone, in a one-process group (:func:`~var.training.fsdp.process_group_of_one`)."""
     signature = inspect.signature(train)
 
     @functools.wraps(train)
     def run(*args, **kwargs) -> dict:
         arguments = signature.bind(*args, **kwargs).arguments
         info = setup_distributed(arguments.get("device"))  # train's own call finds the process group made
-        with _run_lock(Path(arguments["out"]), info):
+        with _run_lock(Path(arguments["out"]), info), process_group_of_one(info, arguments.get("fsdp", False)):
             return train(*args, **kwargs)
     return run
 
@@ -468,13 +471,25 @@ def _transformer_images(data: str, vae_cfg: VQVAEConfig, crop: bool) -> ImageArr
 def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule: Schedule, *,
               label_smoothing: float = 0.0, ema: float | None = None, flip: bool = False, amp: bool = False,
               cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4,
-              init_adaln_gamma: float | None = None, crop: bool = False) -> dict:
+              init_adaln_gamma: float | None = None, crop: bool = False, fsdp: bool = False,
+              dtype: str = "fp32") -> dict:
     """Train the transformer on a tokenizer's tokens. Tokens are computed once and cached; with ``crop``
     (the reference's augmentation) a random window of the model's size is cut every step from each image at
     ``CROP_RATIO`` times that size, and the tokenizer encodes it on the fly. Those images are decoded at that
     size from the source files; data that holds nothing larger (Fashion-MNIST, a data set prepared at the
     model's size) is enlarged with the same Lanczos filter batch by batch, after a warning that its crops are
-    softer than the source (the reference enlarges small images the same way)."""
+    softer than the source (the reference enlarges small images the same way).
+
+    With ``fsdp`` the transformer, its gradients, AdamW's moments and the EMA weights are sharded over the
+    processes (:mod:`var.training.fsdp`) and ``dtype`` "bf16" computes with bf16 weights under bf16 autocast
+    (the shards, the gradients' reduction and the optimizer stay float32); the exported folder is the same
+    as without. ValueError names ``dtype`` "bf16" without ``fsdp`` (there ``amp`` is bf16 autocast) or an
+    unknown one."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
+    if dtype != "fp32" and not fsdp:
+        raise ValueError(f"--dtype {dtype} sets the dtype of the weights FSDP gathers: it takes --fsdp (without "
+                         "--fsdp, --amp trains with bf16 autocast)")
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
     vqvae, vae_meta = load_vqvae(vae_dir)
@@ -517,13 +532,16 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
             toks = tokens[flips.numpy().astype(np.intp), idx] if flips is not None else tokens[idx]
             return torch.from_numpy(np.ascontiguousarray(toks)), labels[torch.as_tensor(idx)]
 
+    if fsdp:  # before the optimizer is made: it takes the sharded parameters
+        shard_transformer(var, DTYPES[dtype])
     trainer = VARTrainer(var, vqvae, make_optimizer(var, schedule, VAR_BETAS), info.device,
-                         label_smoothing=label_smoothing, grad_clip=schedule.grad_clip, amp=amp, ema_decay=ema,
-                         ddp_model=_wrap(var, info))
+                         label_smoothing=label_smoothing, grad_clip=schedule.grad_clip, amp=amp or dtype == "bf16",
+                         ema_decay=ema, ddp_model=None if fsdp else _wrap(var, info))
     if info.is_main:
-        log.info("transformer: %.2fM parameters, %d images x %d tokens%s, %d process(es)",
+        log.info("transformer: %.2fM parameters, %d images x %d tokens%s, %d process(es)%s",
                  sum(p.numel() for p in var.parameters()) / 1e6, len(ds), var.config.seq_len,
-                 f", random {H}px crops of {H + margin}px images" if crop else "", info.world)
+                 f", random {H}px crops of {H + margin}px images" if crop else "", info.world,
+                 f", sharded (FSDP, {dtype})" if fsdp else "")
 
     def snapshot(step: int) -> None:
         if not info.is_main:
@@ -547,7 +565,7 @@ def _trained_on_tokenizer(out: Path, run_vae: str, vae_dir: str | os.PathLike) -
     run.json names (``run_vae``). None when nothing has been trained yet, or nothing else is named."""
     if (out / "config.json").is_file():
         return load_vqvae(out)[0]
-    if not (out / CHECKPOINT).is_file() or run_vae == str(vae_dir):
+    if not any((out / name).is_file() for name in (CHECKPOINT, SHARDED_CHECKPOINT)) or run_vae == str(vae_dir):
         return None
     try:
         return load_vqvae(run_vae)[0]

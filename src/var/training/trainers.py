@@ -5,7 +5,9 @@ EMA, step and every RNG state) so that :func:`common.fit` can run and resume the
 :class:`common.Schedule` (``schedule=``, or by :func:`common.fit`), each step first takes the schedule's
 learning rate and weight decay for its step number; without one the optimizer's stay as they are.
 Under torchrun the model given as ``ddp_model`` is the DistributedDataParallel wrapper; the plain module
-is kept for saving and sampling.
+is kept for saving and sampling. A transformer sharded with :func:`var.training.fsdp.shard_transformer`
+(``var train --fsdp``) is given as it is: the trainer then keeps its EMA weights sharded alike, checkpoints
+with every process (:mod:`var.training.fsdp`) and samples from the weights gathered by :meth:`full_weights`.
 """
 from __future__ import annotations
 
@@ -26,13 +28,18 @@ from .. import quickstart
 from ..precision import autocast, choose_dtype
 from ..transformer import VAR
 from ..vqvae import VQVAE
-from .common import NonFiniteLoss, Schedule, atomic_save, load_checkpoint_file, rng_state, set_rng_state
+from . import fsdp
+from .common import (CHECKPOINT, SHARDED_CHECKPOINT, DistInfo, NonFiniteLoss, Schedule, atomic_save,
+                     load_checkpoint_file, rng_state, set_rng_state)
 
 log = logging.getLogger(__name__)
 
 
 class _Trainer:
     """Step counter, optimizers, clipping, non-finite check and checkpoints shared by both trainers."""
+
+    sharded = False  # True: the weights are sharded over the processes, every process takes part in checkpoints
+    checkpoint_name = CHECKPOINT  # the checkpoint's file in a run folder
 
     def __init__(self, modules: dict[str, nn.Module], optimizers: dict[str, torch.optim.Optimizer],
                  device: str | torch.device, grad_clip: float, amp: bool, schedule: Schedule | None):
@@ -103,22 +110,30 @@ class _Trainer:
                 "rng_per_rank": rng_per_rank or [rng_state()]}
 
     def save_checkpoint(self, path: str | Path, rng_per_rank: list[dict] | None = None) -> None:
-        """Everything needed to continue bit for bit; under DDP, every process's RNG state."""
-        atomic_save(self.state(rng_per_rank), Path(path))
+        """Everything needed to continue bit for bit; under DDP, every process's RNG state. Sharded, every
+        process calls it and writes its shards (:func:`var.training.fsdp.save_checkpoint`)."""
+        if self.sharded:
+            fsdp.save_checkpoint(Path(path), self.step, self.modules, self.optimizers, rng_per_rank or [rng_state()])
+        else:
+            atomic_save(self.state(rng_per_rank), Path(path))
 
     def load_checkpoint(self, path: str | Path, rank: int = 0) -> None:
-        """Continue from a :meth:`save_checkpoint` file; ValueError when it holds other parts than this run
-        trains (a resume with ``--ema`` or ``--adv-weight`` turned on or off)."""
+        """Continue from a :meth:`save_checkpoint` file (sharded: every process calls it, on any number of
+        processes); ValueError when it holds other parts than this run trains (a resume with ``--ema`` or
+        ``--adv-weight`` turned on or off)."""
         ckpt = load_checkpoint_file(Path(path))
         for part, ours in (("models", sorted(self.modules)), ("optimizers", sorted(self.optimizers))):
             saved = sorted(ckpt[part])
             if saved != ours:
                 raise ValueError(f"{path} holds the {part} {saved}, but this run trains {ours}: resume with the "
                                  "options the run started with (--ema, --adv-weight), or start a new --out")
-        for k, m in self.modules.items():
-            m.load_state_dict(ckpt["models"][k])
-        for k, o in self.optimizers.items():
-            o.load_state_dict(ckpt["optimizers"][k])
+        if self.sharded:
+            fsdp.load_checkpoint(Path(path), ckpt, self.modules, self.optimizers)
+        else:
+            for k, m in self.modules.items():
+                m.load_state_dict(ckpt["models"][k])
+            for k, o in self.optimizers.items():
+                o.load_state_dict(ckpt["optimizers"][k])
         self.step = ckpt["step"]
         states = ckpt["rng_per_rank"]
         if rank < len(states):
@@ -128,6 +143,11 @@ class _Trainer:
             torch.manual_seed(int(torch.randint(2 ** 62, ())) + rank)
             log.info("process %d: %s holds the RNG states of %d process(es); this one's is derived from the "
                      "first's", rank, path, len(states))
+
+    def full_weights(self, info: DistInfo) -> contextlib.AbstractContextManager:
+        """A ``with`` block in which the main process can sample from and export the model; every process
+        enters it. Nothing to gather unless the weights are sharded (see :class:`VARTrainer`)."""
+        return contextlib.nullcontext()
 
 
 # ----------------------------------------------------------------------------------- tokenizer
@@ -273,17 +293,25 @@ class VQVAETrainer(_Trainer):
 
 # --------------------------------------------------------------------------------- transformer
 class VARTrainer(_Trainer):
-    """Teacher-forced next-scale prediction with label-smoothed cross-entropy and optional EMA weights."""
+    """Teacher-forced next-scale prediction with label-smoothed cross-entropy and optional EMA weights. ``var``
+    may be sharded (:func:`var.training.fsdp.shard_transformer`, ``optimizer`` made over its sharded
+    parameters); its EMA copy is then sharded alike."""
 
     def __init__(self, var: VAR, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu",
                  *, label_smoothing: float = 0.0, grad_clip: float = 2.0, amp: bool = False,
                  ema_decay: float | None = None, ddp_model: nn.Module | None = None,
                  schedule: Schedule | None = None):
         quickstart.pair(var, vqvae)  # var.generate(...) finds it; before the copy, so the EMA model is paired too
-        self.ema = copy.deepcopy(var).eval().requires_grad_(False) if ema_decay else None
+        self.sharded = fsdp.is_sharded(var)
+        if self.sharded and ddp_model is not None:
+            raise ValueError("a sharded transformer (fully_shard) is trained as it is: ddp_model must be None")
+        copy_of = fsdp.sharded_copy if self.sharded else copy.deepcopy
+        self.ema = copy_of(var).eval().requires_grad_(False) if ema_decay else None
         modules = {"var": var} | ({"ema": self.ema} if self.ema is not None else {})
         super().__init__(modules, {"var": optimizer}, device, grad_clip, amp, schedule)
         self.var, self.model = var, ddp_model or var
+        self.checkpoint_name = SHARDED_CHECKPOINT if self.sharded else CHECKPOINT
+        self._gathered: VAR | None = None  # the plain model of full_weights, on the main process
         self.vqvae = vqvae.eval().requires_grad_(False)
         self.label_smoothing, self.ema_decay = label_smoothing, ema_decay
 
@@ -307,7 +335,7 @@ class VARTrainer(_Trainer):
         target_BL = torch.cat(tokens, dim=1)
         self._follow_schedule()
         self.var.train()
-        with self.autocast():
+        with self.autocast(), fsdp.quiet_view_outputs() if self.sharded else contextlib.nullcontext():
             logits_BLV = self.model(labels, x_in)
         B, L, V = logits_BLV.shape
         loss_BL = F.cross_entropy(logits_BLV.float().view(-1, V), target_BL.view(-1),
@@ -338,8 +366,27 @@ class VARTrainer(_Trainer):
         return {k: v / n for k, v in sums.items()} | {"steps": n}
 
     def sampling_model(self) -> VAR:
-        """The weights samples are drawn with: the EMA copy when kept, else the trained model."""
-        return self.ema if self.ema is not None else self.var
+        """The weights samples are drawn with: the EMA copy when kept, else the trained model. Sharded, the
+        plain model :meth:`full_weights` gathers on the main process (RuntimeError outside that block)."""
+        if not self.sharded:
+            return self.ema if self.ema is not None else self.var
+        if self._gathered is None:
+            raise RuntimeError("the transformer is sharded: sample or export inside trainer.full_weights(info), "
+                               "on the main process, with every process in that block")
+        return self._gathered
+
+    @contextlib.contextmanager
+    def full_weights(self, info: DistInfo) -> Iterator[None]:
+        """Sharded, every process gathers the sampling weights (EMA if kept) into a plain model on the main
+        process, which :meth:`sampling_model` and the pipelines use in the block; dropped after it."""
+        if not self.sharded:
+            yield
+            return
+        self._gathered = fsdp.full_model(self.ema if self.ema is not None else self.var, info)
+        try:
+            yield
+        finally:
+            self._gathered = None
 
     def pipeline(self, class_names: Sequence[str] | None = None, pad: int = 0, info: dict | None = None) -> VARPipeline:
         """A pipeline of the current (EMA, if kept) weights; shares tensors with the trainer. On CPU it
