@@ -253,3 +253,48 @@ def test_shard_metadata_that_would_run_code_is_refused(runs, tmp_path):
     (folder / ".metadata").write_bytes(pickle.dumps(os.system))  # a callable: what a planted pickle calls
     with pytest.raises(ValueError, match="posix.system.*refused"):
         check_shard_metadata(folder)
+
+
+def test_a_sharded_save_that_fails_names_the_folder_and_keeps_the_last_checkpoint(vae_run, tmp_path, monkeypatch):
+    import dataclasses
+    import errno
+    import torch.distributed.checkpoint.filesystem as dcp_files
+    from var import VAR
+    from var.training.common import CheckpointWriteFailed, DistInfo, fit, load_checkpoint_file
+    from var.training.fsdp import process_group_of_one, shard_transformer
+    from var.training.runs import VAR_BETAS, load_vqvae, make_optimizer
+    from var.training.trainers import VARTrainer
+
+    vqvae = load_vqvae(vae_run)[0]
+    cfg = dataclasses.replace(TINY, vocab_size=vqvae.config.vocab_size, latent_channels=vqvae.config.z_channels,
+                              patch_nums=vqvae.config.patch_nums, num_classes=2)
+
+    def trainer() -> VARTrainer:
+        torch.manual_seed(0)
+        var = shard_transformer(VAR(cfg))
+        return VARTrainer(var, vqvae, make_optimizer(var, _schedule(), VAR_BETAS), ema_decay=0.9)
+
+    def batch(step: int):
+        g = torch.Generator().manual_seed(step)
+        return torch.randint(0, cfg.vocab_size, (4, cfg.seq_len), generator=g), torch.randint(0, 2, (4,), generator=g)
+
+    def schedule(steps: int) -> Schedule:
+        return Schedule(steps=steps, batch_size=4, warmup=1, save_every=2, sample_every=100, log_every=100)
+
+    def no_space(*args, **kwargs):  # what a write into a full disk raises
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    out = tmp_path / "run"
+    with process_group_of_one(DistInfo(), True):
+        fit(trainer(), schedule(2), out, DistInfo(), batch)
+        monkeypatch.setattr(dcp_files, "_write_item", no_space)
+        with pytest.raises(CheckpointWriteFailed, match=r"step_00000004: No space left on device.*\(process 0\) "
+                                                        r"\(the checkpoint of step 4\); the checkpoint of step 2 is "
+                                                        "intact"):
+            fit(trainer(), schedule(4), out, DistInfo(), batch)
+        assert load_checkpoint_file(out / "checkpoint-sharded.pt")["step"] == 2
+        monkeypatch.undo()
+        resumed = trainer()
+        fit(resumed, schedule(4), out, DistInfo(), batch)  # from step 2; the unfinished step-4 folder replaced
+    assert resumed.step == 4 and load_checkpoint_file(out / "checkpoint-sharded.pt")["step"] == 4
+    assert [p.name for p in (out / "checkpoint-shards").iterdir()] == ["step_00000004"]
