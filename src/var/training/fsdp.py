@@ -66,6 +66,7 @@ def shard_transformer(model: VAR, param_dtype: torch.dtype = torch.float32) -> V
 
 
 def is_sharded(module: nn.Module) -> bool:
+    """Whether ``fully_shard`` was applied to ``module`` (its parameters are then shards, DTensors)."""
     return isinstance(module, FSDPModule)
 
 
