@@ -110,6 +110,13 @@ VAE_ARGS = ["--preset", "custom", "--image-size", "16", "--channels", "3", "--ch
 VAR_ARGS = ["--preset", "small", "--depth", "1", "--embed-dim", "32", "--num-heads", "2"]
 
 
+def shapes_folder(root: Path, per_class: int) -> Path:
+    """The two-class folder of examples/make_shapes.py (coloured discs and squares, 32x32), as the docs make it."""
+    import runpy
+    make_shapes = runpy.run_path(str(Path(__file__).resolve().parents[1] / "examples" / "make_shapes.py"))["make_shapes"]
+    return make_shapes(root, per_class)
+
+
 def make_folder(root: Path, n_per_class: int = 12, corrupt: bool = False) -> Path:
     rng = np.random.default_rng(0)
     for c, name in enumerate(["circles", "squares"]):

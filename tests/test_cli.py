@@ -23,6 +23,7 @@ from var import __version__
 from var.cli import build_parser, main as cli
 from var.cmd.common import HelpFormatter, check_output_files
 from var.cmd.train import VAE_RECIPES, VAR_RECIPES, resolve_preset_defaults
+from var.recipes import CUSTOM_VAE_MODEL
 from var.data import build_dataset
 from conftest import VAE_ARGS, VAR_ARGS, logged_error, no_work, one_error_line, subcommands
 
@@ -101,7 +102,7 @@ def test_the_fashion_mnist_tokenizer_takes_width_and_codebook_overrides_but_not_
         _preset_vae_config(parse(["train-vae", "--image-size", "64", "--max-scale", "8"], VAE_RECIPES))
     with pytest.raises(ValueError, match="divisible by norm_groups"):   # the config's checks still apply
         _preset_vae_config(parse(["train-vae", "--ch", "40"], VAE_RECIPES))
-    custom = _custom_vae_config(parse(["train-vae", "--preset", "custom"], VAE_RECIPES))
+    custom = _custom_vae_config(parse(["train-vae", "--preset", "custom"], VAE_RECIPES), CUSTOM_VAE_MODEL)
     assert (custom.image_hw, custom.in_channels, custom.ch, custom.vocab_size) == ((32, 32), 3, 64, 4096)
 
 

@@ -13,7 +13,8 @@ from var import VARPipeline, VQVAE
 from var.cli import main as cli
 from var.data import image_folder_dataset
 from var.training.common import DistInfo
-from conftest import TINY_VAE, VAE_ARGS, VAR_ARGS
+from var.training.budget import MIN_STEPS
+from conftest import TINY_VAE, VAE_ARGS, VAR_ARGS, shapes_folder
 
 
 NO_DATA = "/nonexistent/var-test-data"  # every check below must fire before the data is looked at
@@ -32,7 +33,7 @@ def _train_schedule(monkeypatch, argv: list[str]):
     from var.training import runs
     seen = {}
     monkeypatch.setattr(runs, "train_var", lambda *a, **k: seen.update(schedule=a[4], cfg=a[3]))
-    assert cli(["train", "--data", "unused", *argv]) == 0
+    assert cli(["train", "--data", "fashion-mnist", *argv]) == 0
     return seen["schedule"], seen["cfg"]
 
 
@@ -47,7 +48,7 @@ def test_an_explicit_warmup_longer_than_the_run_is_refused(caplog):
     """--warmup 200 --steps 100: the lr would never reach --lr nor decay (min-lr-ratio unused); say so."""
     text = _refused(["train", "--data", NO_DATA, "--steps", "100", "--warmup", "200"], caplog)
     assert "--warmup 200" in text and "--steps 100" in text
-    text = _refused(["train-vae", "--data", NO_DATA, "--warmup", "9000"], caplog)  # the preset's 8000 steps
+    text = _refused(["train-vae", "--data", "fashion-mnist", "--warmup", "9000"], caplog)  # the preset's 8000 steps
     assert "--warmup 9000" in text and "--steps 8000" in text
     text = _refused(["train-vae", "--data", NO_DATA, "--finetune-decoder", NO_DATA, "--warmup", "2000"], caplog)
     assert "--warmup 2000" in text and "--steps 1500" in text
@@ -270,3 +271,52 @@ def test_train_says_whether_it_tokenizes_or_uses_the_cache_with_the_data_s_chunk
         assert cli(["train", "--out", str(tmp_path / "again"), *common]) == 0
     assert f"using the cached tokens of the {n} images and their mirrored copies" in caplog.text
     assert "tokenizes the" not in caplog.text and "tokenizing " not in caplog.text
+
+
+def test_the_quick_recipe_trains_a_small_colour_folder_with_its_default_options(tmp_path, caplog, monkeypatch):
+    """The README's recipe for your own images, on 38 images: the quick preset is chosen for a folder, at the
+    images' colour and size, and a budget in minutes sets the steps. (The first try of a new user failed at
+    once, "batch size 64 is larger than the data set", then trained 28px greyscale.)"""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))   # the token cache
+    data = shapes_folder(tmp_path / "shapes", 19)
+    vae, run = tmp_path / "vae", tmp_path / "var"
+    with caplog.at_level(logging.INFO):
+        assert cli(["train-vae", "--data", str(data), "--out", str(vae), "--minutes", "0.01"]) == 0
+        assert cli(["train", "--data", str(data), "--vae", str(vae), "--out", str(run), "--minutes", "0.01"]) == 0
+    assert caplog.text.count("--preset quick") == 2 and "32x32 images in colour (RGB)" in caplog.text
+    for folder in (vae, run):
+        assert json.loads((folder / "budget.json").read_text())["steps"] == MIN_STEPS   # 0.6 s: the fewest
+        assert json.loads((folder / "metrics.jsonl").read_text().splitlines()[-1])["step"] == MIN_STEPS
+    pipe = VARPipeline.from_pretrained(run)
+    assert pipe.class_names == ["discs", "squares"]
+    assert (pipe.vqvae.config.in_channels, pipe.vqvae.config.patch_nums) == (3, (1, 2, 3, 4, 6, 8))
+    assert pipe(class_labels=[0, 1], seed=0).images.shape == (2, 3, 32, 32)
+    report = tmp_path / "eval.json"   # var eval judges it on the data the pipeline names, without a classifier
+    assert cli(["eval", "--model", str(run), "--per-class", "2", "--batch-size", "4", "--json", str(report)]) == 0
+    r = json.loads(report.read_text())
+    assert (r["data"], r["num_samples"], r["heldout_images"], r["frechet_samples_heldout"]) == (str(data), 4, 1, None)
+    assert r["frechet_samples_train"] > 0 and sum(r["nearest_real_same_class_per_class"].values()) <= 4
+
+
+def test_a_preset_batch_larger_than_the_data_is_reduced_and_a_long_warmup_shortened(tmp_path, caplog, monkeypatch):
+    from var.training import runs
+    seen = {}
+    monkeypatch.setattr(runs, "train_vqvae", lambda *a, **k: seen.update(schedule=a[3]) or {})
+    data = shapes_folder(tmp_path / "shapes", 5)     # 10 images, 1 held out: 9 to train on
+    with caplog.at_level(logging.INFO):
+        assert cli(["train-vae", "--data", str(data), "--out", str(tmp_path / "vae"), "--steps", "30"]) == 0
+    assert (seen["schedule"].batch_size, seen["schedule"].warmup) == (9, 3)
+    assert "batch 9: the preset's 16 is more than the 9 training images" in caplog.text
+    assert cli(["train-vae", "--data", str(data), "--out", str(tmp_path / "vae"), "--steps", "30",
+                "--batch-size", "4", "--warmup", "20"]) == 0           # given: kept
+    assert (seen["schedule"].batch_size, seen["schedule"].warmup) == (4, 20)
+
+
+def test_the_fashion_mnist_preset_given_a_colour_folder_says_it_converts_it(tmp_path, caplog, monkeypatch):
+    from var.training import runs
+    monkeypatch.setattr(runs, "train_vqvae", lambda *a, **k: {})
+    data = shapes_folder(tmp_path / "shapes", 2)
+    with caplog.at_level(logging.WARNING):
+        assert cli(["train-vae", "--data", str(data), "--out", str(tmp_path / "vae"), "--preset", "fashion-mnist",
+                    "--steps", "2", "--batch-size", "2"]) == 0
+    assert "trains on 28x28 greyscale images" in caplog.text and "colour, 32x32" in caplog.text

@@ -6,11 +6,11 @@ import pytest
 from PIL import Image
 
 from var.cli import main as cli
-from var.data import (ImageArrayDataset, image_folder_dataset, list_image_files, load_resized, open_prepared,
+from var.data import (ImageArrayDataset, describe_data, image_folder_dataset, list_image_files, load_resized, open_prepared,
                       split_holdout)
 from var.editing import load_mask
 from var.images import load_image
-from conftest import VAE_ARGS, image_folder, logged_error, make_folder
+from conftest import VAE_ARGS, image_folder, logged_error, make_folder, shapes_folder
 
 
 def test_16_bit_greyscale_images_are_scaled_not_clipped(tmp_path):
@@ -130,3 +130,17 @@ def test_bad_data_is_reported(tmp_path, caplog):
     with pytest.raises(ValueError, match="could be decoded"):
         image_folder_dataset(tmp_path / "junk", 16)
     assert cli(["train-vae", "--data", str(tmp_path / "empty"), "--out", str(tmp_path / "o"), *VAE_ARGS]) == 2
+
+
+def test_describe_data_tells_colour_from_greyscale_and_counts_without_decoding_all(tmp_path):
+    colour = describe_data(str(shapes_folder(tmp_path / "shapes", 5)))
+    assert (colour.kind, colour.count, colour.class_names, colour.channels, colour.size_hw) == \
+        ("folder", 10, ["discs", "squares"], 3, (32, 32))
+    grey = tmp_path / "grey" / "only"
+    grey.mkdir(parents=True)
+    for i, size in enumerate([(20, 10), (24, 12), (40, 30)]):   # RGB files whose pixels are grey count as grey
+        Image.fromarray(np.full((size[1], size[0], 3), 60 * i, np.uint8)).save(grey / f"{i}.png")
+    summary = describe_data(str(tmp_path / "grey"))
+    assert (summary.count, summary.channels, summary.size_hw) == (3, 1, (12, 24))   # median height x width
+    fm = describe_data("fashion-mnist")
+    assert (fm.kind, fm.count, fm.channels, fm.size_hw) == ("fashion-mnist", 60000, 1, (28, 28))

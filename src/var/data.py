@@ -263,6 +263,51 @@ def image_folder_dataset(root: str | os.PathLike, size: int | tuple[int, int], c
                              skipped=skipped)
 
 
+@dataclass(frozen=True)
+class DataSummary:
+    """What a data set holds, read without decoding it all: ``count`` images in ``class_names``; ``channels``
+    1 (greyscale) or 3 (colour), and ``size_hw`` (height, width), of the images (for a folder: judged from
+    up to :data:`SUMMARY_SAMPLE` of its files, the median size)."""
+    kind: str                   # "fashion-mnist", "prepared" or "folder"
+    count: int
+    class_names: list[str]
+    channels: int
+    size_hw: tuple[int, int]
+
+
+SUMMARY_SAMPLE = 32  # the files of a folder opened to judge its channels and size
+GREY_TOLERANCE = 2   # a decoded RGB image whose channels differ by at most this everywhere is greyscale
+
+
+def describe_data(data: str) -> DataSummary:
+    """A :class:`DataSummary` of ``data`` as :func:`build_dataset` reads it; a folder is listed, and a few of
+    its files opened (FileNotFoundError / ValueError as :func:`list_image_files`)."""
+    from .recipes import FASHION_MNIST_CLASSES
+    path = Path(data)
+    if data == "fashion-mnist" or (path.is_dir() and all(_find_idx(path, s) for s in FASHION_MNIST_FILES["train"])):
+        return DataSummary("fashion-mnist", 60000, list(FASHION_MNIST_CLASSES), 1, (28, 28))
+    if is_prepared(path):
+        m = read_manifest(path)
+        return DataSummary("prepared", m["count"], m["class_names"], m["channels"], tuple(m["image_size"]))
+    files, class_names = list_image_files(path)
+    picked = [files[i][0] for i in np.linspace(0, len(files) - 1, min(SUMMARY_SAMPLE, len(files))).astype(int)]
+    sizes, colour = [], False
+    for f in picked:
+        try:
+            with Image.open(f) as im:
+                sizes.append(im.size[::-1])
+                if not colour and im.mode not in ("1", "L", "LA", "I", "I;16", "F"):
+                    rgb = np.asarray(im.convert("RGB"), dtype=np.int16)
+                    colour = bool(np.abs(np.diff(rgb, axis=-1)).max() > GREY_TOLERANCE)
+        except OSError:  # not decodable: build_dataset skips it with a warning
+            continue
+    if not sizes:
+        raise ValueError(f"none of the {len(picked)} image files of {data} looked at could be opened "
+                         f"(e.g. {picked[0]})")
+    size_hw = tuple(int(v) for v in np.median(np.array(sizes), axis=0))
+    return DataSummary("folder", len(files), class_names, 3 if colour else 1, size_hw)
+
+
 def is_prepared(path: str | os.PathLike) -> bool:
     """Whether ``path`` is a folder written by ``var prepare-data`` (it holds the manifest)."""
     return (Path(path) / MANIFEST).is_file()
@@ -347,12 +392,17 @@ def enlarge_for_crop(images_NHWC: np.ndarray, side: int) -> np.ndarray:
     return out
 
 
+def holdout_size(n: int, fraction: float = 0.05, max_items: int = 1000) -> int:
+    """How many of ``n`` images :func:`split_holdout` holds out."""
+    return min(max_items, max(1, int(n * fraction)))
+
+
 def split_holdout(ds: ImageArrayDataset, fraction: float = 0.05, seed: int = 0, max_items: int = 1000
                   ) -> tuple[ImageArrayDataset, ImageArrayDataset]:
     """A deterministic (train, held-out) split for data sets without a test split."""
     n = len(ds)
     if n < 2:
         raise ValueError(f"{ds.name} has {n} image(s): holding images out for measuring needs at least 2")
-    n_hold = min(max_items, max(1, int(n * fraction)))
+    n_hold = holdout_size(n, fraction, max_items)
     perm = np.random.default_rng(seed).permutation(n)
     return ds.subset(perm[n_hold:]), ds.subset(perm[:n_hold])

@@ -53,18 +53,26 @@ def reference_recipe(depth: int) -> DepthRecipe:
 # Schedules that depend on --preset. The fashion-mnist preset's are the bundled model's recipe
 # (docs/model-card.md); the other presets keep the generic ones. Options left unset take these.
 # The tokenizer's recipe (GAN loss, EMA weights) was chosen by the experiments of docs/tokenizer-recipe.md.
-VAE_RECIPES = {"fashion-mnist": dict(steps=8000, lr=3e-4, warmup=100, save_every=250, sample_every=500,
+# The quick preset's (the default for data other than Fashion-MNIST) is for folders of tens to a few thousand
+# images on a laptop CPU: a small tokenizer, no GAN, a short EMA; --minutes sets its length (docs/training.md).
+VAE_RECIPES = {"fashion-mnist": dict(steps=8000, batch_size=64, lr=3e-4, warmup=100, save_every=250, sample_every=500,
                                      adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1),
-               "custom": dict(steps=8000, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
-                              adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1)}
+               "custom": dict(steps=8000, batch_size=64, lr=2e-4, warmup=200, save_every=500, sample_every=1000,
+                              adv_weight=0.5, ema=0.999, reinit_every=200, schedule="cos", min_lr_ratio=0.1),
+               "quick": dict(steps=3000, batch_size=16, lr=5e-4, warmup=50, save_every=500, sample_every=500,
+                             adv_weight=0.0, ema=0.99, reinit_every=200, schedule="cos", min_lr_ratio=0.1)}
 # The model options of `var train-vae --preset custom` left unset take these; the fashion-mnist preset's
 # tokenizer accepts the ones that keep its 28x28 geometry as overrides (the ablations of tokenizer-recipe.md).
 CUSTOM_VAE_MODEL = dict(image_size=32, channels=3, ch=64, ch_mult=(1, 2, 2), num_res_blocks=1, z_channels=16,
                         vocab_size=4096)
+# The quick preset's tokenizer: the model options left unset take these; its channels are the data's (1 for
+# greyscale images, else 3), and at 32 px its schedule QUICK_PATCH_NUMS: 130 tokens instead of 1..8's 204.
+QUICK_VAE_MODEL = dict(CUSTOM_VAE_MODEL, ch=32, vocab_size=512)
+QUICK_PATCH_NUMS = {32: (1, 2, 3, 4, 6, 8), 16: (1, 2, 3, 4)}
 PRESET_VAE_OVERRIDES = ("ch", "num_res_blocks", "z_channels", "vocab_size")
 # `var train-vae --finetune-decoder`: the schedule that replaces the preset's when only the decoder of an already
 # trained tokenizer is trained (GAN from the first step: the reconstructions have long taken shape).
-DECODER_FINETUNE = dict(steps=1500, lr=1e-4, warmup=50, save_every=250, sample_every=500, adv_weight=0.5, ema=0.999,
+DECODER_FINETUNE = dict(steps=1500, batch_size=64, lr=1e-4, warmup=50, save_every=250, sample_every=500, adv_weight=0.5, ema=0.999,
                         reinit_every=0, disc_start=0, schedule="cos", min_lr_ratio=0.1)
 # The small, medium and large presets take the reference's recipe where it does not depend on ImageNet's scale:
 # its lin0 schedule with a warm-up of 2% of the run (its --wp, epochs / 50) and, by depth
@@ -74,11 +82,15 @@ DECODER_FINETUNE = dict(steps=1500, lr=1e-4, warmup=50, save_every=250, sample_e
 # keeps the schedule the bundled model was trained with (docs/training-defaults.md).
 REFERENCE_PRESETS = ("small", "medium", "large")
 REFERENCE_WARMUP_SHARE = 0.02
-_REFERENCE_VAR = dict(steps=6000, lr=4e-4, warmup=None, save_every=500, sample_every=1000, ema=0, schedule="lin0",
+_REFERENCE_VAR = dict(steps=6000, batch_size=64, lr=4e-4, warmup=None, save_every=500, sample_every=1000, ema=0, schedule="lin0",
                       min_lr_ratio=None)
-VAR_RECIPES = {"fashion-mnist": dict(steps=2500, lr=5e-4, warmup=150, save_every=250, sample_every=500, ema=0.998,
-                                     schedule="cos", min_lr_ratio=0.1),
-               **{name: _REFERENCE_VAR for name in REFERENCE_PRESETS}}
+VAR_RECIPES = {"fashion-mnist": dict(steps=2500, batch_size=64, lr=5e-4, warmup=150, save_every=250,
+                                     sample_every=500, ema=0.998, schedule="cos", min_lr_ratio=0.1),
+               **{name: _REFERENCE_VAR for name in REFERENCE_PRESETS},
+               "quick": dict(steps=3000, batch_size=16, lr=5e-4, warmup=100, save_every=500, sample_every=500,
+                             ema=0.995, schedule="cos", min_lr_ratio=0.1)}
+# The quick preset's transformer (its vocabulary and scales are its tokenizer's).
+QUICK_VAR = dict(depth=6, embed_dim=192, num_heads=6)
 
 
 # The tokenizer ``VQVAE(num_embeddings=512)`` builds: small enough to run in seconds on a CPU, and fitting

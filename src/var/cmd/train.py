@@ -4,12 +4,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 from pathlib import Path
 
-from ..recipes import (CUSTOM_VAE_MODEL, DECODER_FINETUNE, PRESET_VAE_OVERRIDES, REFERENCE_PRESETS,
-                       REFERENCE_WARMUP_SHARE, VAE_RECIPES, VAR_RECIPES, fashion_mnist_configs, preset_config,
-                       reference_recipe)
-from ..schedule import parse_patch_nums, parse_size
+from ..recipes import (CUSTOM_VAE_MODEL, DECODER_FINETUNE, PRESET_VAE_OVERRIDES, QUICK_PATCH_NUMS, QUICK_VAE_MODEL,
+                       QUICK_VAR, REFERENCE_PRESETS, REFERENCE_WARMUP_SHARE, VAE_RECIPES, VAR_RECIPES,
+                       fashion_mnist_configs, preset_config, reference_recipe)
+from ..data import DataSummary, describe_data, holdout_size
+from ..schedule import as_hw, parse_patch_nums, parse_size
 from ..training.common import LR_SCHEDULES
 from .common import add_command, add_device_arg, argument_type, check_output_files, positive_int
 
@@ -52,8 +54,12 @@ def with_defaults(a: argparse.Namespace, defaults: dict) -> argparse.Namespace:
     return argparse.Namespace(**{**vars(a), **{k: v for k, v in defaults.items() if getattr(a, k) is None}})
 
 
-def resolve_preset_defaults(a: argparse.Namespace, recipes: dict[str, dict]) -> argparse.Namespace:
-    """The options with those left unset (None) taken from the chosen preset's recipe."""
+def resolve_preset_defaults(a: argparse.Namespace, recipes: dict[str, dict],
+                            summary: DataSummary | None = None) -> argparse.Namespace:
+    """The options with those left unset (None) taken from the preset's recipe; a ``--preset`` left unset
+    is chosen for the data (:func:`_choose_preset`; ``summary``: the data's, else read here)."""
+    if a.preset is None:
+        a = _choose_preset(a, summary if summary is not None else describe_data(a.data))
     return with_defaults(a, recipes[a.preset])
 
 
@@ -70,8 +76,16 @@ def _betas(text: str) -> tuple[float, float]:
 
 def _schedule_args(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None:
     g = p.add_argument_group("schedule")
-    g.add_argument("--steps", type=positive_int, help="optimizer steps " + _by_preset(recipes, "steps"))
-    g.add_argument("--batch-size", type=positive_int, default=64, help="global batch (split over torchrun processes)")
+    length = g.add_mutually_exclusive_group()
+    length.add_argument("--steps", type=positive_int, help="optimizer steps " + _by_preset(recipes, "steps"))
+    length.add_argument("--minutes", type=float, default=None,
+                        help="train for about this many minutes instead: a few steps are timed first and the steps "
+                             "that fit are kept in the run folder's budget.json (a resume keeps them); the run then "
+                             "writes 6 snapshots and checkpoints, and a warm-up of at most a tenth of it. One "
+                             "process only (under torchrun give --steps)")
+    g.add_argument("--batch-size", type=positive_int,
+                   help="global batch (split over torchrun processes); one left unset is at most the training "
+                        "images " + _by_preset(recipes, "batch_size"))
     g.add_argument("--lr", type=float, help="peak learning rate " + _by_preset(recipes, "lr"))
     g.add_argument("--warmup", type=int, help="linear warm-up steps " + _by_preset(recipes, "warmup"))
     g.add_argument("--schedule", choices=LR_SCHEDULES,
@@ -100,7 +114,11 @@ def _schedule_args(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None
 
 
 def _schedule(a: argparse.Namespace):
+    """The run's Schedule from the resolved options, logged in a line."""
     from ..training.common import Schedule
+    length = f"about {a.minutes:g} minutes of steps" if a.minutes is not None else f"{a.steps} steps"
+    log.info("schedule: %s, batch %d, learning rate %g (%s, %d warm-up steps)", length, a.batch_size, a.lr,
+             a.schedule, a.warmup)
     return Schedule(steps=a.steps, batch_size=a.batch_size, lr=a.lr, warmup=a.warmup, min_lr_ratio=a.min_lr_ratio,
                     weight_decay=a.weight_decay, grad_clip=a.grad_clip, seed=a.seed, save_every=a.save_every,
                     sample_every=a.sample_every, log_every=a.log_every, lr_schedule=a.schedule,
@@ -121,31 +139,33 @@ def register(sub) -> None:
                    help="fashion-mnist, a folder of its IDX files, a var prepare-data folder (memory-mapped), or an "
                         "image folder (decoded into memory); 5%% of the last two held out")
     p.add_argument("--out", type=Path, default=Path("runs/vae"), help="run folder: checkpoint, metrics, weights")
-    p.add_argument("--preset", choices=sorted(VAE_RECIPES), default="fashion-mnist",
-                   help="fashion-mnist: the bundled model's tokenizer and recipe; custom: the model options below")
+    p.add_argument("--preset", choices=sorted(VAE_RECIPES), default=None,
+                   help="fashion-mnist: the bundled model's tokenizer and recipe; quick: a small tokenizer for "
+                        "small folders and short runs (--minutes), at the data's channels; custom: the model "
+                        "options below (default: fashion-mnist for Fashion-MNIST data, else quick)")
     p.add_argument("--finetune-decoder", metavar="TOKENIZER", default=None,
                    help="start from this trained tokenizer (a train-vae run folder, a pipeline folder or a bundled "
                         "model's name) and train its decoder alone: the encoder and codebook stay frozen, so every "
                         "image's tokens, and a transformer trained on them, stay valid. The model is the source's "
                         "(no model options); unset schedule options take %s" % ", ".join(
                             f"{k.replace('_', '-')} {v}" for k, v in DECODER_FINETUNE.items()))
-    g = p.add_argument_group("model (--preset custom; the fashion-mnist preset takes --ch, --num-res-blocks, "
-                             "--z-channels and --vocab-size as overrides)")
+    g = p.add_argument_group("model (--preset custom and quick; the fashion-mnist preset takes --ch, "
+                             "--num-res-blocks, --z-channels and --vocab-size as overrides)")
     g.add_argument("--image-size", type=argument_type(parse_size), default=None,
                    help="image side, or HxW (height x width) such as 32x64, in pixels: images are resized to cover "
                         "it and centre-cropped (default: 32)")
     g.add_argument("--channels", type=int, choices=(1, 3), default=None,
-                   help="1 (grayscale) or 3 (RGB) (default: 3)")
+                   help="1 (grayscale) or 3 (RGB) (default: 3; the data's with --preset quick)")
     g.add_argument("--ch", type=positive_int, default=None,
-                   help="base channel width of the encoder and decoder (default: 32 with --preset fashion-mnist, "
-                        "else 64)")
+                   help="base channel width of the encoder and decoder (default: 32 with --preset fashion-mnist "
+                        "and quick, else 64)")
     g.add_argument("--ch-mult", type=_ints, default=None,
                    help="channel multiplier per level; N levels down-sample 2^(N-1)x, e.g. 1,2,2 is 4x "
                         "(default: 1,2,2)")
     g.add_argument("--num-res-blocks", type=int, default=None, help="residual blocks per level (default: 1)")
     g.add_argument("--z-channels", type=positive_int, default=None, help="latent (and codebook) width (default: 16)")
     g.add_argument("--vocab-size", type=positive_int, default=None,
-                   help="codebook size (default: 4096, the released tokenizer's)")
+                   help="codebook size (default: 512 with --preset quick, else 4096, the released tokenizer's)")
     g.add_argument("--patch-nums", type=argument_type(parse_patch_nums), default=None,
                    help="scale schedule, e.g. 1,2,3,4,6,8, or height x width per scale, e.g. 1x2,2x4,4x8,8x16 "
                         "(default: from --max-scale)")
@@ -181,9 +201,12 @@ def register(sub) -> None:
     p.add_argument("--vae", type=Path, default=Path("runs/vae"), help="a train-vae run folder")
     p.add_argument("--out", type=Path, default=Path("runs/var"),
                    help="run folder; it becomes a VARPipeline.from_pretrained folder")
-    p.add_argument("--preset", choices=sorted(VAR_RECIPES), default="fashion-mnist",
-                   help="transformer size and recipe: fashion-mnist is the bundled model's (depth 8, width 224, 7 heads); "
-                        "small, medium, large are var.recipes.preset_config's")
+    p.add_argument("--preset", choices=sorted(VAR_RECIPES), default=None,
+                   help="transformer size and recipe: fashion-mnist is the bundled model's (depth 8, width 224, 7 "
+                        "heads); quick (depth %d, width %d, %d heads) is for small folders and short runs (--minutes); "
+                        "small, medium, large are var.recipes.preset_config's (default: fashion-mnist for "
+                        "Fashion-MNIST data, else quick)" % (QUICK_VAR["depth"], QUICK_VAR["embed_dim"],
+                                                             QUICK_VAR["num_heads"]))
     p.add_argument("--depth", type=int, help="override the preset's number of blocks")
     p.add_argument("--embed-dim", type=int, help="override the preset's width")
     p.add_argument("--num-heads", type=int, help="override the preset's attention heads")
@@ -231,17 +254,29 @@ def _preset_vae_config(a: argparse.Namespace):
     return dataclasses.replace(cfg, **given)  # the config's own checks run again on the new values
 
 
-def _custom_vae_config(a: argparse.Namespace):
-    """The tokenizer of ``--preset custom``; ValueError when the schedule does not make ``--image-size``."""
-    from ..schedule import as_hw, patch_nums_from_max_scale, schedule_for
+def _quick_vae_model(a: argparse.Namespace, summary: DataSummary) -> dict:
+    """The quick preset's model options for this data: the data's channels, 16 px for images of 16 px or
+    less, else 32 px (logged, with how to change them)."""
+    side = 16 if min(summary.size_hw) <= 16 else 32
+    if a.image_size is None or a.channels is None:
+        log.info("the quick preset's tokenizer takes %s images%s (--image-size and --channels change that)",
+                 "x".join(map(str, as_hw(a.image_size or side))),
+                 "" if a.channels is not None else " in colour (RGB)" if summary.channels == 3 else " in greyscale")
+    model = dict(QUICK_VAE_MODEL, channels=summary.channels, image_size=side)
+    if a.image_size is None and a.patch_nums is None and a.max_scale is None:
+        model["patch_nums"] = QUICK_PATCH_NUMS[side]
+    return model
+
+
+def _custom_vae_config(a: argparse.Namespace, defaults: dict):
+    """The tokenizer of ``--preset custom`` or ``quick``, its model options left unset taken from ``defaults``;
+    ValueError when the schedule does not make ``--image-size``."""
+    from ..schedule import patch_nums_from_max_scale, schedule_for
     from ..vqvae import VQVAEConfig
 
-    a = with_defaults(a, CUSTOM_VAE_MODEL)
+    a = with_defaults(a, defaults)
     downsample = 2 ** (len(a.ch_mult) - 1)
     image_hw = as_hw(a.image_size)
-    if a.patch_nums and a.max_scale:
-        raise ValueError(f"--patch-nums {','.join(map(_size_text, a.patch_nums))} and --max-scale "
-                         f"{_size_text(a.max_scale)} both set the scale schedule: give one, not both")
     if a.patch_nums:
         patch_nums = a.patch_nums
     elif a.max_scale:
@@ -259,6 +294,13 @@ def _custom_vae_config(a: argparse.Namespace):
     return cfg
 
 
+def _check_schedule_options(a: argparse.Namespace) -> None:
+    """ValueError when both ``--patch-nums`` and ``--max-scale`` are given: each sets the scale schedule."""
+    if a.patch_nums and a.max_scale:
+        raise ValueError(f"--patch-nums {','.join(map(_size_text, a.patch_nums))} and --max-scale "
+                         f"{_size_text(a.max_scale)} both set the scale schedule: give one, not both")
+
+
 def _size_text(size) -> str:
     """A size or a schedule's scale as typed on the command line: 8, or 6x8 (height x width)."""
     return str(size) if isinstance(size, int) else "x".join(map(str, size))
@@ -266,16 +308,70 @@ def _size_text(size) -> str:
 
 def _check_warmup(a: argparse.Namespace, warmup_given: bool) -> None:
     """A ``--warmup`` given on the command line must fit in the run: past ``--steps`` the learning rate would
-    never reach ``--lr`` nor decay. (A preset's warm-up longer than a short trial run is left alone.)"""
-    if warmup_given and a.warmup > a.steps:
+    never reach ``--lr`` nor decay. (A preset's warm-up longer than a short trial run is shortened by
+    :func:`_fit_warmup`.)"""
+    if warmup_given and a.steps is not None and a.warmup > a.steps:
         raise ValueError(f"--warmup {a.warmup} is longer than the run (--steps {a.steps}): the learning rate would "
-                         f"never reach --lr {a.lr} nor decay; expected a warm-up of at most {a.steps} steps")
+                         f"never reach {'--lr %g' % a.lr if a.lr else 'the peak learning rate'} nor decay; expected a warm-up of at most {a.steps} steps")
+
+
+def _choose_preset(a: argparse.Namespace, summary: DataSummary) -> argparse.Namespace:
+    """The options with ``--preset`` (left unset) chosen for the data: fashion-mnist for Fashion-MNIST, quick
+    for anything else; the choice and why are logged."""
+    preset = "fashion-mnist" if summary.kind == "fashion-mnist" else "quick"
+    why = ("the bundled model's recipe" if preset == "fashion-mnist" else
+           "a small model and short schedules for a small data set (--minutes sets the run's length; --preset "
+           "custom, or small/medium/large for var train, for larger models)")
+    log.info("data: %s; --preset %s: %s", _describe(summary, a.data), preset, why)
+    return argparse.Namespace(**{**vars(a), "preset": preset})
+
+
+def _warn_conversion(a: argparse.Namespace, summary: DataSummary) -> None:
+    """Warn when the fashion-mnist preset is given images it converts (colour, or of another size)."""
+    if a.preset == "fashion-mnist" and (summary.channels, summary.size_hw) != (1, (28, 28)):
+        log.warning("--preset fashion-mnist trains on 28x28 greyscale images: %s, converted to that "
+                    "(--preset quick or custom keep its colour and size)", _describe(summary, a.data))
+
+
+def _describe(summary: DataSummary, data: str) -> str:
+    """The data as the log names it: 'shapes/: 200 images in 2 classes (discs, squares), colour, 32x32'."""
+    classes = summary.class_names
+    named = ", ".join(classes[:4]) + (", ..." if len(classes) > 4 else "")
+    return (f"{data}: {summary.count:,} images in {len(classes)} class(es) ({named}), "
+            f"{'colour' if summary.channels == 3 else 'greyscale'}, {summary.size_hw[0]}x{summary.size_hw[1]}"
+            + (" (median)" if summary.kind == "folder" else ""))
+
+
+def _fit_batch(a: argparse.Namespace, training_images: int, batch_given: bool) -> argparse.Namespace:
+    """The options with a batch left unset reduced to the training images when the preset's is larger (to a
+    multiple of the torchrun processes), logged; a ``--batch-size`` given is kept (larger than the data, the
+    run refuses it, naming both)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if batch_given or a.batch_size <= training_images:
+        return a
+    batch = max(world, training_images // world * world)
+    log.info("batch %d: the preset's %d is more than the %d training images", batch, a.batch_size, training_images)
+    return argparse.Namespace(**{**vars(a), "batch_size": batch})
+
+
+def _fit_warmup(a: argparse.Namespace, warmup_given: bool) -> argparse.Namespace:
+    """The options with a preset's warm-up longer than a tenth of ``--steps`` shortened to that (logged): a
+    short trial run should decay, not end in its warm-up. A ``--warmup`` given, and ``--minutes`` runs (which
+    choose their own), are left alone."""
+    if warmup_given or a.minutes is not None or a.warmup <= a.steps // 10:
+        return a
+    warmup = max(1, a.steps // 10)
+    log.info("warm-up %d steps: a tenth of --steps %d (the preset's %d would last past it)", warmup, a.steps,
+             a.warmup)
+    return argparse.Namespace(**{**vars(a), "warmup": warmup})
 
 
 def run_train_vae(a: argparse.Namespace) -> int:
     from ..training.runs import train_vqvae
 
-    warmup_given = a.warmup is not None
+    warmup_given, batch_given = a.warmup is not None, a.batch_size is not None
+    _check_warmup(a, warmup_given)  # before the data is read, where --steps is given
+    _check_schedule_options(a)
     if a.finetune_decoder is not None:
         given = _model_options_given(a)
         if given:
@@ -284,15 +380,26 @@ def run_train_vae(a: argparse.Namespace) -> int:
         a = with_defaults(a, DECODER_FINETUNE)
         cfg = None  # the source's
     else:
-        a = resolve_preset_defaults(a, VAE_RECIPES)
+        summary = describe_data(a.data) if a.preset in (None, "quick") else None  # else: after the model's checks
+        a = resolve_preset_defaults(a, VAE_RECIPES, summary)
         # The GAN starts once the reconstructions have taken shape (VQGAN-style delayed start).
         a = with_defaults(a, dict(disc_start=a.steps // 4))
-        cfg = _preset_vae_config(a) if a.preset == "fashion-mnist" else _custom_vae_config(a)
+        if a.preset == "fashion-mnist":
+            cfg = _preset_vae_config(a)
+        elif a.preset == "custom":
+            cfg = _custom_vae_config(a, CUSTOM_VAE_MODEL)
+        summary = summary or describe_data(a.data)
+        if a.preset == "quick":
+            cfg = _custom_vae_config(a, _quick_vae_model(a, summary))
+        _warn_conversion(a, summary)
         cfg = dataclasses.replace(cfg, beta=a.beta)
+        training = summary.count - (holdout_size(summary.count) if summary.kind != "fashion-mnist" else 0)
+        a = _fit_batch(a, training, batch_given)
+    a = _fit_warmup(a, warmup_given)
     _check_warmup(a, warmup_given)
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
-                         betas=a.betas, ema=a.ema or None, finetune_decoder=a.finetune_decoder)
+                         betas=a.betas, ema=a.ema or None, finetune_decoder=a.finetune_decoder, minutes=a.minutes)
     if "heldout_psnr" in result:
         log.info("tokenizer saved in %s; held-out PSNR %.2f dB", a.out, result["heldout_psnr"])
     return 0
@@ -301,18 +408,25 @@ def run_train_vae(a: argparse.Namespace) -> int:
 def run_train_var(a: argparse.Namespace) -> int:
     from ..training.runs import train_var
 
-    warmup_given = a.warmup is not None
+    warmup_given, batch_given = a.warmup is not None, a.batch_size is not None
+    _check_warmup(a, warmup_given)  # before the data is read, where --steps is given
     a = resolve_preset_defaults(a, VAR_RECIPES)
-    cfg = fashion_mnist_configs()[1] if a.preset == "fashion-mnist" else preset_config(a.preset)
+    if a.preset == "fashion-mnist":
+        cfg = fashion_mnist_configs()[1]
+    else:  # the vocabulary and scales are replaced by the tokenizer's
+        cfg = preset_config("small", **QUICK_VAR) if a.preset == "quick" else preset_config(a.preset)
     sizes = {name: getattr(a, name) for name in ("depth", "embed_dim", "num_heads") if getattr(a, name) is not None}
     # replace() validates the new config (drop_path_rate None: derived from the new depth).
     cfg = dataclasses.replace(cfg, **sizes, cond_drop_rate=a.cond_drop, drop_path_rate=a.drop_path)
     if a.preset in REFERENCE_PRESETS:
         a = _resolve_reference_recipe(a, cfg.depth)
+    summary = describe_data(a.data)
+    _warn_conversion(a, summary)
+    a = _fit_warmup(_fit_batch(a, summary.count, batch_given), warmup_given)
     _check_warmup(a, warmup_given)
     train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema or None,
               flip=a.flip, amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma,
-              crop=a.crop, fsdp=a.fsdp, dtype=a.dtype)
+              crop=a.crop, minutes=a.minutes, fsdp=a.fsdp, dtype=a.dtype)
     log.info("pipeline saved in %s (load it with VARPipeline.from_pretrained)", a.out)
     return 0
 

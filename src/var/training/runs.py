@@ -31,6 +31,7 @@ from ..files import FolderLock, WriteFailed, check_free_space, leftover_temporar
 from ..images import grid
 from ..transformer import VAR, VARConfig
 from ..vqvae import VQVAE, VQVAEConfig
+from .budget import schedule_for_minutes
 from .common import (CHECKPOINT, SHARDED_CHECKPOINT, CheckpointWriteFailed, DistInfo, Prefetcher, Schedule,
                      _on_main_process, append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size,
                      setup_distributed)
@@ -262,10 +263,11 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
                 l2: float = 1.0, adv_weight: float = 0.0, disc_start: int = 0, reinit_every: int = 200,
                 flip: bool = False, amp: bool = False, device: str | None = None,
                 betas: tuple[float, float] = VQVAE_BETAS, ema: float | None = None,
-                finetune_decoder: str | os.PathLike | None = None) -> dict:
+                finetune_decoder: str | os.PathLike | None = None, minutes: float | None = None) -> dict:
     """Train a tokenizer into ``out``; with ``finetune_decoder`` (a tokenizer's folder, see :func:`load_vqvae`)
     start from that tokenizer and train its decoder alone, its token side frozen (``vqvae_cfg`` is then
-    ignored: the model is the source's), so that its tokens and a transformer trained on them stay valid."""
+    ignored: the model is the source's), so that its tokens and a transformer trained on them stay valid.
+    ``minutes``: train for about that long instead of ``schedule.steps`` (:func:`schedule_for_minutes`)."""
     source = load_vqvae(finetune_decoder)[0] if finetune_decoder is not None else None
     vqvae_cfg = source.config if source is not None else vqvae_cfg
     if vqvae_cfg is None:
@@ -328,6 +330,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
         export_vqvae(model, out, ds.class_names, data)
 
     get = _batch_getter(ds.batch, len(ds), schedule, info, flip)
+    if minutes is not None:
+        schedule = schedule_for_minutes(out, schedule, minutes, trainer, lambda s: get(s)[0], info)
     with Prefetcher(lambda s: get(s)[0], end=schedule.steps) as get_batch:
         last = fit(trainer, schedule, out, info, get_batch, on_snapshot=snapshot)
     result = dict(last)
@@ -471,14 +475,15 @@ def _transformer_images(data: str, vae_cfg: VQVAEConfig, crop: bool) -> ImageArr
 def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule: Schedule, *,
               label_smoothing: float = 0.0, ema: float | None = None, flip: bool = False, amp: bool = False,
               cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4,
-              init_adaln_gamma: float | None = None, crop: bool = False, fsdp: bool = False,
-              dtype: str = "fp32") -> dict:
+              init_adaln_gamma: float | None = None, crop: bool = False, minutes: float | None = None,
+              fsdp: bool = False, dtype: str = "fp32") -> dict:
     """Train the transformer on a tokenizer's tokens. Tokens are computed once and cached; with ``crop``
     (the reference's augmentation) a random window of the model's size is cut every step from each image at
     ``CROP_RATIO`` times that size, and the tokenizer encodes it on the fly. Those images are decoded at that
     size from the source files; data that holds nothing larger (Fashion-MNIST, a data set prepared at the
     model's size) is enlarged with the same Lanczos filter batch by batch, after a warning that its crops are
-    softer than the source (the reference enlarges small images the same way).
+    softer than the source (the reference enlarges small images the same way). ``minutes``: train for about
+    that long instead of ``schedule.steps`` (:func:`schedule_for_minutes`).
 
     With ``fsdp`` the transformer, its gradients, AdamW's moments and the EMA weights are sharded over the
     processes (:mod:`var.training.fsdp`) and ``dtype`` "bf16" computes with bf16 weights under bf16 autocast
@@ -553,7 +558,10 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         _save_png(grid(out_s.images.cpu(), nrow=samples_per_class, scale=max(1, 64 // out_s.images.shape[-1]),
                        row_labels=ds.class_names), out / "samples" / f"samples_{step:07d}.png")
 
-    with Prefetcher(_batch_getter(get_batch, len(ds), schedule, info, flip, margin), end=schedule.steps) as batches:
+    batch_of_step = _batch_getter(get_batch, len(ds), schedule, info, flip, margin)
+    if minutes is not None:
+        schedule = schedule_for_minutes(out, schedule, minutes, trainer, batch_of_step, info)
+    with Prefetcher(batch_of_step, end=schedule.steps) as batches:
         last = fit(trainer, schedule, out, info, batches, on_snapshot=snapshot)
     _finish(info)
     return dict(last)
