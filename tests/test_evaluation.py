@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from var import bundled_models
-from var.data import ImageArrayDataset
-from var.evaluation import (Classifier, ClassifierConfig, accuracy, balanced_indices, classify, evaluate_pipeline,
+from var.data import ImageArrayDataset, split_holdout
+from var.pipeline import VAROutput, VARPipeline
+from var.evaluation import (Classifier, evaluate_on_data, ClassifierConfig, accuracy, balanced_indices, classify, evaluate_pipeline,
                             load_classifier, save_classifier)
 from var.inception import InceptionUnavailable, find_backend, inception_metrics, load_npz_images
 from var.recipes import fashion_mnist_configs
-from conftest import mnist_sized_pipe, random_dataset, savez_then_full_disk
+from conftest import mnist_sized_pipe, random_dataset, savez_then_full_disk, small_pipe
 
 
 def test_classifier_shapes_and_save_load_roundtrip(tmp_path):
@@ -213,3 +214,28 @@ def test_eval_save_npz_on_a_full_disk_leaves_no_truncated_file(tmp_path, monkeyp
     with pytest.raises(OSError, match="No space left"):
         evaluate_pipeline(pipe, classifier, test, train, n_per_class=2, save_npz=tmp_path / "e.npz")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_evaluate_on_data_finds_samples_of_their_class_and_names_copies(monkeypatch):
+    """Samples that are training images of the class asked for: every nearest real image is of that class,
+    and the copy ratio is 0 (their distance to the nearest training image is 0, the held-out images' is not)."""
+    pipe = small_pipe(channels=3)                                   # 5 classes, 8x8 RGB
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(5), 8)
+    images = (rng.random((40, 8, 8, 3)) * 60 + labels[:, None, None, None] * 45).astype(np.uint8)
+    train, heldout = split_holdout(ImageArrayDataset(images, labels), fraction=0.2)
+
+    def copies(self, class_labels, **options):
+        rows = [np.flatnonzero(train.labels == int(c))[i % 3] for i, c in enumerate(class_labels)]
+        return VAROutput(train.batch(np.array(rows))[0], [], torch.as_tensor(class_labels))
+
+    real = evaluate_on_data(pipe, train, heldout, n_per_class=3, batch_size=5)  # the untrained model's samples
+    monkeypatch.setattr(VARPipeline, "__call__", copies)
+    copied = evaluate_on_data(pipe, train, heldout, n_per_class=3, batch_size=5)
+    assert copied["copy_ratio"] == 0 and real["copy_ratio"] > 0.5
+    assert copied["nearest_real_same_class"] == 1 and copied["nearest_real_same_class_per_class"] == \
+        {str(k): 3 for k in range(5)}
+    assert copied["frechet_samples_train"] < real["frechet_samples_train"]
+    assert copied["frechet_train_heldout"] == real["frechet_train_heldout"] > 0     # the floor: real images only
+    assert (copied["heldout_images"], copied["train_images"], copied["num_samples"]) == (8, 32, 15)
+    assert 0 < copied["tokenizer_psnr_heldout"] < 60

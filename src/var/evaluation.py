@@ -1,9 +1,10 @@
-"""Evaluation with a small classifier trained by this project.
+"""Evaluation with a small classifier trained by this project, and of models trained on any images.
 
 A compact CNN classifies 28x28 Fashion-MNIST images; its penultimate features stand in for Inception's
 in a Frechet distance that runs on a CPU in seconds. :func:`evaluate_pipeline` reports the share of
 samples classified as the class they were asked for, the Frechet distance of samples, of real training
 images (the floor) and of the tokenizer's reconstructions to the test set, and the tokenizer's PSNR.
+:func:`evaluate_on_data` judges a model of any other images in its own tokenizer's features.
 """
 from __future__ import annotations
 
@@ -318,3 +319,83 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
         result["frechet_samples"] / result["frechet_reconstructions"] if result["frechet_reconstructions"] > 0
         else None)
     return result
+
+
+# ------------------------------------------------------------------------------ any image data
+TOKENIZER_FEATURES = "the model's own tokenizer encoder (its latent averaged over 2x2 regions)"
+
+
+@torch.no_grad()
+def tokenizer_features(pipe: VARPipeline, images: torch.Tensor, batch_size: int = 100) -> torch.Tensor:
+    """Features (N, 4 x latent channels) of [0, 1] images (N, channels, H, W) in the pipeline's tokenizer: its
+    encoder's latent before quantization, averaged over 2x2 regions of the image. Needs no classifier and no
+    download, but is the model's own: compare the figures of runs that share a tokenizer only."""
+    vqvae = pipe.vqvae
+    dtype = next(vqvae.parameters()).dtype
+    feats = []
+    for s in range(0, len(images), batch_size):
+        x = images[s:s + batch_size].to(pipe.device, dtype) * 2 - 1
+        feats.append(F.adaptive_avg_pool2d(vqvae.encode_latent(x).float(), 2).flatten(1).cpu())
+    return torch.cat(feats)
+
+
+def _nearest(queries_ND: torch.Tensor, keys_MD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Distance to, and index of, the nearest row of ``keys_MD`` for each row of ``queries_ND``."""
+    dist_NM = torch.cdist(queries_ND.double(), keys_MD.double())
+    return dist_NM.min(1)
+
+
+def evaluate_on_data(pipe: VARPipeline, train: ImageArrayDataset, heldout: ImageArrayDataset, n_per_class: int = 100,
+                     cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                     temperature: float | None = None, cfg_scales: int | None = None, seed: int = 0,
+                     batch_size: int = 100, progress: bool = False) -> dict:
+    """Score a pipeline trained on any images, without a classifier of their classes: ``train`` the images it
+    was trained on, ``heldout`` images it has not seen (those the tokenizer run held out).
+
+    Reports the tokenizer's PSNR on ``heldout``; the Frechet distance in :func:`tokenizer_features` of
+    ``n_per_class`` samples of every class to ``heldout`` and to ``train``, beside the floor (``train`` to
+    ``heldout``); per class, how many samples have their nearest real image (in those features) in the class
+    they were asked for; and ``copy_ratio``: the samples' median distance to their nearest training image over
+    that of the held-out images (well below 1: the samples are near copies of training images). With a single
+    held-out image the distances to ``heldout`` are None (a covariance needs two)."""
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be at least 1, got {n_per_class}")
+    check_batch_size(batch_size)
+    if (pipe.channels, pipe.image_size) != (train.channels, train.images.shape[1]):
+        raise ValueError(f"the data's images are {train.images.shape[1]}x{train.images.shape[2]} with "
+                         f"{train.channels} channel(s); the model makes {pipe.image_size}x{pipe.image_size} with "
+                         f"{pipe.channels}: give the data the model was trained on")
+    num_classes = pipe.num_classes
+    labels = torch.arange(num_classes).repeat_interleave(n_per_class)
+    start = time.perf_counter()
+    samples = pipe(class_labels=labels, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
+                   batch_size=batch_size, progress=progress, cfg_scales=cfg_scales).images.cpu()
+    sample_time = time.perf_counter() - start
+    train_images, train_labels = dataset_images(train)
+    held_images, held_labels = dataset_images(heldout)
+    recons = reconstruct(pipe, held_images, batch_size)
+    f_samples, f_train, f_held = (tokenizer_features(pipe, x, batch_size) for x in (samples, train_images, held_images))
+
+    real_feats, real_labels = torch.cat([f_train, f_held]), torch.cat([train_labels, held_labels])
+    _, nearest_real = _nearest(f_samples, real_feats)
+    same_class = real_labels[nearest_real] == labels
+    sample_to_train, _ = _nearest(f_samples, f_train)
+    held_to_train, _ = _nearest(f_held, f_train)
+    names = pipe.class_names or [str(i) for i in range(num_classes)]
+    return {
+        "n_per_class": n_per_class, "num_samples": len(labels),
+        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
+                                     cfg_scales=cfg_scales), "seed": seed,
+                     "batch_size": batch_size, "dtype": dtype_name(pipe.compute_dtype)},
+        "features": TOKENIZER_FEATURES,
+        "train_images": len(train), "heldout_images": len(heldout),
+        "tokenizer_psnr_heldout": psnr(recons, held_images),
+        "frechet_samples_heldout": frechet_distance(f_samples, f_held) if len(heldout) > 1 else None,
+        "frechet_samples_train": frechet_distance(f_samples, f_train),
+        "frechet_train_heldout": frechet_distance(f_train, f_held) if len(heldout) > 1 else None,
+        "nearest_real_same_class": int(same_class.sum()) / len(labels),
+        "nearest_real_same_class_per_class": {names[k]: int(same_class[labels == k].sum())
+                                              for k in range(num_classes)},
+        "copy_ratio": float(sample_to_train.median() / held_to_train.median().clamp_min(1e-12)),
+        "sampling_time_s": round(sample_time, 1),
+    }

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import ImageArrayDataset, fashion_mnist_dataset
-from ..evaluation import evaluate_pipeline, load_classifier, save_classifier, train_classifier
+from ..data import ImageArrayDataset, build_dataset, describe_data, fashion_mnist_dataset, split_holdout
+from ..evaluation import evaluate_on_data, evaluate_pipeline, load_classifier, save_classifier, train_classifier
 from ..inception import InceptionUnavailable, inception_metrics, load_npz_images
 from ..precision import default_device
 from .common import add_command, add_model_args, check_output_files, load_pipeline, positive_int
@@ -38,8 +38,12 @@ def register(sub) -> None:
                         "samples of a seed depend on it)")
     p.add_argument("--classifier", metavar="PATH", default="bundled",
                    help="a folder written by var train-classifier, or 'bundled' for the shipped one")
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist or a folder holding its IDX files: the "
-                   "test split is the reference, the train split gives the floor")
+    p.add_argument("--data", default=None,
+                   help="fashion-mnist or a folder of its IDX files: judged by the classifier, the test split the "
+                        "reference; an image folder or a var prepare-data folder (the model's own training data): "
+                        "judged in the model's tokenizer features against the images the tokenizer held out "
+                        "(default: the data the model was trained on, where its folder names one, else "
+                        "fashion-mnist)")
     p.add_argument("--json", metavar="OUT", help="write the results to this JSON file")
     p.add_argument("--save-npz", metavar="OUT", help="write the samples as arr_0 uint8 (N, H, W, 3) for other FID tools")
     p.add_argument("--npz", metavar="FILE", help="FID/IS of arr_0 uint8 (N, H, W, 3) images in this npz file")
@@ -113,8 +117,12 @@ def _check_input_files(args: argparse.Namespace) -> None:
 
 
 def _evaluate_model(args: argparse.Namespace) -> dict:
-    classifier, info = load_classifier(None if args.classifier == "bundled" else args.classifier)
     pipe = load_pipeline(args)
+    data = args.data or _trained_on(pipe) or "fashion-mnist"
+    if describe_data(data).kind != "fashion-mnist":
+        return _evaluate_on_data(args, pipe, data)
+    args = argparse.Namespace(**{**vars(args), "data": data})
+    classifier, info = load_classifier(None if args.classifier == "bundled" else args.classifier)
     test, train = _dataset(args.data, "test"), _dataset(args.data, "train")
     start = time.perf_counter()
     result = evaluate_pipeline(pipe, classifier, test, train, n_per_class=args.per_class, cfg=args.cfg,
@@ -130,7 +138,59 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     return result
 
 
+def _trained_on(pipe) -> str | None:
+    """The data a ``var train`` pipeline was trained on, when its info names data that is still there."""
+    data = pipe.info.get("data") if isinstance(pipe.info, dict) else None
+    return data if data and (data == "fashion-mnist" or Path(data).exists()) else None
+
+
+def _evaluate_on_data(args: argparse.Namespace, pipe, data: str) -> dict:
+    """``var eval`` of a model of other images than Fashion-MNIST: :func:`evaluate_on_data` on ``data``, held
+    out as ``var train-vae`` held it out."""
+    if args.classifier != "bundled":
+        log.warning("--classifier %s is not used: %s is judged in the model's tokenizer features", args.classifier,
+                    data)
+    ds = build_dataset(data, pipe.vqvae.config.image_hw, pipe.channels)
+    train, heldout = split_holdout(ds)
+    log.info("%s: %d images, %d held out (as var train-vae held them out)", data, len(ds), len(heldout))
+    start = time.perf_counter()
+    result = evaluate_on_data(pipe, train, heldout, n_per_class=args.per_class, cfg=args.cfg, top_k=args.top_k,
+                              top_p=args.top_p, temperature=args.temperature, cfg_scales=args.cfg_scales,
+                              seed=args.seed, batch_size=args.batch_size, progress=True)
+    result.update(eval_time_s=round(time.perf_counter() - start, 1), data=data,
+                  model="official" if args.official else args.model, model_source=pipe.info.get("source"))
+    _print_data_table(result)
+    return result
+
+
+def _print_data_table(r: dict) -> None:
+    s = r["settings"]
+    print(f"\nEvaluation of {r['model']} on {r['data']}: {r['num_samples']} samples, {r['n_per_class']} per class, "
+          f"cfg {s['cfg']}, top-k {s['top_k']}, top-p {s['top_p']}, temperature {s['temperature']}, seed {s['seed']}; "
+          f"{r['train_images']} training and {r['heldout_images']} held-out images")
+    print(f"features: {r['features']}; comparable between models that share a tokenizer")
+    held = r["frechet_samples_heldout"] is not None
+    rows = [
+        ("tokenizer PSNR, held-out images", f"{r['tokenizer_psnr_heldout']:.2f} dB", "reconstructions"),
+        ("Frechet distance: samples to held-out", f"{r['frechet_samples_heldout']:.3f}" if held else "-",
+         f"the floor, training to held-out images: {r['frechet_train_heldout']:.3f}" if held else
+         "one held-out image: no covariance"),
+        ("Frechet distance: samples to training", f"{r['frechet_samples_train']:.3f}", ""),
+        ("nearest real image of the asked class", f"{100 * r['nearest_real_same_class']:.1f}%",
+         "per class: " + ", ".join(f"{k} {v}/{r['n_per_class']}"
+                                   for k, v in r["nearest_real_same_class_per_class"].items())),
+        ("copy ratio", f"{r['copy_ratio']:.2f}",
+         "samples' distance to the nearest training image / held-out images'; well below 1: near copies"),
+    ]
+    w = max(len(name) for name, _, _ in rows)
+    for name, value, note in rows:
+        print(f"  {name:<{w}}  {value:>10}   {note}")
+    if r["heldout_images"] < 50:
+        print(f"  ({r['heldout_images']} held-out images: the distances to them are noisy; compare with the floor)")
+
+
 def _inception(args: argparse.Namespace) -> dict:
+    args = argparse.Namespace(**{**vars(args), "data": args.data or "fashion-mnist"})
     images = load_npz_images(args.npz)
     reference = (load_npz_images(args.npz_ref) if args.npz_ref
                  else np.repeat(_dataset(args.data, "test").images, 3, axis=-1))
