@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import time
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -42,6 +44,24 @@ LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 # a tenth of the pixel range, which shows, and an edit keeps the input no closer than its reconstruction. The
 # bundled model reconstructs 95% of 2,000 Fashion-MNIST test images above 19.4 dB (mean 24.7); photos, about 10.
 UNKNOWN_IMAGE_PSNR = 20.0
+# torch.compile's backends taken here (torch._dynamo.list_backends() names more): inductor generates fused kernels
+# (C++ on the CPU, Triton on GPUs); eager only traces and runs the captured graphs as they are, aot_eager also
+# traces the backward pass as inductor would: both check that code traces, in seconds, without building kernels.
+COMPILE_BACKENDS = ("inductor", "eager", "aot_eager")
+
+
+def check_compile_backend(backend: str, device: torch.device | str) -> None:
+    """ValueError for a backend not in :data:`COMPILE_BACKENDS`; RuntimeError where ``backend`` is inductor on the
+    CPU and no C++ compiler is found (inductor builds its CPU kernels with the one ``$CXX`` names, else g++),
+    naming what to install, before a first call fails deep inside torch.compile."""
+    if backend not in COMPILE_BACKENDS:
+        raise ValueError(f"unknown compile backend {backend!r}; expected one of {', '.join(COMPILE_BACKENDS)}")
+    if backend == "inductor" and torch.device(device).type == "cpu":
+        cxx = os.environ.get("CXX") or "g++"
+        if shutil.which(cxx) is None:
+            raise RuntimeError(f"torch.compile builds its CPU kernels with a C++ compiler, and {cxx!r} is not on "
+                               f"the PATH{' ($CXX)' if os.environ.get('CXX') else ''}: install one (e.g. "
+                               "apt-get install g++) or run without compiling")
 
 
 @dataclass
@@ -75,6 +95,8 @@ class VARPipeline:
         # What a call uses for an option it is not given: the model's recommendation, else the reference's.
         self.sampling_defaults = {**REFERENCE_SAMPLING, **(sampling_defaults or {})}
         self._dtype_request: tuple[torch.dtype, bool] = (torch.float32, False)   # (asked for, forced)
+        self._compiled = False            # generation runs compiled blocks (:meth:`compile`)
+        self._first_compiled_call = False  # the next generation call is the first compiled one: its time is logged
         self._prepare_for_device()
 
     # -------------------------------------------------------------------------- properties
@@ -112,6 +134,11 @@ class VARPipeline:
         return square_side(self.image_hw)
 
     @property
+    def compiled(self) -> bool:
+        """Whether generation runs the transformer's blocks compiled (:meth:`compile`)."""
+        return self._compiled
+
+    @property
     def compute_dtype(self) -> torch.dtype:
         """What the models compute in: float32, or bfloat16 under autocast (the weights stay float32)."""
         return self._compute_dtype
@@ -145,35 +172,61 @@ class VARPipeline:
     def _prepare_for_device(self) -> None:
         """On the CPU: channels-last decoder weights (the decoder runs channels-last there, and its convs then
         skip a per-call weight copy) and the CPU layers (:func:`var.cpu.accelerate`) in the decoder and the
-        transformer; the encoder keeps its plain layers, so that an image makes the same tokens on every
-        device. Other devices: the plain layers (:func:`var.cpu.plain`), contiguous weights."""
+        transformer (compiled, the transformer keeps its plain layers: compiled code never calls the CPU
+        layers, whose packed weights would only take memory); the encoder keeps its plain layers, so that an
+        image makes the same tokens on every device. Other devices: the plain layers (:func:`var.cpu.plain`),
+        contiguous weights."""
         on_cpu = self.device.type == "cpu"
         self.vqvae.decoder.to(memory_format=torch.channels_last if on_cpu else torch.contiguous_format)
         if on_cpu:
             accelerate(self.vqvae.decoder)
-            accelerate(self.var)
+            (plain if self._compiled else accelerate)(self.var)
         else:
             plain(self.vqvae)
             plain(self.var)
         self._choose_dtype()
 
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> "VARPipeline":
+        """Generate with the transformer's blocks compiled by ``torch.compile`` (``backend`` and ``mode`` are
+        its options; see :data:`COMPILE_BACKENDS`), in place; returns the pipeline. Every block runs the same
+        code, so the blocks share their compiled graphs: the first scale compiles one, the second one with the
+        token count and cache length dynamic, which then serves every later scale; a new batch size may compile
+        once more. The first call, compiling included, is logged with its time. Images equal the eager ones to
+        float rounding (the same tokens, except where a draw falls on a rounding difference).
+
+        Compiled generation runs the batch as one stream (:mod:`var.cpu.streams` splits it on the CPU: compiled
+        kernels bring their own threading), the transformer keeps its plain layers (the CPU layers' packed
+        weights would go unused), and the tokenizer stays eager: its convolutions are library calls either way,
+        and on the CPU compiled code would lose the decoder's Winograd convolutions. Teacher-forced
+        :meth:`logits` runs the compiled blocks too (with graphs of its own). The models are changed in place:
+        a transformer shared with a trainer runs compiled there as well. ValueError or RuntimeError from
+        :func:`check_compile_backend`."""
+        check_compile_backend(backend, self.device)
+        for block in self.var.blocks:
+            block.compile(backend=backend, mode=mode)
+        self._compiled = self._first_compiled_call = True
+        self._prepare_for_device()
+        return self
+
     # ------------------------------------------------------------------------- construction
     @classmethod
     def from_official(cls, vae: official.PathOrStateDict, var: official.PathOrStateDict,
                       device: str | torch.device | None = None, num_heads: int | None = None,
-                      dtype: str | torch.dtype = torch.float32, force_dtype: bool = False) -> "VARPipeline":
+                      dtype: str | torch.dtype = torch.float32, force_dtype: bool = False,
+                      compile: bool = False) -> "VARPipeline":
         """The released checkpoints (paths or state dicts); the configuration is read from the tensors.
-        ``dtype`` and ``force_dtype`` are those of :meth:`use_dtype`."""
+        ``dtype`` and ``force_dtype`` are those of :meth:`use_dtype`; ``compile`` calls :meth:`compile`."""
         precision.resolve_dtype(dtype, precision.PIPELINE_DTYPES)  # a bad dtype fails before any loading
         vqvae, model = official.load_official(vae, var, num_heads=num_heads)
         pipe = cls(vqvae, model, info={"source": "official"})
-        return pipe._place(device, dtype, force_dtype)
+        return pipe._place(device, dtype, force_dtype, compile)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike, device: str | torch.device | None = None,
-                        dtype: str | torch.dtype = torch.float32, force_dtype: bool = False) -> "VARPipeline":
+                        dtype: str | torch.dtype = torch.float32, force_dtype: bool = False,
+                        compile: bool = False) -> "VARPipeline":
         """A folder written by :meth:`save_pretrained`, or the name of a bundled model. ``dtype`` and
-        ``force_dtype`` are those of :meth:`use_dtype`."""
+        ``force_dtype`` are those of :meth:`use_dtype`; ``compile`` calls :meth:`compile`."""
         precision.resolve_dtype(dtype, precision.PIPELINE_DTYPES)  # a bad dtype fails before any loading
         path = Path(name_or_path)
         if not (path / CONFIG_NAME).is_file():
@@ -188,14 +241,17 @@ class VARPipeline:
                             "a VAR pipeline")
         pipe = cls(vqvae, model, class_names=cfg.get("class_names"), pad=cfg.get("pad", 0), info=cfg.get("info"),
                    sampling_defaults=cfg.get("sampling_defaults"))
-        return pipe._place(device, dtype, force_dtype)
+        return pipe._place(device, dtype, force_dtype, compile)
 
-    def _place(self, device: str | torch.device | None, dtype: str | torch.dtype, force: bool) -> "VARPipeline":
+    def _place(self, device: str | torch.device | None, dtype: str | torch.dtype, force: bool,
+               compile: bool) -> "VARPipeline":
         """Move a new pipeline to ``device`` (if given), then choose its dtype there: on the device it will
-        run on, so that a note about the CPU's bf16 support is not given for a model headed for a GPU."""
+        run on, so that a note about the CPU's bf16 support is not given for a model headed for a GPU; then
+        compile it if asked."""
         if device is not None:
             self.to(device)
-        return self.use_dtype(dtype, force)
+        self.use_dtype(dtype, force)
+        return self.compile() if compile else self
 
     def save_pretrained(self, path: str | os.PathLike, weights_dtype: str | torch.dtype = torch.float32) -> Path:
         """Write ``config.json`` and safetensors weights to the folder ``path`` (created if needed).
@@ -466,6 +522,7 @@ class VARPipeline:
         n = labels.numel()
         bs = batch_size or n
         images, tokens = [], []
+        began = time.perf_counter()
         with tqdm(total=n, desc="generating", unit="img", disable=not progress) as bar:
             for i, s in enumerate(range(0, n, bs)):
                 part = slice(s, min(n, s + bs))
@@ -476,9 +533,14 @@ class VARPipeline:
                     keeps = dict(keep_tokens=[t[part] for t in keep_tokens], keep_masks=[m[part] for m in keep_masks],
                                  keep_latent=None if keep_latent is None else keep_latent[part])
                 with self._autocast():
-                    f_hat, toks = generate(self.var, self.vqvae, labels[part], on_scale=on_scale, **sampling, **keeps)
+                    f_hat, toks = generate(self.var, self.vqvae, labels[part], on_scale=on_scale,
+                                           streams=1 if self._compiled else None, **sampling, **keeps)
                     with torch.no_grad():
                         images.append(self._to_user_images(self._decode_latent(f_hat)))
                 tokens.append(toks)
                 bar.update(part.stop - part.start)
+        if self._first_compiled_call:
+            self._first_compiled_call = False
+            log.info("compiled generation: the first call took %.1f s, compiling included (a new batch size "
+                     "may compile again)", time.perf_counter() - began)
         return VAROutput(images=torch.cat(images), tokens=[torch.cat(t) for t in zip(*tokens)], labels=labels)

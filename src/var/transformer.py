@@ -193,6 +193,8 @@ class SelfAttention(nn.Module):
         scale_mul_H1 = self.scale_mul_1H11.clamp_max(self.max_scale_mul).exp().view(self.num_heads, 1)
         q = q * (scale_mul_H1 / norm_BL2H1[:, :, 0])
         factor_BL2H1 = torch.cat((1 / norm_BL2H1[:, :, 1:], torch.ones_like(norm_BL2H1[:, :, 1:])), dim=2)  # v: x1
+        if kv_out is not None and torch.compiler.is_compiling():  # Dynamo cannot trace out= into a strided view
+            return q, kv_out.copy_(kv * factor_BL2H1)
         return q, torch.mul(kv, factor_BL2H1, out=kv_out)
 
 

@@ -110,6 +110,10 @@ def _schedule_args(p: argparse.ArgumentParser, recipes: dict[str, dict]) -> None
                    help="bf16 autocast (mixed precision; the quantizer stays float32): faster on GPUs with bf16 and "
                         "on CPUs with AMX or AVX512-BF16; a CPU without them emulates bf16 and trains slower than "
                         "without --amp (a note at the start says so)")
+    g.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step's forward and backward passes (the first step compiles, "
+                        "its time is logged; inductor needs a C++ compiler on the CPU); not with --fsdp "
+                        "(docs/performance.md)")
     g.add_argument("--flip", action="store_true", help="random horizontal flips")
 
 
@@ -399,7 +403,8 @@ def run_train_vae(a: argparse.Namespace) -> int:
     _check_warmup(a, warmup_given)
     result = train_vqvae(a.data, a.out, cfg, _schedule(a), l1=a.l1, l2=a.l2, adv_weight=a.adv_weight,
                          disc_start=a.disc_start, reinit_every=a.reinit_every, flip=a.flip, amp=a.amp, device=a.device,
-                         betas=a.betas, ema=a.ema or None, finetune_decoder=a.finetune_decoder, minutes=a.minutes)
+                         betas=a.betas, ema=a.ema or None, finetune_decoder=a.finetune_decoder, minutes=a.minutes,
+                         compile=a.compile)
     if "heldout_psnr" in result:
         log.info("tokenizer saved in %s; held-out PSNR %.2f dB", a.out, result["heldout_psnr"])
     return 0
@@ -426,7 +431,7 @@ def run_train_var(a: argparse.Namespace) -> int:
     _check_warmup(a, warmup_given)
     train_var(a.data, a.vae, a.out, cfg, _schedule(a), label_smoothing=a.label_smoothing, ema=a.ema or None,
               flip=a.flip, amp=a.amp, cache_dir=a.cache_dir, device=a.device, init_adaln_gamma=a.init_adaln_gamma,
-              crop=a.crop, minutes=a.minutes, fsdp=a.fsdp, dtype=a.dtype)
+              crop=a.crop, minutes=a.minutes, fsdp=a.fsdp, dtype=a.dtype, compile=a.compile)
     log.info("pipeline saved in %s (load it with VARPipeline.from_pretrained)", a.out)
     return 0
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import time
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -23,7 +24,7 @@ import torch.nn.functional as F
 
 from ..metrics import psnr
 from ..cpu import plain
-from ..pipeline import VAROutput, VARPipeline
+from ..pipeline import VAROutput, VARPipeline, check_compile_backend
 from .. import quickstart
 from ..precision import autocast, choose_dtype
 from ..transformer import VAR
@@ -33,10 +34,14 @@ from .common import (CHECKPOINT, SHARDED_CHECKPOINT, DistInfo, NonFiniteLoss, Sc
                      load_checkpoint_file, rng_state, set_rng_state)
 
 log = logging.getLogger(__name__)
+# Why a sharded transformer is not compiled (VARTrainer.compile, and train_var before any work).
+NO_COMPILE_WITH_FSDP = ("compiling a sharded transformer (--fsdp) is not supported: train it with --fsdp or with "
+                        "--compile, not both")
 
 
 class _Trainer:
-    """Step counter, optimizers, clipping, non-finite check and checkpoints shared by both trainers."""
+    """Step counter, optimizers, clipping, non-finite check, checkpoints and the compiled forward pass shared by
+    both trainers."""
 
     sharded = False  # True: the weights are sharded over the processes, every process takes part in checkpoints
     checkpoint_name = CHECKPOINT  # the checkpoint's file in a run folder
@@ -49,6 +54,9 @@ class _Trainer:
         # --amp is bf16 whatever the device: where bf16 is emulated it runs slower, and a note says so.
         self.amp_dtype = choose_dtype(torch.bfloat16, self.device, force=True) if amp else torch.float32
         self.step = 0
+        self._compile_options: dict | None = None   # torch.compile's options, once :meth:`compile` is called
+        self._compiled_model: nn.Module | None = None
+        self._log_compile_time = False  # the next step compiles: its time is logged
         # The parameter groups made with weight decay (by index: loading a checkpoint replaces the group dicts);
         # the others (biases, norms, the discriminator) stay without.
         self.decayed_groups = {name: [i for i, group in enumerate(opt.param_groups) if group["weight_decay"] > 0]
@@ -73,6 +81,33 @@ class _Trainer:
 
     def autocast(self):
         return autocast(self.device, self.amp_dtype)
+
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
+        """Run the training steps' forward pass (and so its backward) through ``torch.compile`` of
+        ``self.model`` (the DDP wrapper under torchrun), with its ``backend`` and ``mode``. It compiles at the first
+        step (logged with that step's time), so that a copy of the trainer made before, such as the step timing
+        of ``--minutes``, holds no compiled code. The models themselves are not changed: checkpoints, EMA
+        weights and samples are those of the eager models. Losses equal the eager ones to float rounding
+        where no random number is drawn inside the model; label dropout and stochastic depth then draw from
+        inductor's own generator (same distribution, other draws). ValueError or RuntimeError from
+        :func:`var.pipeline.check_compile_backend`."""
+        check_compile_backend(backend, self.device)
+        self._compile_options = {"backend": backend, "mode": mode}
+        self._compiled_model, self._log_compile_time = None, True
+
+    def _forward_model(self) -> nn.Module:
+        """The module a training step calls: ``self.model``, or its compiled form after :meth:`compile`."""
+        if self._compile_options is None:
+            return self.model
+        if self._compiled_model is None:
+            self._compiled_model = torch.compile(self.model, **self._compile_options)
+        return self._compiled_model
+
+    def _log_first_compiled_step(self, began: float) -> None:
+        """After a step that began at ``began`` (perf_counter): its time, if it was the one that compiled."""
+        if self._log_compile_time:
+            self._log_compile_time = False
+            log.info("compiled training: the first step took %.1f s, compiling included", time.perf_counter() - began)
 
     def _check_finite(self, loss: torch.Tensor, what: str = "loss") -> None:
         if not torch.isfinite(loss).all():
@@ -180,7 +215,7 @@ class VQVAETrainer(_Trainer):
                  disc_start: int = 0, reinit_every: int = 200, dead_fraction: float = 0.03,
                  grad_clip: float = 2.0, amp: bool = False, ema_decay: float | None = None,
                  ddp_model: nn.Module | None = None, ddp_disc: nn.Module | None = None,
-                 schedule: Schedule | None = None):
+                 schedule: Schedule | None = None, compile: bool = False):
         self.ema = copy.deepcopy(vqvae).eval().requires_grad_(False) if ema_decay else None
         self.ema_decay = ema_decay
         modules, optimizers = {"vqvae": vqvae}, {"vqvae": optimizer}
@@ -195,6 +230,8 @@ class VQVAETrainer(_Trainer):
         self.vqvae, self.model, self.disc, self.disc_model = vqvae, ddp_model or vqvae, disc, ddp_disc or disc
         self.l1, self.l2, self.adv_weight, self.disc_start = l1, l2, adv_weight, disc_start
         self.reinit_every, self.dead_fraction = reinit_every, dead_fraction
+        if compile:
+            self.compile()
 
     def _adaptive_weight(self, rec_loss: torch.Tensor, g_loss: torch.Tensor) -> torch.Tensor:
         """||grad rec|| / ||grad gan|| at the decoder's last layer: balances the two losses."""
@@ -205,12 +242,13 @@ class VQVAETrainer(_Trainer):
 
     def train_step(self, batch) -> dict:
         """One optimizer step on images in [0, 1] (or (images, labels)); returns the step's metrics."""
+        began = time.perf_counter()
         images01 = batch[0] if isinstance(batch, (tuple, list)) else batch
         x = images01.to(self.device) * 2 - 1
         self._follow_schedule()
         self.vqvae.train()
         with self.autocast():
-            rec, vq_loss, _ = self.model(x)
+            rec, vq_loss, _ = self._forward_model()(x)
         rec = rec.float()
         rec_loss = self.l1 * (rec - x).abs().mean() + self.l2 * (rec - x).pow(2).mean()
         loss = rec_loss + vq_loss
@@ -241,6 +279,7 @@ class VQVAETrainer(_Trainer):
         metrics.update({f"usage_s{k}": float(u) for k, u in enumerate(usage)})
         metrics["loss"] = loss.item()
         metrics["psnr"] = psnr((rec.detach().clamp(-1, 1) + 1) / 2, images01.to(self.device))
+        self._log_first_compiled_step(began)
         return metrics
 
     @torch.no_grad()
@@ -300,7 +339,7 @@ class VARTrainer(_Trainer):
     def __init__(self, var: VAR, vqvae: VQVAE, optimizer: torch.optim.Optimizer, device: str | torch.device = "cpu",
                  *, label_smoothing: float = 0.0, grad_clip: float = 2.0, amp: bool = False,
                  ema_decay: float | None = None, ddp_model: nn.Module | None = None,
-                 schedule: Schedule | None = None):
+                 schedule: Schedule | None = None, compile: bool = False):
         quickstart.pair(var, vqvae)  # var.generate(...) finds it; before the copy, so the EMA model is paired too
         self.sharded = fsdp.is_sharded(var)
         if self.sharded and ddp_model is not None:
@@ -314,6 +353,14 @@ class VARTrainer(_Trainer):
         self._gathered: VAR | None = None  # the plain model of full_weights, on the main process
         self.vqvae = vqvae.eval().requires_grad_(False)
         self.label_smoothing, self.ema_decay = label_smoothing, ema_decay
+        if compile:
+            self.compile()
+
+    def compile(self, backend: str = "inductor", mode: str | None = None) -> None:
+        """:meth:`_Trainer.compile`; ValueError for a sharded transformer (``--fsdp``), which is not compiled."""
+        if self.sharded:
+            raise ValueError(NO_COMPILE_WITH_FSDP)
+        super().compile(backend, mode)
 
     def _split(self, tokens) -> list[torch.Tensor]:
         """Tokens as K maps from (B, L) or a list of maps."""
@@ -323,6 +370,7 @@ class VARTrainer(_Trainer):
 
     def train_step(self, batch) -> dict:
         """``batch`` is (tokens, labels) or (images in [0, 1], labels); images are tokenized on the fly."""
+        began = time.perf_counter()
         x, labels = batch
         labels = labels.to(self.device)
         if isinstance(x, torch.Tensor) and x.ndim == 4:
@@ -336,7 +384,7 @@ class VARTrainer(_Trainer):
         self._follow_schedule()
         self.var.train()
         with self.autocast(), fsdp.quiet_view_outputs() if self.sharded else contextlib.nullcontext():
-            logits_BLV = self.model(labels, x_in)
+            logits_BLV = self._forward_model()(labels, x_in)
         B, L, V = logits_BLV.shape
         loss_BL = F.cross_entropy(logits_BLV.float().view(-1, V), target_BL.view(-1),
                                   label_smoothing=self.label_smoothing, reduction="none").view(B, L)
@@ -351,6 +399,7 @@ class VARTrainer(_Trainer):
             sizes = [h * w for h, w in self.var.scales]
             for k, (l_part, c_part) in enumerate(zip(loss_BL.split(sizes, 1), correct_BL.split(sizes, 1))):
                 metrics[f"loss_s{k}"], metrics[f"acc_s{k}"] = float(l_part.mean()), float(c_part.mean())
+        self._log_first_compiled_step(began)
         return metrics
 
     def train_epoch(self, loader: Iterable) -> dict:
