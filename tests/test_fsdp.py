@@ -298,3 +298,11 @@ def test_a_sharded_save_that_fails_names_the_folder_and_keeps_the_last_checkpoin
         fit(resumed, schedule(4), out, DistInfo(), batch)  # from step 2; the unfinished step-4 folder replaced
     assert resumed.step == 4 and load_checkpoint_file(out / "checkpoint-sharded.pt")["step"] == 4
     assert [p.name for p in (out / "checkpoint-shards").iterdir()] == ["step_00000004"]
+
+
+def test_minutes_with_fsdp_is_refused_naming_steps(folder, vae_run, tmp_path):
+    from var.training.runs import train_var
+
+    with pytest.raises(ValueError, match="--minutes 1 .* cannot be copied: with --fsdp give --steps"):
+        train_var(str(folder), vae_run, tmp_path / "run", TINY, _schedule(), fsdp=True, minutes=1)
+    assert not (tmp_path / "run" / "run.json").exists()
