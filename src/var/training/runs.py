@@ -36,7 +36,7 @@ from .common import (CHECKPOINT, SHARDED_CHECKPOINT, CheckpointWriteFailed, Dist
                      _on_main_process, append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size,
                      setup_distributed)
 from .fsdp import DTYPES, process_group_of_one, shard_transformer
-from .trainers import PatchDiscriminator, VARTrainer, VQVAETrainer
+from .trainers import NO_COMPILE_WITH_FSDP, PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
 RUN_JSON, RUN_LOCK = "run.json", "run.lock"
@@ -263,11 +263,13 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
                 l2: float = 1.0, adv_weight: float = 0.0, disc_start: int = 0, reinit_every: int = 200,
                 flip: bool = False, amp: bool = False, device: str | None = None,
                 betas: tuple[float, float] = VQVAE_BETAS, ema: float | None = None,
-                finetune_decoder: str | os.PathLike | None = None, minutes: float | None = None) -> dict:
+                finetune_decoder: str | os.PathLike | None = None, minutes: float | None = None,
+                compile: bool = False) -> dict:
     """Train a tokenizer into ``out``; with ``finetune_decoder`` (a tokenizer's folder, see :func:`load_vqvae`)
     start from that tokenizer and train its decoder alone, its token side frozen (``vqvae_cfg`` is then
     ignored: the model is the source's), so that its tokens and a transformer trained on them stay valid.
-    ``minutes``: train for about that long instead of ``schedule.steps`` (:func:`schedule_for_minutes`)."""
+    ``minutes``: train for about that long instead of ``schedule.steps`` (:func:`schedule_for_minutes`);
+    ``compile``: the training steps run compiled (:meth:`VQVAETrainer.compile`)."""
     source = load_vqvae(finetune_decoder)[0] if finetune_decoder is not None else None
     vqvae_cfg = source.config if source is not None else vqvae_cfg
     if vqvae_cfg is None:
@@ -306,7 +308,8 @@ def train_vqvae(data: str, out: Path, vqvae_cfg: VQVAEConfig | None, schedule: S
     trainer = VQVAETrainer(vqvae, make_optimizer(vqvae, schedule, betas), info.device, l1=l1, l2=l2,
                            disc=disc, disc_optimizer=disc_opt, adv_weight=adv_weight, disc_start=disc_start,
                            reinit_every=reinit_every, grad_clip=schedule.grad_clip, amp=amp, ema_decay=ema,
-                           ddp_model=_wrap(vqvae, info), ddp_disc=_wrap(disc, info) if disc is not None else None)
+                           ddp_model=_wrap(vqvae, info), ddp_disc=_wrap(disc, info) if disc is not None else None,
+                           compile=compile)
     held_x, _ = heldout.batch(np.arange(min(1000, len(heldout))))
     if info.is_main:
         log.info("tokenizer: %.2fM parameters (%.2fM trained), %d training images, held-out %d, %d process(es)",
@@ -476,7 +479,7 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
               label_smoothing: float = 0.0, ema: float | None = None, flip: bool = False, amp: bool = False,
               cache_dir: Path | None = None, device: str | None = None, samples_per_class: int = 4,
               init_adaln_gamma: float | None = None, crop: bool = False, minutes: float | None = None,
-              fsdp: bool = False, dtype: str = "fp32") -> dict:
+              fsdp: bool = False, dtype: str = "fp32", compile: bool = False) -> dict:
     """Train the transformer on a tokenizer's tokens. Tokens are computed once and cached; with ``crop``
     (the reference's augmentation) a random window of the model's size is cut every step from each image at
     ``CROP_RATIO`` times that size, and the tokenizer encodes it on the fly. Those images are decoded at that
@@ -488,8 +491,9 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     With ``fsdp`` the transformer, its gradients, AdamW's moments and the EMA weights are sharded over the
     processes (:mod:`var.training.fsdp`) and ``dtype`` "bf16" computes with bf16 weights under bf16 autocast
     (the shards, the gradients' reduction and the optimizer stay float32); the exported folder is the same
-    as without. ValueError names ``dtype`` "bf16" without ``fsdp`` (there ``amp`` is bf16 autocast) or an
-    unknown one."""
+    as without. ``compile``: the training steps run compiled (:meth:`VARTrainer.compile`), not with ``fsdp``.
+    ValueError names ``dtype`` "bf16" without ``fsdp`` (there ``amp`` is bf16 autocast), an unknown one, or
+    ``compile`` with ``fsdp``."""
     if dtype not in DTYPES:
         raise ValueError(f"dtype={dtype!r}: expected one of {', '.join(DTYPES)}")
     if dtype != "fp32" and not fsdp:
@@ -498,6 +502,8 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
     if fsdp and minutes is not None:
         raise ValueError(f"--minutes {minutes} times its steps on a copy of the trainer, and a sharded (--fsdp) "
                          "transformer cannot be copied: with --fsdp give --steps")
+    if compile and fsdp:
+        raise ValueError(NO_COMPILE_WITH_FSDP)
     info = setup_distributed(device)
     torch.manual_seed(schedule.seed)
     vqvae, vae_meta = load_vqvae(vae_dir)
@@ -544,7 +550,7 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
         shard_transformer(var, DTYPES[dtype])
     trainer = VARTrainer(var, vqvae, make_optimizer(var, schedule, VAR_BETAS), info.device,
                          label_smoothing=label_smoothing, grad_clip=schedule.grad_clip, amp=amp or dtype == "bf16",
-                         ema_decay=ema, ddp_model=None if fsdp else _wrap(var, info))
+                         ema_decay=ema, ddp_model=None if fsdp else _wrap(var, info), compile=compile)
     if info.is_main:
         log.info("transformer: %.2fM parameters, %d images x %d tokens%s, %d process(es)%s",
                  sum(p.numel() for p in var.parameters()) / 1e6, len(ds), var.config.seq_len,
