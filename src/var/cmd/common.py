@@ -78,6 +78,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                         "them (no L2-normalized attention; default: head size 64, as the released models)")
     add_device_arg(p)
     add_dtype_args(p)
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the transformer's blocks (VARPipeline.compile): the first generation compiles, "
+                        "its time is logged; inductor needs a C++ compiler on the CPU (docs/performance.md)")
 
 
 def add_dtype_args(p: argparse.ArgumentParser) -> None:
@@ -105,7 +108,7 @@ def random_placeholder() -> VARPipeline:
 
 def load_pipeline(args: argparse.Namespace) -> VARPipeline:
     """The pipeline a command's model options name (a folder, a bundled model or the released checkpoints),
-    on its device and in its dtype."""
+    on its device and in its dtype, compiled with ``--compile``."""
     if args.official:
         missing = [path for path in args.official if not Path(path).is_file()]
         if missing:
@@ -121,7 +124,8 @@ def load_pipeline(args: argparse.Namespace) -> VARPipeline:
         pipe = random_placeholder()
     else:
         pipe = VARPipeline.from_pretrained(args.model)
-    return pipe.to(args.device or default_device()).use_dtype(args.dtype, args.force_dtype)
+    pipe = pipe.to(args.device or default_device()).use_dtype(args.dtype, args.force_dtype)
+    return pipe.compile() if args.compile else pipe
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
