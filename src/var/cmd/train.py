@@ -30,7 +30,7 @@ _REFERENCE_TWDE = "; with --preset small, medium or large the reference's --twde
 
 def _by_preset(recipes: dict[str, dict], key: str) -> str:
     """Help text of a preset-dependent default: each value with the presets that take it, e.g.
-    "(default: 2500 with --preset fashion-mnist, 8000 with quick, 6000 with large, medium, small)"."""
+    "(default: 2500 with --preset fashion-mnist; 6000 with large, medium, small; 8000 with quick)"."""
     presets_of: dict[str, list[str]] = {}
     for name, recipe in recipes.items():
         value = str(recipe[key]) if recipe[key] is not None else _DERIVED[key]
