@@ -263,7 +263,7 @@ class OurTrainStep:
     def __init__(self, pipe: VARPipeline, tokens: list[torch.Tensor], labels: torch.Tensor, schedule: Schedule):
         plain(pipe.var)  # training does not use the packed inference copies: free them
         optimizer = make_optimizer(pipe.var, schedule, VAR_BETAS)
-        self.trainer = VARTrainer(pipe.var, pipe.vqvae, optimizer, grad_clip=schedule.grad_clip)
+        self.trainer = VARTrainer(pipe.var, pipe.vqvae, optimizer, pipe.device, grad_clip=schedule.grad_clip)
         self.batch = (tokens, labels)
         self.forward, self.update = PartTimer(pipe.var, "forward"), PartTimer(optimizer, "step")
         self.losses: list[float] = []
@@ -310,7 +310,7 @@ class ReferenceTrainStep:
         self.optimizer = AmpOptimizer(mixed_precision=0, optimizer=optimizer, names=list(names), paras=list(params),
                                       grad_clip=schedule.grad_clip)
         self.cross_entropy = torch.nn.CrossEntropyLoss(label_smoothing=0.0, reduction="none")
-        self.loss_weight_1L = torch.ones(1, ref_var.L) / ref_var.L
+        self.loss_weight_1L = torch.ones(1, ref_var.L, device=labels.device) / ref_var.L
         self.forward, self.update = PartTimer(ref_var, "forward"), PartTimer(optimizer, "step")
         self.losses: list[float] = []
 
