@@ -333,6 +333,7 @@ class VAR(nn.Module):
             b.ffn.fc2.weight.div_(math.sqrt(2 * depth))
 
     # ------------------------------------------------------------------------------- helpers
+    @torch.compiler.disable  # reads the labels' values: under torch.compile it runs eagerly, between graphs
     def check_labels(self, labels: torch.Tensor, allow_null: bool = False) -> None:
         """ValueError unless ``labels`` is a 1-D tensor of class ids (and the null class if ``allow_null``)."""
         hi = self.num_classes + (1 if allow_null else 0)
