@@ -11,7 +11,7 @@ the model is built is given as the baseline). A mode whose theoretical need exce
 (MemAvailable) is not run, and said so; "single" is one process training the whole model alone (what each
 DDP process holds, without DDP's gradient buckets).
 
-Usage (about 25 minutes on 2 cores): PYTHONPATH=src python benchmarks/fsdp_memory.py --configs d16 d20 \\
+Usage (about 30 minutes on 2 cores): PYTHONPATH=src python benchmarks/fsdp_memory.py --configs d16 d20 \\
     --steps 20 3 --modes ddp fsdp --single d20 --json bench_out/fsdp_memory.json
 """
 from __future__ import annotations
