@@ -56,6 +56,9 @@ class Plan:
     train_batch_size: int
     backend: str                       # torch.compile's backend
     repeats: int
+    dtypes: tuple[str, ...] = tuple(DTYPES)
+    cfg_scales_rows: bool = True       # also time cfg_scales = K - 2
+    parts: tuple[str, ...] = ("generation", "training")
 
 
 GPU = Plan(device="cuda", config="d16", depth=16, batch_sizes=(2, 64), train_batch_size=16, backend="inductor",
@@ -70,6 +73,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU: checks the script, measures nothing")
     p.add_argument("--ref", type=Path, help="a checkout of github.com/FoundationVision/VAR: also time the reference")
     p.add_argument("--repeats", type=int, help="timed runs of each (default: 3, 1 with --dry-run)")
+    g = p.add_argument_group("another plan (e.g. a CPU measurement: --device cpu --config d8 --batch-sizes 2 "
+                             "--train-batch-size 4 --dtypes fp32 --no-cfg-scales-rows)")
+    g.add_argument("--device", help="default: cuda, cpu with --dry-run")
+    g.add_argument("--config", help="a var.recipes shape (d8, d16, fashion-mnist, ...) or tiny")
+    g.add_argument("--batch-sizes", type=int, nargs="+", help="generation batch sizes")
+    g.add_argument("--train-batch-size", type=int)
+    g.add_argument("--dtypes", nargs="+", choices=list(DTYPES))
+    g.add_argument("--no-cfg-scales-rows", dest="cfg_scales_rows", action="store_false", default=None,
+                   help="time the default guidance only")
+    g.add_argument("--parts", nargs="+", choices=("generation", "training"))
     p.add_argument("--tests-junit", type=Path, help="pytest's junit XML of the CUDA tests, whose counts join the report")
     args = p.parse_args(argv)
     if args.ref is not None and not (args.ref / "models" / "__init__.py").is_file():
@@ -146,13 +159,13 @@ def generation_rows(plan: Plan, reference) -> list[dict]:
     compiled.compile(backend=plan.backend)
     K = len(eager.scales)
     rows = []
-    for dtype in DTYPES:
+    for dtype in plan.dtypes:
         for pipe in (eager, compiled):
             pipe.use_dtype(dtype, force=True)       # a benchmark measures what it is asked, emulated or not
         for B in plan.batch_sizes:
             labels = [i % eager.num_classes for i in range(B)]
             ref_seconds = None
-            for cfg_scales in (None, K - 2):
+            for cfg_scales in (None, K - 2) if plan.cfg_scales_rows else (None,):
                 def ours(pipe: VARPipeline) -> Callable[[], float]:
                     return lambda: timed(lambda: pipe(labels, seed=0, cfg_scales=cfg_scales, **SAMPLING), device)
                 runners = {"eager": ours(eager), "compiled": ours(compiled)}
@@ -185,7 +198,7 @@ def training_rows(plan: Plan, reference) -> list[dict]:
     """A training step per dtype: ours eager and compiled, and (fp32, with ``--ref``) the reference's."""
     device = torch.device(plan.device)
     rows = []
-    for dtype in DTYPES:
+    for dtype in plan.dtypes:
         eager, compiled, ref = our_pipelines(plan, reference)
         cfg = eager.var.config
         gen = torch.Generator().manual_seed(0)
@@ -241,29 +254,33 @@ def _versus(row: dict) -> str:
 
 
 def markdown(report: dict) -> str:
-    """The report's two tables (and what they ran on) as markdown."""
+    """The report's tables (and what they ran on) as markdown; a part not run has no table."""
     m, plan = report["machine"], report["plan"]
     dry = " (dry run on the CPU: checks the script, measures nothing)" if report["dry_run"] else ""
-    weights = "the reference's random weights" if report["reference"] else "random weights"
+    weights = ("the reference's random weights" if report["reference"] else
+               "the bundled model" if plan["config"] == "fashion-mnist" else "random weights")
     tests = report["cuda_tests"]
-    lines = [f"# GPU check: {m.get('gpu', m['cpu'])}{dry}", "",
-             *([f"CUDA tests (pytest -m cuda): {tests['tests']} run, {tests['failures']} failed, {tests['errors']} "
-                f"errors, {tests['skipped']} skipped, {tests['seconds']:.0f} s.", ""] if tests else []),
-             f"torch {m['torch']}; {plan['config']} shape, {weights}; compiled with {plan['backend']}; median of "
-             f"{plan['repeats']} alternating runs after a warm-up (its seconds: first call, compiling included).", "",
-             "## Generation (cfg 1.5, top-k 900, top-p 0.96), seconds per call", "",
-             "| B | dtype | cfg_scales | eager | compiled | compiled speed-up | reference | vs reference: eager / "
-             "compiled | first call: eager / compiled |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = [f"# Side by side on {m.get('gpu', m['cpu'])}{dry}", ""]
+    if tests:
+        lines += [f"CUDA tests (pytest -m cuda): {tests['tests']} run, {tests['failures']} failed, {tests['errors']} "
+                  f"errors, {tests['skipped']} skipped, {tests['seconds']:.0f} s.", ""]
+    lines.append(f"torch {m['torch']}; {plan['config']} shape, {weights}; compiled with {plan['backend']}; median "
+                 f"of {plan['repeats']} alternating runs after a warm-up (its seconds: first call, compiling "
+                 "included).")
+    if report["generation"]:
+        lines += ["", "## Generation (cfg 1.5, top-k 900, top-p 0.96), seconds per call", "",
+                  "| B | dtype | cfg_scales | eager | compiled | compiled speed-up | reference | vs reference: eager / "
+                  "compiled | first call: eager / compiled |", "|---|---|---|---|---|---|---|---|---|"]
     for r in report["generation"]:
         s, first = r["seconds"], r["first_call_seconds"]
         lines.append(f"| {r['batch_size']} | {r['dtype']} | {r['cfg_scales'] or 'all'} | {s['eager']:.3f} | "
                      f"{s['compiled']:.3f} | {r['compiled_speedup']:.2f}x | {_seconds(s, 'reference')} | "
                      f"{_versus(r)} | {first['eager']:.1f} / {first['compiled']:.1f} |")
-    lines += ["", "## Training step of the transformer, seconds per step", "",
-              "| B | dtype | eager | compiled | compiled speed-up | reference | vs reference: eager / compiled | "
-              "first-step loss: eager / compiled / reference | first step: eager / compiled |",
-              "|---|---|---|---|---|---|---|---|---|"]
+    if report["training"]:
+        lines += ["", "## Training step of the transformer, seconds per step", "",
+                  "| B | dtype | eager | compiled | compiled speed-up | reference | vs reference: eager / compiled | "
+                  "first-step loss: eager / compiled / reference | first step: eager / compiled |",
+                  "|---|---|---|---|---|---|---|---|---|"]
     for r in report["training"]:
         s, loss, first = r["seconds"], r["first_step_loss"], r["first_step_seconds"]
         losses = " / ".join(f"{loss[who]:.6f}" for who in ("eager", "compiled", "reference") if who in loss)
@@ -297,7 +314,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     plan = DRY_RUN if args.dry_run else GPU
-    plan = replace(plan, repeats=args.repeats or plan.repeats)
+    given = {key: getattr(args, key) for key in ("device", "config", "batch_sizes", "train_batch_size", "dtypes",
+                                                 "cfg_scales_rows", "parts", "repeats")
+             if getattr(args, key) is not None}
+    plan = replace(plan, **{k: tuple(v) if isinstance(v, list) else v for k, v in given.items()})
+    if args.config and args.config.startswith("d") and args.config[1:].isdigit():
+        plan = replace(plan, depth=int(args.config[1:]))
     if plan.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("no CUDA device: run on a GPU machine, or with --dry-run to check the script on the CPU")
     reference = import_reference(args.ref) if args.ref is not None else None
@@ -308,6 +330,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      "(benchmarks/README.md says how to get one)",
               "sampling": SAMPLING, "generation": [], "training": []}
     for part, rows in (("generation", generation_rows), ("training", training_rows)):
+        if part not in plan.parts:
+            continue
         report[part] = rows(plan, reference)
         report["seconds"] = time.perf_counter() - started
         write(report, args.out)

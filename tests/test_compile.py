@@ -66,6 +66,12 @@ def test_compiled_transformer_keeps_its_plain_layers_on_the_cpu():
     assert any(isinstance(m, CPU_LAYERS) for m in pipe.vqvae.decoder.modules())  # the eager decoder keeps its own
 
 
+def test_pipelines_load_compiled(tmp_path):
+    _pipe().save_pretrained(tmp_path / "saved")
+    assert VARPipeline.from_pretrained(tmp_path / "saved", compile=True).compiled
+    assert not VARPipeline.from_pretrained(tmp_path / "saved").compiled
+
+
 def test_compiled_teacher_forced_logits_equal_eager():
     pipe = _pipe()
     tokens = pipe([3, 4], seed=0).tokens
