@@ -3,7 +3,7 @@
 # benchmarks/gpu_bench.py (generation at the d16 shape, B=2 and B=64, fp32 and bf16, eager and compiled, with
 # and without --cfg-scales; a d16 training step; the reference too with --ref), written into the folder OUT:
 # gpu_bench.json (every figure, the machine and the tests' counts), gpu_bench.md (the tables), cuda_tests.log
-# and cuda_tests.xml. Under 8 minutes on one GPU.
+# and cuda_tests.xml. Planned for under 8 minutes on one GPU.
 #
 #   benchmarks/gpu_check.sh OUT [--ref /path/to/VAR]     on a machine with a CUDA GPU
 #   benchmarks/gpu_check.sh --dry-run OUT                 every step at tiny sizes on the CPU, in seconds
