@@ -6,17 +6,25 @@ Each (shape, mode) runs in fresh processes: VARTrainer.train_step on random toke
 step s on process r is drawn from the seed (s, r), the same in both modes), the released shapes (d16: depth 16,
 width 1024; d20: 1280), fp32, no EMA, the default class dropout and stochastic depth. The tokenizer is a narrow
 one (ch 32): a run trains from cached tokens, so only its quantizer (the 4096 x 32 codebook) takes part.
-Peak memory is each process's peak RSS (VmHWM), which includes what PyTorch itself takes (its RSS before
-the model is built is given as the baseline). A mode whose theoretical need exceeds the memory available
-(MemAvailable) is not run, and said so; "single" is one process training the whole model alone (what each
-DDP process holds, without DDP's gradient buckets).
+Peak memory is each process's peak RSS (VmHWM, which includes what PyTorch itself takes; its RSS before
+the model is built is given as the baseline), twice: over the training steps ("step peak": after the setup,
+i.e. the model built and sharded or wrapped, the optimizer made and one warm-up step run so that AdamW's
+moments and the buffers exist, the freed memory the C allocator kept is returned (malloc_trim) and the
+kernel's high-water mark reset (writing 5 to /proc/self/clear_refs), then the remaining steps run), and over
+the process's whole life ("lifetime peak", which includes building the whole unsharded model before FSDP
+shards it). Where the mark cannot be reset, the step peak is left out and said so. A mode whose theoretical
+need exceeds the memory available (MemAvailable) is not run, and said so; "single" is one process training
+the whole model alone (what each DDP process holds, without DDP's gradient buckets).
 
 Usage (about 30 minutes on 2 cores): PYTHONPATH=src python benchmarks/fsdp_memory.py --configs d16 d20 \\
     --steps 20 3 --modes ddp fsdp --single d20 --json bench_out/fsdp_memory.json
+d16 alone, 3 steps (about 8 minutes): ... --configs d16 --steps 3 --modes ddp fsdp --single --json ...
 """
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import dataclasses
 import json
 import os
@@ -36,6 +44,22 @@ def _status_kb(field: str) -> int:
         if line.startswith(field + ":"):
             return int(line.split()[1])
     raise KeyError(field)
+
+
+def _reset_peak() -> str | None:
+    """Return freed heap memory to the system and reset this process's VmHWM to its VmRSS; None when done,
+    else why it could not be (not Linux, no permission, a kernel that ignores it)."""
+    libc = ctypes.util.find_library("c")
+    if libc is not None:
+        ctypes.CDLL(libc).malloc_trim(0)
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError as e:
+        return f"writing 5 to /proc/self/clear_refs failed: {e}"
+    hwm, rss = _status_kb("VmHWM"), _status_kb("VmRSS")
+    if hwm > rss + 1024:  # a MB of slack for what the reads themselves allocate
+        return f"writing 5 to /proc/self/clear_refs left VmHWM at {hwm} kB above VmRSS {rss} kB"
+    return None
 
 
 def _available_bytes() -> int:
@@ -91,7 +115,7 @@ def _worker(rank: int, world: int, port: int, config: str, mode: str, steps: int
     from var.vqvae import VQVAE
 
     baseline = _status_kb("VmRSS") * 1024
-    info = setup_distributed("cpu")
+    setup_distributed("cpu")
     vae_cfg, var_cfg = model_configs(config)
     torch.manual_seed(0)  # the same tokenizer (its codebook makes the inputs) and transformer in every mode
     vqvae = VQVAE(dataclasses.replace(vae_cfg, ch=32, using_sa=False, using_mid_sa=False))
@@ -107,15 +131,22 @@ def _worker(rank: int, world: int, port: int, config: str, mode: str, steps: int
                          schedule=schedule)
     losses, seconds = [], []
     for step in range(steps):
+        if step == 1:  # after the warm-up step: the steps' own peak from here
+            setup_rss, lifetime_before_reset = _status_kb("VmRSS") * 1024, _status_kb("VmHWM") * 1024
+            reset_failure = _reset_peak()
+            trimmed_rss = _status_kb("VmRSS") * 1024
         g = torch.Generator().manual_seed(step * 1000 + rank)
         tokens = torch.randint(0, var_cfg.vocab_size, (batch, var_cfg.seq_len), generator=g)
         labels = torch.randint(0, var_cfg.num_classes, (batch,), generator=g)
         start = time.perf_counter()
         losses.append(trainer.train_step((tokens, labels))["loss"])
         seconds.append(time.perf_counter() - start)
+    peak = _status_kb("VmHWM") * 1024
     result = {"config": config, "mode": mode, "rank": rank, "world": world, "batch_per_process": batch,
               "losses": losses, "step_seconds": seconds, "baseline_rss": baseline,
-              "peak_rss": _status_kb("VmHWM") * 1024}
+              "rss_after_warmup": setup_rss, "rss_after_trim": trimmed_rss,
+              "step_peak_rss": None if reset_failure else peak, "step_peak_note": reset_failure,
+              "lifetime_peak_rss": max(peak, lifetime_before_reset)}
     Path(out, f"{config}-{mode}-{rank}.json").write_text(json.dumps(result))
     if world > 1:
         torch.distributed.barrier()
@@ -134,7 +165,8 @@ def run(config: str, mode: str, world: int, steps: int, batch: int, work: Path) 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=["d16", "d20"])
-    p.add_argument("--steps", nargs="+", type=int, default=[20, 3], help="steps of each config, in order")
+    p.add_argument("--steps", nargs="+", type=int, default=[20, 3],
+                   help="steps of each config, in order, the first a warm-up (at least 2)")
     p.add_argument("--modes", nargs="+", default=["ddp", "fsdp"], choices=["ddp", "fsdp"])
     p.add_argument("--single", nargs="*", default=["d20"], help="configs also trained by one process alone")
     p.add_argument("--batch", type=int, default=1, help="images per process")
@@ -142,6 +174,8 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--work", type=Path, default=Path("/tmp/fsdp_memory"))
     a = p.parse_args()
+    if min(a.steps) < 2:
+        p.error(f"--steps {a.steps}: each must be at least 2 (a warm-up step, then the measured ones)")
     a.work.mkdir(parents=True, exist_ok=True)
     rows, skipped = [], []
     for config, steps in zip(a.configs, a.steps, strict=True):
@@ -161,8 +195,13 @@ def main() -> None:
                          "median_step_s": statistics.median(s for r in results for s in r["step_seconds"][1:] or
                                                             r["step_seconds"])})
             r0 = results[0]
-            print(f"  peak RSS per process {[round(r['peak_rss'] / GB, 2) for r in results]} GB (baseline "
-                  f"{r0['baseline_rss'] / GB:.2f}), theory {theory['state'] / GB:.2f} GB state, "
+            step_peaks = ([round(r["step_peak_rss"] / GB, 2) for r in results] if r0["step_peak_rss"] else
+                          f"not measured ({r0['step_peak_note']})")
+            print(f"  per process: step peak RSS {step_peaks} GB, lifetime peak RSS "
+                  f"{[round(r['lifetime_peak_rss'] / GB, 2) for r in results]} GB, RSS after the warm-up step "
+                  f"{[round(r['rss_after_warmup'] / GB, 2) for r in results]} GB "
+                  f"({[round(r['rss_after_trim'] / GB, 2) for r in results]} trimmed), baseline "
+                  f"{r0['baseline_rss'] / GB:.2f} GB; theory {theory['state'] / GB:.2f} GB state, "
                   f"{theory['with_gathered'] / GB:.2f} with {'gathered blocks' if mode == 'fsdp' else 'buckets'}, "
                   f"median step {rows[-1]['median_step_s']:.2f} s", flush=True)
     for config in a.configs:
@@ -170,9 +209,13 @@ def main() -> None:
         if "ddp" in by_mode and "fsdp" in by_mode:
             diffs = [abs(x - y) for d, f in zip(by_mode["ddp"]["processes"], by_mode["fsdp"]["processes"])
                      for x, y in zip(d["losses"], f["losses"])]
-            peak = [max(r["peak_rss"] for r in by_mode[m]["processes"]) for m in ("ddp", "fsdp")]
+            peaks = {k: [max(r[k] or 0 for r in by_mode[m]["processes"]) for m in ("ddp", "fsdp")]
+                     for k in ("step_peak_rss", "lifetime_peak_rss")}
+            step_ratio = (f"{peaks['step_peak_rss'][1] / peaks['step_peak_rss'][0]:.2f}"
+                          if min(peaks["step_peak_rss"]) else "not measured")
             print(f"{config}: max |loss DDP - loss FSDP| over {len(diffs)} (step, process) pairs: {max(diffs):.2e}; "
-                  f"peak RSS FSDP / DDP {peak[1] / peak[0]:.2f}; step time FSDP / DDP "
+                  f"peak RSS FSDP / DDP: steps {step_ratio}, lifetime "
+                  f"{peaks['lifetime_peak_rss'][1] / peaks['lifetime_peak_rss'][0]:.2f}; step time FSDP / DDP "
                   f"{by_mode['fsdp']['median_step_s'] / by_mode['ddp']['median_step_s']:.2f}")
     if a.json:
         a.json.parent.mkdir(parents=True, exist_ok=True)
