@@ -7,7 +7,7 @@ import torch
 
 from var import VARPipeline, precision
 from var.cli import main as cli
-from conftest import one_error_line, small_pipe
+from conftest import image_folder, one_error_line, small_pipe
 
 
 NAMES = ["Alpha", "Beta", "Gamma", "Delta", "Epsilon"]
@@ -138,7 +138,8 @@ def test_a_tokenizer_folder_that_does_not_match_its_description_is_named(saved, 
     with pytest.raises(ValueError, match=r"vqvae.json is not a var-vqvae config"):
         load_vqvae(folder)
     (folder / "vqvae.json").write_text("{")
-    assert cli(["train", "--vae", str(folder), "--data", str(tmp_path), "--out", str(tmp_path / "run")]) == 2
+    data = image_folder(tmp_path / "data")
+    assert cli(["train", "--vae", str(folder), "--data", str(data), "--out", str(tmp_path / "run")]) == 2
     assert "vqvae.json is not valid JSON: " in one_error_line(caplog.text)
 
 
