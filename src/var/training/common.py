@@ -427,21 +427,18 @@ def _on_main_process(work: Callable[[], None], info: DistInfo) -> None:
     """Run ``work`` (writing files) on the main process alone. When it fails, every process stops: the
     main one with its error, the others with :class:`TrainingStopped`; they would otherwise wait forever
     for the main one at the next step's gradient exchange."""
-    error = None
-    if info.is_main:
-        try:
-            work()
-        except Exception as e:  # re-raised below, after the other processes have been told
-            error = e
-    if any_rank(error is not None, info):
-        if error is not None:
-            raise error
-        raise TrainingStopped(f"process {info.rank}: stopping, the main process failed (its log says why)")
+    _stop_all_if_one_fails(work if info.is_main else (lambda: None), info, "the main process")
 
 
 def _on_every_process(work: Callable[[], None], info: DistInfo) -> None:
     """Run ``work`` (writing each process's part of the files) on every process. When it fails on one, every
     process stops: those where it failed with their error, the others with :class:`TrainingStopped`."""
+    _stop_all_if_one_fails(work, info, "another process")
+
+
+def _stop_all_if_one_fails(work: Callable[[], None], info: DistInfo, who: str) -> None:
+    """Run ``work`` here; if it failed on any process, re-raise its error where it failed and stop the others
+    with :class:`TrainingStopped` naming ``who`` failed."""
     error = None
     try:
         work()
@@ -450,7 +447,7 @@ def _on_every_process(work: Callable[[], None], info: DistInfo) -> None:
     if any_rank(error is not None, info):
         if error is not None:
             raise error
-        raise TrainingStopped(f"process {info.rank}: stopping, another process failed (its log says why)")
+        raise TrainingStopped(f"process {info.rank}: stopping, {who} failed (its log says why)")
 
 
 def _refuse_other_kind_of_checkpoint(ckpt: Path) -> None:
