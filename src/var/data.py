@@ -279,12 +279,18 @@ SUMMARY_SAMPLE = 32  # the files of a folder opened to judge its channels and si
 GREY_TOLERANCE = 2   # a decoded RGB image whose channels differ by at most this everywhere is greyscale
 
 
+def is_fashion_mnist(data: str) -> bool:
+    """Whether ``data`` names Fashion-MNIST: ``fashion-mnist``, or a folder holding its training IDX files."""
+    path = Path(data)
+    return data == "fashion-mnist" or (path.is_dir() and all(_find_idx(path, s) for s in FASHION_MNIST_FILES["train"]))
+
+
 def describe_data(data: str) -> DataSummary:
     """A :class:`DataSummary` of ``data`` as :func:`build_dataset` reads it; a folder is listed, and a few of
     its files opened (FileNotFoundError / ValueError as :func:`list_image_files`)."""
     from .recipes import FASHION_MNIST_CLASSES
     path = Path(data)
-    if data == "fashion-mnist" or (path.is_dir() and all(_find_idx(path, s) for s in FASHION_MNIST_FILES["train"])):
+    if is_fashion_mnist(data):
         return DataSummary("fashion-mnist", 60000, list(FASHION_MNIST_CLASSES), 1, (28, 28))
     if is_prepared(path):
         m = read_manifest(path)
@@ -356,11 +362,9 @@ def build_dataset(data: str, size: int | tuple[int, int] | None = None, channels
 
     Image folders and prepared data sets have only a ``train`` split: asking for another raises ValueError,
     so that callers hold images out with :func:`split_holdout` instead of measuring on the training images."""
-    if data == "fashion-mnist":
-        return fashion_mnist_dataset(None, split)
+    if is_fashion_mnist(data):
+        return fashion_mnist_dataset(None if data == "fashion-mnist" else data, split)
     path = Path(data)
-    if path.is_dir() and all(_find_idx(path, s) for s in FASHION_MNIST_FILES["train"]):
-        return fashion_mnist_dataset(path, split)
     if split != "train":
         raise ValueError(f"the image folder {data} has no {split!r} split (only 'train'); hold images out of it "
                          f"with split_holdout")
