@@ -108,7 +108,7 @@ def _worker(rank: int, world: int, port: int, config: str, mode: str, steps: int
 
     from var.recipes import model_configs
     from var.training.common import Schedule, setup_distributed
-    from var.training.fsdp import shard_transformer
+    from var.training.fsdp import free_gathers_at_once, shard_transformer
     from var.training.runs import VAR_BETAS, make_optimizer
     from var.training.trainers import VARTrainer
     from var.transformer import VAR
@@ -124,6 +124,7 @@ def _worker(rank: int, world: int, port: int, config: str, mode: str, steps: int
     ddp_model = None
     if mode == "fsdp":
         shard_transformer(var)
+        free_gathers_at_once()  # as var train --fsdp does on the CPU
     elif world > 1:
         ddp_model = DistributedDataParallel(var)
     schedule = Schedule(steps=steps, batch_size=batch * world, lr=1e-4, warmup=1)

@@ -4,6 +4,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -306,3 +308,14 @@ def test_minutes_with_fsdp_is_refused_naming_steps(folder, vae_run, tmp_path):
     with pytest.raises(ValueError, match="--minutes 1 .* cannot be copied: with --fsdp give --steps"):
         train_var(str(folder), vae_run, tmp_path / "run", TINY, _schedule(), fsdp=True, minutes=1)
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_freed_gathers_go_back_unless_the_user_set_the_threshold():
+    """free_gathers_at_once sets glibc's mmap threshold (process-wide), and leaves a MALLOC_MMAP_THRESHOLD_
+    the user gave alone; checked in fresh processes."""
+    code = "from var.training.fsdp import free_gathers_at_once; print(free_gathers_at_once())"
+    env = {k: v for k, v in os.environ.items() if k != "MALLOC_MMAP_THRESHOLD_"}
+    ran = [subprocess.run([sys.executable, "-c", code], env=e, capture_output=True, text=True, check=True).stdout
+           for e in (env, {**env, "MALLOC_MMAP_THRESHOLD_": "131072"})]
+    assert [r.strip() for r in ran] == ["True", "False"]

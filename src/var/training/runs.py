@@ -35,7 +35,7 @@ from .budget import schedule_for_minutes
 from .common import (CHECKPOINT, SHARDED_CHECKPOINT, CheckpointWriteFailed, DistInfo, Prefetcher, Schedule,
                      _on_main_process, append_metrics, batch_indices, fit, load_checkpoint_file, local_batch_size,
                      setup_distributed)
-from .fsdp import DTYPES, process_group_of_one, shard_transformer
+from .fsdp import DTYPES, MMAP_THRESHOLD, free_gathers_at_once, process_group_of_one, shard_transformer
 from .trainers import NO_COMPILE_WITH_FSDP, PatchDiscriminator, VARTrainer, VQVAETrainer
 
 log = logging.getLogger(__name__)
@@ -548,6 +548,9 @@ def train_var(data: str, vae_dir: Path, out: Path, var_cfg: VARConfig, schedule:
 
     if fsdp:  # before the optimizer is made: it takes the sharded parameters
         shard_transformer(var, DTYPES[dtype])
+        if info.device.type == "cpu" and free_gathers_at_once():
+            log.debug("malloc serves buffers of %d MB and more by mmap: freed gathers go back at once",
+                      MMAP_THRESHOLD // 2 ** 20)
     trainer = VARTrainer(var, vqvae, make_optimizer(var, schedule, VAR_BETAS), info.device,
                          label_smoothing=label_smoothing, grad_clip=schedule.grad_clip, amp=amp or dtype == "bf16",
                          ema_decay=ema, ddp_model=None if fsdp else _wrap(var, info), compile=compile)
