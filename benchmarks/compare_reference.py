@@ -67,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cfg", type=float, default=1.5, help="generation only")
     p.add_argument("--top-k", type=int, default=900, help="generation only")
     p.add_argument("--top-p", type=float, default=0.96, help="generation only")
+    p.add_argument("--fast", action="store_true",
+                   help="generation only: also time ours with fast=True (int8 linear layers)")
+    p.add_argument("--prune", type=lambda t: tuple(float(f) for f in t.split(",")),
+                   help="generation only: also time ours with these --prune fractions (with --fast: and int8)")
+    p.add_argument("--cfg-scales", type=int, help="generation only: also time ours guiding only the first N scales "
+                                                  "(with --fast: and int8)")
     p.add_argument("--repeats", type=int, default=3, help="timed runs of each implementation")
     p.add_argument("--warmup", type=int, default=1, help="unrecorded rounds of both before the timed ones")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -190,13 +196,16 @@ def run_reference(ref_var, timer: PartTimer, labels: torch.Tensor, args: argpars
     return images, {"total": total, "transformer": total - timer.seconds, "decoder": timer.seconds}
 
 
-def run_ours(pipe: VARPipeline, labels: torch.Tensor, args: argparse.Namespace, top_k: int, top_p: float):
-    """One generation as ``VARPipeline.__call__`` runs it, with ``--streams``: images in [0, 1], tokens, and
-    the total and decoder seconds."""
+def run_ours(pipe: VARPipeline, labels: torch.Tensor, args: argparse.Namespace, top_k: int, top_p: float,
+             fast: bool = False, **speed_ups):
+    """One generation as ``VARPipeline.__call__`` runs it, with ``--streams`` (and, for the ``ours_fast``
+    runner, ``fast``: the int8 transformer, and ``speed_ups``: ``prune``, ``cfg_scales``): images in [0, 1],
+    tokens, and the total and decoder seconds."""
     generator = torch.Generator().manual_seed(args.seed)
+    transformer = pipe.fast_transformer() if fast else pipe.var
     t0 = time.perf_counter()
-    f_hat, tokens = generate(pipe.var, pipe.vqvae, labels, cfg=args.cfg, top_k=top_k, top_p=top_p,
-                             generator=generator, streams=args.streams)
+    f_hat, tokens = generate(transformer, pipe.vqvae, labels, cfg=args.cfg, top_k=top_k, top_p=top_p,
+                             generator=generator, streams=args.streams, **speed_ups)
     t1 = time.perf_counter()
     with torch.no_grad():
         images = (split_batch(pipe.vqvae.decode_latent, f_hat, args.streams) + 1) / 2
@@ -228,10 +237,14 @@ def compare_generation(models: ModuleType, args: argparse.Namespace) -> tuple[di
              greedy["max_abs_image_diff"])
     runners = {"reference": lambda: run_reference(ref_var, ref_timer, labels, args, args.top_k, args.top_p)[1],
                "ours": lambda: run_ours(pipe, labels, args, args.top_k, args.top_p)[2]}
+    speed_ups = speed_up_options(args)
+    if speed_ups:
+        runners["ours_fast"] = lambda: run_ours(pipe, labels, args, args.top_k, args.top_p, **speed_ups)[2]
     report = {
         "setting": {"model": f"d{args.depth} (random weights)", "image_size": 256, "batch_size": args.batch_size,
                     "cfg": args.cfg, "top_k": args.top_k, "top_p": args.top_p, "repeats": args.repeats,
-                    "warmup": args.warmup, "threads": args.threads, "our_streams": args.streams or "auto"},
+                    "warmup": args.warmup, "threads": args.threads, "our_streams": args.streams or "auto",
+                    "ours_fast": speed_ups or None},
         "greedy": greedy,
         **timed_report(runners, args),
     }
@@ -400,16 +413,29 @@ def _format_seconds(t: dict[str, float]) -> str:
 
 def summarize(times: dict[str, list[dict[str, float]]]) -> dict:
     """Medians per implementation and part, their ratios, and the median of the per-round ratios (adjacent
-    runs share the machine's load of the moment, so these cancel slow drifts)."""
+    runs share the machine's load of the moment, so these cancel slow drifts); for ``ours`` and, where it was
+    timed, ``ours_fast``."""
     parts = list(times["ours"][0])
     med = {who: {part: statistics.median(r[part] for r in runs) for part in parts} for who, runs in times.items()}
-    return {
-        "median_seconds": med,
-        "speedup_ours_vs_reference": {part: med["reference"][part] / med["ours"][part] for part in parts},
-        "speedup_median_of_paired_rounds": {
-            part: statistics.median(r[part] / o[part] for r, o in zip(times["reference"], times["ours"]))
-            for part in parts},
-    }
+    summary = {"median_seconds": med}
+    for who in times:
+        if who == "reference":
+            continue
+        suffix = "" if who == "ours" else "_fast"
+        summary[f"speedup_{who}_vs_reference"] = {part: med["reference"][part] / med[who][part] for part in parts}
+        summary[f"speedup_median_of_paired_rounds{suffix}"] = {
+            part: statistics.median(r[part] / o[part] for r, o in zip(times["reference"], times[who]))
+            for part in parts}
+    return summary
+
+
+def speed_up_options(args: argparse.Namespace) -> dict:
+    """The options of the ``ours_fast`` runner: --fast, --prune and --cfg-scales, those given."""
+    options = {"fast": True} if getattr(args, "fast", False) else {}
+    for name in ("prune", "cfg_scales"):
+        if getattr(args, name, None) is not None:
+            options[name] = getattr(args, name)
+    return options
 
 
 def timed_report(runners: dict[str, Runner], args: argparse.Namespace) -> dict:
@@ -429,12 +455,15 @@ def timed_report(runners: dict[str, Runner], args: argparse.Namespace) -> dict:
 
 
 def print_table(summary: dict) -> None:
-    med, ratio, paired = (summary[k] for k in ("median_seconds", "speedup_ours_vs_reference",
-                                                "speedup_median_of_paired_rounds"))
-    print(f"{'part':<12}{'reference s':>13}{'ours s':>10}{'speed-up':>10}{'paired':>9}")
-    for part in ratio:
-        print(f"{part:<12}{med['reference'][part]:>13.3f}{med['ours'][part]:>10.3f}{ratio[part]:>9.2f}x"
-              f"{paired[part]:>8.2f}x")
+    med = summary["median_seconds"]
+    for who, suffix in (("ours", ""), ("ours_fast", "_fast")):
+        if who not in med:
+            continue
+        ratio, paired = summary[f"speedup_{who}_vs_reference"], summary[f"speedup_median_of_paired_rounds{suffix}"]
+        print(f"{'part':<12}{'reference s':>13}{who + ' s':>14}{'speed-up':>10}{'paired':>9}")
+        for part in ratio:
+            print(f"{part:<12}{med['reference'][part]:>13.3f}{med[who][part]:>14.3f}{ratio[part]:>9.2f}x"
+                  f"{paired[part]:>8.2f}x")
 
 
 def main(argv: list[str] | None = None) -> int:

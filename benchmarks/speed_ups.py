@@ -1,41 +1,61 @@
-"""Speed of guidance at the first scales only (`cfg_scales`): old and new alternating in one process.
+"""Speed of the training-free speed-ups (`cfg_scales`, `prune`, `fast`), each alone, against the default: all
+alternating round by round in one process, on the same pipeline.
 
 The bundled model (80 images, its default sampling) and the d16 shape with random weights (B=2, the
-reference's sampling), each timed with every scale guided and with the last one or two scales unguided;
-medians of 5 and 3 rounds after a warm-up. Usage: PYTHONPATH=src python benchmarks/cfg_scales.py
+reference's sampling: cfg 1.5, top-k 900, top-p 0.96); medians of --rounds rounds after a warm-up round (in
+which the fast transformer's int8 weights are made). Quality is not measured here: `var eval` measures it
+(docs/performance.md). Usage: PYTHONPATH=src python benchmarks/speed_ups.py [--rounds 5 3] [--json OUT]
 """
+import argparse
+import json
 import statistics
 import time
 
 import torch
 
 from var import VARPipeline
-from var.bench import build_pipeline
+from var.bench import build_pipeline, machine_info
+
+def options(K: int) -> dict[str, dict]:
+    """Each variant's name and its keyword arguments of the pipeline's call, for a model of K scales."""
+    return {"default": {}, f"cfg_scales={K - 1}": {"cfg_scales": K - 1}, f"cfg_scales={K - 2}": {"cfg_scales": K - 2},
+            "prune=0.25": {"prune": (0.25,)}, "prune=0.5": {"prune": (0.5,)}, "prune=0.5,0.5": {"prune": (0.5, 0.5)},
+            "fast": {"fast": True}}
 
 
-def medians(pipe: VARPipeline, labels: list[int], options: list[int | None], rounds: int, **sampling) -> dict:
-    """Median seconds of ``pipe(labels, cfg_scales=N)`` for each N of ``options``, alternating round by round."""
-    pipe(class_labels=labels, seed=0, **sampling)  # warm-up
-    times: dict = {n: [] for n in options}
-    for r in range(rounds):
-        for n in options:
+def medians(pipe: VARPipeline, labels: list[int], rounds: int, **sampling) -> dict[str, float]:
+    """Median seconds of ``pipe(labels, **option)`` for each option, alternating round by round."""
+    variants = options(len(pipe.patch_nums))
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for r in range(rounds + 1):
+        for name, extra in variants.items():
             start = time.perf_counter()
-            pipe(class_labels=labels, seed=r, cfg_scales=n, **sampling)
-            times[n].append(time.perf_counter() - start)
-    return {n: statistics.median(t) for n, t in times.items()}
+            pipe(class_labels=labels, seed=r, **sampling, **extra)
+            if r:  # round 0 warms up
+                times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
-def report(name: str, result: dict) -> None:
-    base = result[None]
-    print(name + ": " + ", ".join(f"cfg_scales={n}: {t:.3f} s ({base / t:.2f}x)" for n, t in result.items()))
+def report(name: str, result: dict[str, float]) -> None:
+    base = result["default"]
+    print(name + ":\n" + "\n".join(f"  {k:<16}{t:8.3f} s  {base / t:5.2f}x" for k, t in result.items()))
 
 
 def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--rounds", nargs=2, type=int, default=[5, 3], help="timed rounds: bundled model, d16")
+    p.add_argument("--json", help="write the medians here")
+    a = p.parse_args()
     torch.set_grad_enabled(False)
-    report("bundled model, 80 images", medians(VARPipeline.from_pretrained("fashion-mnist"), list(range(10)) * 8,
-                                               [None, 5, 4], 5))
-    report("d16 shape, random weights, B=2", medians(build_pipeline("d16", "cpu"), [1, 2], [None, 9, 8], 3,
-                                                     cfg=1.5, top_k=900, top_p=0.96))
+    results = {"machine": machine_info()}
+    results["bundled, 80 images"] = medians(VARPipeline.from_pretrained("fashion-mnist"), list(range(10)) * 8,
+                                            a.rounds[0])
+    report("bundled model, 80 images", results["bundled, 80 images"])
+    results["d16, B=2"] = medians(build_pipeline("d16", "cpu"), [1, 2], a.rounds[1], cfg=1.5, top_k=900, top_p=0.96)
+    report("d16 shape, random weights, B=2", results["d16, B=2"])
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=2)
 
 
 if __name__ == "__main__":

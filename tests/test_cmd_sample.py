@@ -49,6 +49,25 @@ def test_cli_sampling_options_are_checked_before_the_model_loads(tmp_path, caplo
     assert message in one_error_line(caplog.text)
 
 
+@pytest.mark.parametrize("text", ["1.0", "0.5,x", "", "-0.2"])
+def test_cli_prune_takes_fractions_below_one(saved, capsys, text):
+    with pytest.raises(SystemExit):
+        sample_cli(saved, "--prune", text)
+    assert f"--prune: expected comma-separated fractions in [0, 1) such as 0.5 or 0.25,0.5, got {text!r}" in \
+        one_error_line(capsys.readouterr().err)
+
+
+def test_cli_prune_and_fast_make_the_pipelines_images(saved, tmp_path):
+    """--prune F,... and --fast reach the pipeline's call: the command's images are the call's."""
+    pipe = VARPipeline.from_pretrained(saved)
+    for argv, options in ((["--prune", "0.5,0.25"], dict(prune=(0.5, 0.25))), (["--fast"], dict(fast=True))):
+        assert sample_cli(saved, "--classes", "0,1,2", "--seed", "4", "--out", str(tmp_path / "g.png"),
+                          "--npz", str(tmp_path / "s.npz"), *argv) == 0
+        want = pipe(class_labels=[0, 1, 2], seed=4, **options).images
+        with np.load(tmp_path / "s.npz") as npz:
+            assert np.array_equal(npz["arr_0"][..., 0], want[:, 0].mul(255).round().byte().numpy()), argv
+
+
 def test_cli_classes_take_names(greek_saved, tmp_path, caplog):
     with caplog.at_level("INFO"):
         assert sample_cli(greek_saved, "--classes", "beta,Delta", "--out", str(tmp_path / "g.png")) == 0

@@ -190,3 +190,85 @@ def test_guidance_at_the_first_scales_only_equals_the_teacher_forced_pass():
     one, two = (sample_generate(pipe.var, pipe.vqvae, many, cfg=3.0, top_k=1, streams=s, cfg_scales=3)[1]
                 for s in (1, 2))
     assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def pruned_last_scale_argmax(pipe, tokens, labels, cfg, left_out):
+    """Greedy guided tokens of the last scale with ``left_out`` of it pruned, computed without the KV cache:
+    the scale before's output resized bilinearly to the last scale's grid stands in for every token; the
+    tokens whose stand-in logits have the highest entropy are run, in one block-causal pass over the earlier
+    scales and themselves alone."""
+    from var.transformer import BlockCausal
+
+    var, quant = pipe.var.eval(), pipe.vqvae.quantize
+    lens = [h * w for h, w in pipe.scales]
+    (ph, pw), (h, w) = pipe.scales[-2:]
+    start, l, B = sum(lens[:-1]), lens[-1], labels.shape[0]
+    x_in = quant.teacher_forcing_input(tokens)
+    keep = round(l * (1 - left_out))
+    bias = var.attn_bias_for_masking[0, 0]
+    logits, idx_Bk = [], None
+    for label in (labels, torch.full_like(labels, pipe.num_classes)):
+        cond = var.class_emb(label)
+        sos = cond.unsqueeze(1) + var.pos_start
+        x_BLC = torch.cat((sos, var.word_embed(x_in)), dim=1) + var.lvl_embed(var.lvl_1L) + var.pos_1LC
+        mods = var.modulations(cond)
+        full = var.run_blocks(x_BLC, mods, BlockCausal.for_scales(lens, bias))
+        if idx_Bk is None:  # the conditional rows' stand-in logits choose the tokens run, by their entropy
+            prev = full[:, start - ph * pw:start].transpose(1, 2).reshape(B, -1, ph, pw)
+            stand_in = torch.nn.functional.interpolate(prev, size=(h, w), mode="bilinear").flatten(2).transpose(1, 2)
+            p = var.logits_from_hidden(stand_in, cond).softmax(-1)
+            entropy = -(p * p.log()).sum(-1)
+            idx_Bk = entropy.argsort(dim=1, descending=True)[:, :keep].sort(dim=1).values
+        out = []
+        for b in range(B):  # each image its own kept positions (and so its own mask)
+            rows = torch.cat((torch.arange(start), start + idx_Bk[b]))
+            sub = var.run_blocks(x_BLC[b:b + 1, rows], [m[b:b + 1] for m in mods],
+                                 BlockCausal.for_scales(lens[:-1] + [keep], bias[rows][:, rows]))
+            prev = full[b:b + 1, start - ph * pw:start].transpose(1, 2).reshape(1, -1, ph, pw)
+            hid = torch.nn.functional.interpolate(prev, size=(h, w), mode="bilinear").flatten(2).transpose(1, 2)
+            hid[0, idx_Bk[b]] = sub[0, start:]
+            out.append(var.logits_from_hidden(hid, cond[b:b + 1]))
+        logits.append(torch.cat(out))
+    cond_logits, null_logits = logits
+    return ((1 + cfg) * cond_logits - cfg * null_logits).argmax(-1), idx_Bk
+
+
+@pytest.mark.parametrize("left_out", [0.3, 0.75])
+def test_pruned_last_scale_equals_the_pass_over_the_kept_tokens(left_out):
+    """prune=(f,): the last scale's least certain tokens go through the blocks (attending to every earlier
+    token and to each other only), the rest take the previous scale's output resized; the earlier scales are
+    untouched."""
+    pipe = small_pipe(patch_nums=(1, 2, 3, 4))
+    with torch.no_grad():  # confident logits: the random model's are near uniform, their entropies near ties
+        pipe.var.head.weight.mul_(40)
+    labels = torch.tensor([0, 3, 4])
+    default = pipe(class_labels=labels, cfg=3.0, top_k=1, seed=0)
+    pruned = pipe(class_labels=labels, cfg=3.0, top_k=1, seed=0, prune=(left_out,))
+    for k in range(3):
+        assert torch.equal(pruned.tokens[k], default.tokens[k]), f"scale {k}"
+    with torch.no_grad():
+        expected, idx_Bk = pruned_last_scale_argmax(pipe, pruned.tokens, labels, 3.0, left_out)
+    assert idx_Bk.shape[1] == round(16 * (1 - left_out))
+    assert torch.equal(pruned.tokens[-1], expected)
+    assert not torch.equal(pruned.tokens[-1], default.tokens[-1])  # the pruning did change something
+    torch.testing.assert_close(pruned.images, pipe.decode(pruned.tokens), atol=1e-5, rtol=0)
+
+
+def test_pruning_options_off_equal_the_default_and_bad_ones_are_named():
+    pipe = small_pipe()
+    labels = torch.tensor([0, 3, 4, 1])
+    default = pipe(class_labels=labels, cfg=3.0, seed=1, top_k=0, top_p=0)
+    for off in (None, (), (0.0,), (0.0, 0.0, 0.0)):
+        same = pipe(class_labels=labels, cfg=3.0, seed=1, top_k=0, top_p=0, prune=off)
+        assert all(torch.equal(a, b) for a, b in zip(same.tokens, default.tokens)) and torch.equal(same.images, default.images)
+    for bad in (1.0, (1.0,), (-0.1,), ("0.5",), (0.5, float("nan"))):
+        with pytest.raises(ValueError, match="prune must be a sequence of fractions in \\[0, 1\\)"):
+            pipe(class_labels=labels, prune=bad)
+    with pytest.raises(ValueError, match="prune gives 4 fractions, but only the last 3 of this model's 4 scales"):
+        pipe(class_labels=labels, prune=(0.5,) * 4)
+    # A pruned scale before the last: the last scale attends to the kept tokens' cached keys only, and the
+    # concurrent streams split the rows the same way as one stream.
+    many = torch.arange(40) % 5
+    one, two = (sample_generate(pipe.var, pipe.vqvae, many, cfg=3.0, top_k=1, streams=s, prune=(0.5, 0.5))[1]
+                for s in (1, 2))
+    assert all(torch.equal(a, b) for a, b in zip(one, two))

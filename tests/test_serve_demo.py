@@ -133,3 +133,16 @@ def test_the_demos_edits_say_when_the_model_does_not_know_the_upload(tmp_path):
     sample = bundled.pipe(class_labels=[3], seed=0).images
     Image.fromarray(sample[0, 0].mul(255).round().byte().numpy()).save(tmp_path / "dress.png")
     assert "\n\n" not in bundled.vary(str(tmp_path / "dress.png"), 3, 1, seed=0)[1]
+
+
+def test_the_demos_fast_switch_reaches_the_pipeline_and_its_command(demo, tmp_path, monkeypatch):
+    """The Sampling panel's fast box: the images are the --fast ones, and the reproduce command says --fast."""
+    monkeypatch.chdir(tmp_path)
+    gallery, _, info, _ = demo.generate("Dress", 2, seed=3, fast=True)
+    assert "--fast" in shown_command(info)
+    assert cli(shown_command(info) + ["--npz", "samples.npz", "--no-grid"]) == 0
+    with np.load("samples.npz") as npz:
+        assert np.array_equal(npz["arr_0"], np.stack([np.asarray(im.convert("RGB")) for im, _ in gallery]))
+    plain, _, plain_info, _ = demo.generate("Dress", 2, seed=3)
+    assert "--fast" not in shown_command(plain_info)
+    assert not np.array_equal(np.asarray(plain[0][0]), np.asarray(gallery[0][0]))

@@ -249,11 +249,19 @@ def reconstruct(pipe: VARPipeline, images: torch.Tensor, batch_size: int = 100) 
     return torch.cat(out)
 
 
+def _settings(pipe: VARPipeline, sampling: dict, seed: int, batch_size: int) -> dict:
+    """The sampling settings a result was made with: every option as the pipeline resolved it, and ``fast``."""
+    options = {**dict.fromkeys(("cfg", "top_k", "top_p", "temperature", "cfg_scales", "prune")), **sampling}
+    fast = bool(options.pop("fast", False))
+    resolved = pipe.sampling(**options)
+    if resolved["prune"] is not None:
+        resolved["prune"] = list(resolved["prune"])
+    return {**resolved, "fast": fast, "seed": seed, "batch_size": batch_size, "dtype": dtype_name(pipe.compute_dtype)}
+
+
 def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArrayDataset, train: ImageArrayDataset,
-                      n_per_class: int = 100, cfg: float | None = None, top_k: int | None = None,
-                      top_p: float | None = None, temperature: float | None = None, cfg_scales: int | None = None,
-                      seed: int = 0, batch_size: int = 100, progress: bool = False,
-                      save_npz: str | os.PathLike | None = None) -> dict:
+                      n_per_class: int = 100, seed: int = 0, batch_size: int = 100, progress: bool = False,
+                      save_npz: str | os.PathLike | None = None, **sampling) -> dict:
     """Score a class-conditional :class:`~var.pipeline.VARPipeline` with ``classifier``.
 
     ``n_per_class`` samples of every class are generated (seeded); the reference features are those of
@@ -261,8 +269,9 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     Frechet distances share the same small-sample bias: the samples, real ``train`` images (the floor),
     and the tokenizer's reconstructions of ``test`` images (the generator's ceiling; also their PSNR).
     ``save_npz`` also writes the samples as ``arr_0`` uint8 (N, H, W, 3) with ``labels``, for standard FID tools.
-    Sampling options left at None take the model's defaults (the settings used are in the result, with the
-    pipeline's compute dtype, which the samples and the reconstructions are made in).
+    ``sampling``: the pipeline call's sampling options (``cfg``, ``top_k``, ``top_p``, ``temperature``,
+    ``cfg_scales``, ``prune``, ``fast``); those left out take the model's defaults (the settings used are in
+    the result, with the pipeline's compute dtype, which the samples and the reconstructions are made in).
     """
     c = classifier.config
     if (pipe.channels, pipe.image_size, pipe.num_classes) != (c.channels, c.image_size, c.num_classes):
@@ -278,8 +287,7 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     test_rows = balanced_indices(test.labels, n_per_class, c.num_classes, seed)
     labels = torch.arange(c.num_classes).repeat_interleave(n_per_class)
     start = time.perf_counter()
-    samples = pipe(class_labels=labels, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
-                   batch_size=batch_size, progress=progress, cfg_scales=cfg_scales).images.cpu()
+    samples = pipe(class_labels=labels, seed=seed, batch_size=batch_size, progress=progress, **sampling).images.cpu()
     sample_time = time.perf_counter() - start
     log.info("generated %d samples in %.0f s", len(labels), sample_time)
     if save_npz is not None:
@@ -302,9 +310,7 @@ def evaluate_pipeline(pipe: VARPipeline, classifier: Classifier, test: ImageArra
     names = c.class_names or [str(i) for i in range(c.num_classes)]
     result = {
         "n_per_class": n_per_class, "num_samples": len(labels),
-        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
-                                     cfg_scales=cfg_scales), "seed": seed,
-                     "batch_size": batch_size, "dtype": dtype_name(pipe.compute_dtype)},
+        "settings": _settings(pipe, sampling, seed, batch_size),
         "class_accuracy": int(hits.sum()) / len(labels),
         "class_accuracy_per_class": {names[k]: int(hits[labels == k].sum()) / n_per_class
                                      for k in range(c.num_classes)},
@@ -346,9 +352,7 @@ def _nearest(queries_ND: torch.Tensor, keys_MD: torch.Tensor) -> tuple[torch.Ten
 
 
 def evaluate_on_data(pipe: VARPipeline, train: ImageArrayDataset, heldout: ImageArrayDataset, n_per_class: int = 100,
-                     cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                     temperature: float | None = None, cfg_scales: int | None = None, seed: int = 0,
-                     batch_size: int = 100, progress: bool = False) -> dict:
+                     seed: int = 0, batch_size: int = 100, progress: bool = False, **sampling) -> dict:
     """Score a pipeline trained on any images, without a classifier of their classes: ``train`` the images it
     was trained on, ``heldout`` images it has not seen (those the tokenizer run held out).
 
@@ -357,7 +361,8 @@ def evaluate_on_data(pipe: VARPipeline, train: ImageArrayDataset, heldout: Image
     ``heldout``); per class, how many samples have their nearest real image (in those features) in the class
     they were asked for; and ``copy_ratio``: the samples' median distance to their nearest training image over
     that of the held-out images (well below 1: the samples are near copies of training images). With a single
-    held-out image the distances to ``heldout`` are None (a covariance needs two)."""
+    held-out image the distances to ``heldout`` are None (a covariance needs two). ``sampling`` as in
+    :func:`evaluate_pipeline`."""
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be at least 1, got {n_per_class}")
     check_batch_size(batch_size)
@@ -368,8 +373,7 @@ def evaluate_on_data(pipe: VARPipeline, train: ImageArrayDataset, heldout: Image
     num_classes = pipe.num_classes
     labels = torch.arange(num_classes).repeat_interleave(n_per_class)
     start = time.perf_counter()
-    samples = pipe(class_labels=labels, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature, seed=seed,
-                   batch_size=batch_size, progress=progress, cfg_scales=cfg_scales).images.cpu()
+    samples = pipe(class_labels=labels, seed=seed, batch_size=batch_size, progress=progress, **sampling).images.cpu()
     sample_time = time.perf_counter() - start
     train_images, train_labels = dataset_images(train)
     held_images, held_labels = dataset_images(heldout)
@@ -384,9 +388,7 @@ def evaluate_on_data(pipe: VARPipeline, train: ImageArrayDataset, heldout: Image
     names = pipe.class_names or [str(i) for i in range(num_classes)]
     return {
         "n_per_class": n_per_class, "num_samples": len(labels),
-        "settings": {**pipe.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
-                                     cfg_scales=cfg_scales), "seed": seed,
-                     "batch_size": batch_size, "dtype": dtype_name(pipe.compute_dtype)},
+        "settings": _settings(pipe, sampling, seed, batch_size),
         "features": TOKENIZER_FEATURES,
         "train_images": len(train), "heldout_images": len(heldout),
         "tokenizer_psnr_heldout": psnr(recons, held_images),

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import editing, official, precision, quickstart
 from .checkpoints import (CONFIG_NAME, FORMAT_VERSION, VAR_WEIGHTS, VQVAE_WEIGHTS, bundled_folder, bundled_models,
                           for_storage, load_module, load_vqvae, read_config)
-from .cpu import accelerate, plain
+from .cpu import accelerate, int8_available, int8_copy, plain
 from .cpu.streams import split_batch
 from .cpu.weight_cache import clear_derived_weights
 from .files import write_atomically
@@ -96,6 +96,7 @@ class VARPipeline:
         self.sampling_defaults = {**REFERENCE_SAMPLING, **(sampling_defaults or {})}
         self._dtype_request: tuple[torch.dtype, bool] = (torch.float32, False)   # (asked for, forced)
         self._compiled = False            # generation runs compiled blocks (:meth:`compile`)
+        self._int8_var: VAR | None = None  # the transformer with int8 linear layers, made by the first fast call
         self._first_compiled_call = False  # the next generation call is the first compiled one: its time is logged
         self._prepare_for_device()
 
@@ -177,6 +178,7 @@ class VARPipeline:
         image makes the same tokens on every device. Other devices: the plain layers (:func:`var.cpu.plain`),
         contiguous weights."""
         on_cpu = self.device.type == "cpu"
+        self._int8_var = None  # made again, for the new device or layers, by the next fast call
         self.vqvae.decoder.to(memory_format=torch.channels_last if on_cpu else torch.contiguous_format)
         if on_cpu:
             accelerate(self.vqvae.decoder)
@@ -185,6 +187,23 @@ class VARPipeline:
             plain(self.vqvae)
             plain(self.var)
         self._choose_dtype()
+
+    def fast_transformer(self) -> VAR:
+        """The transformer that ``fast`` calls run: on the CPU in float32, a twin of :attr:`var` sharing its
+        weights whose linear layers multiply in int8 (:func:`var.cpu.int8_copy`; the int8 weights, a quarter
+        of the float32 ones, are made by the first call and kept); elsewhere (another device, bf16, compiled
+        blocks, a PyTorch without int8 on the CPU) :attr:`var` itself, with a note."""
+        why = ("the device is not the CPU" if self.device.type != "cpu" else
+               "the pipeline computes in bf16" if self._compute_dtype != torch.float32 else
+               "the blocks are compiled" if self._compiled else
+               "this PyTorch build lacks int8 matrix products on the CPU" if not int8_available() else None)
+        if why is not None:
+            log.info("fast: the transformer's layers stay as they are (int8 layers run on the CPU in float32, "
+                     "and %s)", why)
+            return self.var
+        if self._int8_var is None:
+            self._int8_var = int8_copy(self.var).eval()
+        return self._int8_var
 
     def compile(self, backend: str = "inductor", mode: str | None = None) -> "VARPipeline":
         """Generate with the transformer's blocks compiled by ``torch.compile`` (``backend`` and ``mode`` are
@@ -438,13 +457,17 @@ class VARPipeline:
                  cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
                  temperature: float | None = None, smooth: bool = False, seed: int | None = None,
                  batch_size: int | None = None, progress: bool = False,
-                 on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None) -> VAROutput:
+                 on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None,
+                 prune: Sequence[float] | None = None, fast: bool = False) -> VAROutput:
         """Generate images of ``class_labels`` (ids or class names such as ``["Dress"]``; or ``num_samples``
         of uniformly drawn classes; the id ``num_classes`` is the null class: unconditional).
 
         ``cfg``, ``top_k``, ``top_p`` and ``temperature`` left at None take the model's defaults
         (``sampling_defaults``: saved with the model, else the reference's 1.5 / 900 / 0.96 / 1.0).
-        ``cfg_scales`` guides only the first that many scales (faster; None: every scale, see :func:`generate`).
+        ``cfg_scales`` guides only the first that many scales, ``prune`` leaves fractions of the last scales'
+        tokens out of the transformer (both faster, at a cost; None: neither, see :func:`generate`); ``fast``
+        runs the transformer's linear layers in int8 (:meth:`fast_transformer`). docs/performance.md has
+        what each costs.
         ``seed`` makes the call reproducible (for a given batch size); ``batch_size`` bounds memory by
         generating in chunks; ``on_scale(k)`` is called after each scale k of each chunk (progress reports).
         Returns images in [0, 1] with the token maps of every scale.
@@ -452,15 +475,16 @@ class VARPipeline:
         generator = make_generator(seed, self.device)
         labels = self._labels(class_labels, num_samples, generator)
         return self._generate_batched(labels, batch_size, progress, seed, generator=generator, smooth=smooth,
-                                      on_scale=on_scale,
+                                      on_scale=on_scale, fast=fast,
                                       **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
-                                                    cfg_scales=cfg_scales))
+                                                    cfg_scales=cfg_scales, prune=prune))
 
     def inpaint(self, images: torch.Tensor, mask, class_labels: ClassLabels | None = None, *,
                 cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
                 temperature: float | None = None, smooth: bool = False, seed: int | None = None,
                 batch_size: int | None = None, progress: bool = False,
-                on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None) -> VAROutput:
+                on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None,
+                prune: Sequence[float] | None = None, fast: bool = False) -> VAROutput:
         """Regenerate the masked part of ``images`` (B, channels, H, W) in [0, 1] and keep the rest.
 
         ``mask`` is (H, W) or (B, 1, H, W), 1 where new content is generated and 0 where the image is kept
@@ -478,16 +502,16 @@ class VARPipeline:
         with self._autocast():
             latent = self.vqvae.quantize.indices_to_latent(tokens).float()
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, keep_latent=latent,
-                          smooth=smooth,
-                          on_scale=on_scale,
+                          smooth=smooth, on_scale=on_scale, fast=fast,
                           **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
-                                                    cfg_scales=cfg_scales))
+                                                    cfg_scales=cfg_scales, prune=prune))
 
     def vary(self, images: torch.Tensor, keep_scales: int, class_labels: ClassLabels | None = None, *,
              cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
              temperature: float | None = None, smooth: bool = False, seed: int | None = None,
              batch_size: int | None = None, progress: bool = False,
-             on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None) -> VAROutput:
+             on_scale: Callable[[int], None] | None = None, cfg_scales: int | None = None,
+             prune: Sequence[float] | None = None, fast: bool = False) -> VAROutput:
         """Variations of ``images``: keep their first ``keep_scales`` token maps and regenerate the finer ones.
 
         The coarse scales fix the layout, so the results share it with new details. ``keep_scales = 0`` is
@@ -496,9 +520,9 @@ class VARPipeline:
         tokens = self.encode(images)
         keep_masks = editing.keep_masks_for_scales(images.shape[0], self.patch_nums, keep_scales, self.device)
         return self._edit(tokens, keep_masks, class_labels, seed, batch_size, progress, smooth=smooth,
-                          on_scale=on_scale,
+                          on_scale=on_scale, fast=fast,
                           **self.sampling(cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
-                                                    cfg_scales=cfg_scales))
+                                                    cfg_scales=cfg_scales, prune=prune))
 
     def _edit(self, tokens: list[torch.Tensor], keep_masks: list[torch.Tensor], class_labels: ClassLabels | None,
               seed: int | None, batch_size: int | None, progress: bool, keep_latent: torch.Tensor | None = None,
@@ -513,10 +537,13 @@ class VARPipeline:
                           keep_tokens: Sequence[torch.Tensor] | None = None,
                           keep_masks: Sequence[torch.Tensor] | None = None,
                           keep_latent: torch.Tensor | None = None,
-                          on_scale: Callable[[int], None] | None = None, **sampling) -> VAROutput:
+                          on_scale: Callable[[int], None] | None = None, fast: bool = False,
+                          **sampling) -> VAROutput:
         """Run :func:`generate` over chunks of the batch and decode; editing passes per-scale keeps. Chunk 0
         draws from the call's ``generator``, chunk i from one seeded with :func:`chunk_seed` (``seed`` given)."""
         from tqdm.auto import tqdm
+
+        transformer = self.fast_transformer() if fast else self.var
 
         check_batch_size(batch_size, allow_none=True)
         n = labels.numel()
@@ -533,7 +560,7 @@ class VARPipeline:
                     keeps = dict(keep_tokens=[t[part] for t in keep_tokens], keep_masks=[m[part] for m in keep_masks],
                                  keep_latent=None if keep_latent is None else keep_latent[part])
                 with self._autocast():
-                    f_hat, toks = generate(self.var, self.vqvae, labels[part], on_scale=on_scale,
+                    f_hat, toks = generate(transformer, self.vqvae, labels[part], on_scale=on_scale,
                                            streams=1 if self._compiled else None, **sampling, **keeps)
                     with torch.no_grad():
                         images.append(self._to_user_images(self._decode_latent(f_hat)))

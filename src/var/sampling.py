@@ -25,7 +25,8 @@ from .vqvae import VQVAE
 
 
 def check_sampling_options(cfg: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                           temperature: float | None = None, cfg_scales: int | None = None) -> None:
+                           temperature: float | None = None, cfg_scales: int | None = None,
+                           prune: Sequence[float] | None = None) -> None:
     """Raise ValueError naming the first bad option and its valid range; None means "not given" (the
     pipeline and the command line check their options here before any work starts)."""
     if cfg is not None and not (_is_real(cfg) and math.isfinite(cfg)):
@@ -40,6 +41,11 @@ def check_sampling_options(cfg: float | None = None, top_k: int | None = None, t
                                    or cfg_scales < 0):
         raise ValueError(f"cfg_scales must be an integer >= 0 (guidance at the first cfg_scales scales only; "
                          f"None: at all), got {cfg_scales!r}")
+    if prune is not None and (isinstance(prune, (str, bytes)) or not hasattr(prune, "__iter__")
+                              or not all(_is_real(f) and 0 <= f < 1 for f in prune)):
+        raise ValueError(f"prune must be a sequence of fractions in [0, 1), one per last scale (e.g. (0.5, 0.75): "
+                         f"a half of the second-to-last scale's tokens and three quarters of the last's left "
+                         f"out), got {prune!r}")
 
 
 def _is_real(x) -> bool:
@@ -214,13 +220,18 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
              generator: torch.Generator | None = None,
              keep_tokens: Sequence[torch.Tensor] | None = None, keep_masks: Sequence[torch.Tensor] | None = None,
              keep_latent: torch.Tensor | None = None, on_scale: Callable[[int], None] | None = None,
-             streams: int | None = None, cfg_scales: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+             streams: int | None = None, cfg_scales: int | None = None,
+             prune: Sequence[float] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     """Generate the token maps of every scale for ``label_B`` (null class allowed).
 
     At scale k of K the guided logits are ``(1 + t) * cond - t * null`` with ``t = cfg * k / (K - 1)``
     (the paper's linear ramp); with ``cfg_scales`` only the first ``cfg_scales`` scales are guided and the
     later ones take the conditional logits alone (the null-class half of the batch is dropped, a
-    training-free speed-up). Where ``keep_masks[k]`` (B, h_k * w_k) is True the token is taken from
+    training-free speed-up). ``prune`` (fractions, the last scale's last) leaves that fraction of each of
+    the last scales' tokens out of the transformer: their logits come from the previous scale's output,
+    resized (FastVAR's cached-token pruning, a training-free speed-up), and the tokens run are those whose
+    stand-in logits are least certain. Where
+    ``keep_masks[k]`` (B, h_k * w_k) is True the token is taken from
     ``keep_tokens[k]`` instead of being sampled. With ``keep_latent`` (B, Cv, H, W: the kept image's
     quantized latent) a kept token is the image's own only while every earlier token of its image was
     kept; after that it is re-fitted (:meth:`MultiScaleQuantizer.codes_toward`) so that the running
@@ -233,7 +244,7 @@ def generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float = 1.5,
         f_hat, tokens = _generate(var, vqvae, label_B, cfg=cfg, top_k=top_k, top_p=top_p, temperature=temperature,
                                   smooth=smooth, generator=generator, keep_tokens=keep_tokens,
                                   keep_masks=keep_masks, keep_latent=keep_latent, on_scale=on_scale,
-                                  streams=streams, cfg_scales=cfg_scales)
+                                  streams=streams, cfg_scales=cfg_scales, prune=prune)
     # Clones made outside inference mode are ordinary tensors, usable anywhere (autograd included).
     return f_hat.clone(), [t.clone() for t in tokens]
 
@@ -242,13 +253,15 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
               temperature: float, smooth: bool, generator: torch.Generator | None,
               keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
               keep_latent: torch.Tensor | None, on_scale: Callable[[int], None] | None,
-              streams: int | None, cfg_scales: int | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+              streams: int | None, cfg_scales: int | None = None,
+              prune: Sequence[float] | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
     var.check_labels(label_B, allow_null=True)
-    check_sampling_options(cfg, top_k, top_p, temperature, cfg_scales)
+    check_sampling_options(cfg, top_k, top_p, temperature, cfg_scales, prune)
     scales, quant = var.scales, vqvae.quantize
     if scales != quant.scales:
         raise ValueError(f"transformer scales {var.patch_nums} differ from the tokenizer's {quant.patch_nums}")
     K, B = len(scales), label_B.shape[0]
+    left_out = _pruned_fractions(prune, K)
     _check_kept(keep_tokens, keep_masks, keep_latent, quant, B)
     untouched_B = label_B.new_ones(B, dtype=torch.bool)  # every token so far is the kept image's own
     guided = cfg != 0 and cfg_scales != 0  # with cfg == 0 the null-class half would get weight 0: skip it
@@ -265,13 +278,19 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
     with Streams(stream_count(cond_nC.device, n, streams), cond_nC.device.type) as pool:
         transformer = _BatchStreams(var, cond_nC, mods, pool)
         cur = 0
+        hidden_nlC = None  # the last scale's output (a pruned scale fills in from it)
         for k, (h, w) in enumerate(scales):
             ratio = k / (K - 1) if K > 1 else 1.0
             if guided and cfg_scales is not None and k >= cfg_scales:  # guidance off from here: drop the null half
                 guided = False
                 transformer.keep_rows(B)
                 x_nlC = x_nlC[:B]
-            logits_BlV = transformer.logits(x_nlC)
+            if left_out[k]:
+                hidden_nlC, logits_BlV = _pruned_pass(var, transformer, x_nlC, hidden_nlC, scales[k - 1], (h, w),
+                                                      left_out[k], B)
+            else:
+                hidden_nlC = transformer.hidden(x_nlC)
+                logits_BlV = var.logits_from_hidden(hidden_nlC, transformer.cond)
             check_finite_logits(logits_BlV, k, (h, w))
             if guided:  # (1 + t) * conditional - t * unconditional, in one pass
                 logits_BlV = torch.lerp(logits_BlV[B:], logits_BlV[:B], 1 + cfg * ratio)
@@ -307,6 +326,39 @@ def _generate(var: VAR, vqvae: VQVAE, label_B: torch.Tensor, *, cfg: float, top_
     return f_hat, tokens
 
 
+def _pruned_fractions(prune: Sequence[float] | None, K: int) -> list[float]:
+    """The fraction of tokens left out at each of the K scales: ``prune`` aligned to the last scales. The
+    first scale has no earlier output to restore from, so at most K - 1 scales can be pruned."""
+    prune = list(prune or ())
+    if len(prune) > K - 1:
+        raise ValueError(f"prune gives {len(prune)} fractions, but only the last {K - 1} of this model's {K} scales "
+                         "can be pruned (the first has no earlier output to fill in from)")
+    return [0.0] * (K - len(prune)) + [float(f) for f in prune]
+
+
+def _pruned_pass(var: VAR, transformer: "_BatchStreams", x_nlC: torch.Tensor, previous_nlC: torch.Tensor,
+                 previous_hw: tuple[int, int], hw: tuple[int, int], left_out: float,
+                 B: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The last block's output (n, l, C) and the logits (n, l, V) of one scale with ``left_out`` of its tokens
+    skipped. The previous scale's output ``previous_nlC`` resized bilinearly stands in for every token; the
+    tokens whose stand-in logits are least certain (highest entropy, on the conditional rows: the first B)
+    go through the blocks and join the KV caches, at the same positions for an image's conditional and
+    null-class rows."""
+    n, l, C = x_nlC.shape
+    (ph, pw), (h, w) = previous_hw, hw
+    grid_nChw = previous_nlC[:n].transpose(1, 2).reshape(n, C, ph, pw)
+    filled_nlC = F.interpolate(grid_nChw, size=(h, w), mode="bilinear", align_corners=False).flatten(2).transpose(1, 2)
+    logits_nlV = var.logits_from_hidden(filled_nlC, transformer.cond)
+    logp_BlV = logits_nlV[:B].log_softmax(dim=-1)
+    entropy_Bl = -(logp_BlV.exp() * logp_BlV).sum(dim=-1)
+    keep = max(1, round(l * (1 - left_out)))
+    idx_nk = entropy_Bl.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values.repeat(n // B, 1)
+    ran_nkC = transformer.hidden(x_nlC.gather(1, idx_nk.unsqueeze(-1).expand(-1, -1, C)))
+    hidden_nlC = filled_nlC.scatter(1, idx_nk.unsqueeze(-1).expand(-1, -1, C), ran_nkC.to(filled_nlC.dtype))
+    ran_nkV = var.logits_from_hidden(ran_nkC, transformer.cond)
+    return hidden_nlC, logits_nlV.scatter(1, idx_nk.unsqueeze(-1).expand(-1, -1, ran_nkV.shape[-1]), ran_nkV)
+
+
 def _check_kept(keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,
                 keep_latent: torch.Tensor | None, quant: MultiScaleQuantizer, B: int) -> None:
     """An edit's kept tokens and masks: both or neither, one (B, h_k * w_k) map each per scale; the
@@ -336,7 +388,7 @@ class _BatchStreams:
     :mod:`.streams`) at the scales with at least ``MIN_ROWS_PER_STREAM`` tokens per stream. Smaller scales
     run as one call over the whole batch: there the layers are bound by reading the weights, which every
     stream would do again. One KV cache per block holds the whole batch; each stream's caches are views of
-    its rows. The logits come back
+    its rows. The outputs come back
     in batch order, so sampling, done by the caller, does not depend on the number of streams."""
 
     MIN_ROWS_PER_STREAM = 256
@@ -360,20 +412,17 @@ class _BatchStreams:
         self.caches = [KVCache(c.kv[:, :n], c.length) for c in self.caches]
         self._split()
 
-    def logits(self, x_nlC: torch.Tensor) -> torch.Tensor:
-        """Logits (n, l, V) of the scale whose input is ``x_nlC``; its keys and values join the caches."""
+    def hidden(self, x_nlC: torch.Tensor) -> torch.Tensor:
+        """The last block's output (n, l, C) for the tokens ``x_nlC`` (a whole scale, or the kept part of a
+        pruned one); their keys and values join the caches."""
         n, l = x_nlC.shape[:2]
         if self.streams.count == 1 or n * l < self.MIN_ROWS_PER_STREAM * self.streams.count:
-            logits = self._run(x_nlC, self.cond, self.mods, self.caches)
+            out = self.var.run_blocks(x_nlC, self.mods, caches=self.caches)
         else:
             parts = self.parts
-            logits = torch.cat(self.streams.map(lambda i: self._run(
-                x_nlC[parts[i]], self.cond[parts[i]], [m[parts[i]] for m in self.mods], self.part_caches[i])))
+            out = torch.cat(self.streams.map(lambda i: self.var.run_blocks(
+                x_nlC[parts[i]], [m[parts[i]] for m in self.mods], caches=self.part_caches[i])))
         self.length += l
         for cache in itertools.chain(self.caches, *self.part_caches):
             cache.length = self.length
-        return logits
-
-    def _run(self, x_nlC: torch.Tensor, cond_nC: torch.Tensor, mods: Sequence[torch.Tensor],
-             caches: Sequence[KVCache]) -> torch.Tensor:
-        return self.var.logits_from_hidden(self.var.run_blocks(x_nlC, mods, caches=caches), cond_nC)
+        return out

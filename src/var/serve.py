@@ -129,23 +129,23 @@ class Demo:
         return cover((~painted if invert else painted)[None, None], S)[0, 0]
 
     def sampling(self, cfg: float | None, top_k: float | None, top_p: float | None, temperature: float | None,
-                 smooth: bool, seed: float | None) -> dict:
-        """The sampling options of a request, checked and completed with the model's defaults; a seed
-        below 0 (or none) draws one, so that every result has a seed to reproduce it with."""
+                 smooth: bool, seed: float | None, fast: bool = False) -> dict:
+        """The sampling options of a request, checked and completed with the model's defaults, and ``fast``
+        (int8 layers); a seed below 0 (or none) draws one, so that every result has a seed to reproduce it with."""
         options = self.pipe.sampling(cfg=cfg, top_k=_json_int(top_k), top_p=top_p, temperature=temperature)
         seed = None if seed is None else _whole(seed, "seed")
         if seed is None or seed < 0:
             seed = random.randrange(2 ** 31)
-        return {**options, "smooth": bool(smooth), "seed": seed}
+        return {**options, "smooth": bool(smooth), "seed": seed, "fast": bool(fast)}
 
     # --------------------------------------------------------------------------- the actions
     def generate(self, class_name: str, num_images: float, cfg: float | None = None, top_k: float | None = None,
                  top_p: float | None = None, temperature: float | None = None, smooth: bool = False,
-                 seed: float | None = 0, progress: Callable = _no_progress):
+                 seed: float | None = 0, fast: bool = False, progress: Callable = _no_progress):
         """Images of one class: (gallery of (image, caption), the first one's coarse-to-fine figure,
         the seed and the command that reproduces them, the tokens for :meth:`progression`)."""
         label, n = self.class_id(class_name), _count(num_images, "num_images")
-        options = self.sampling(cfg, top_k, top_p, temperature, smooth, seed)
+        options = self.sampling(cfg, top_k, top_p, temperature, smooth, seed, fast)
         out = self._run(self.pipe, progress, class_labels=[label] * n, **options)
         gallery = [(to_pil(img), f"{class_name}, seed {options['seed']}, {i + 1} of {n}")
                    for i, img in enumerate(out.images)]
@@ -163,7 +163,8 @@ class Demo:
     def edit(self, editor: dict | None, region: str = PAINTED, y0: float = 0.25, x0: float = 0.25, y1: float = 0.75,
              x1: float = 0.75, operation: str = INPAINT, class_name: str | None = None, cfg: float | None = None,
              top_k: float | None = None, top_p: float | None = None, temperature: float | None = None,
-             smooth: bool = False, seed: float | None = 0, progress: Callable = _no_progress):
+             smooth: bool = False, seed: float | None = 0, fast: bool = False,
+             progress: Callable = _no_progress):
         """Inpaint (regenerate the region) or outpaint (keep it, regenerate around it) the editor's image,
         optionally towards a class. The region is the editor's brush strokes or the box (y0, x0, y1, x1 as
         fractions of the height and width). Returns (input, mask, result) at the model's resolution and the seed."""
@@ -186,7 +187,7 @@ class Demo:
                 "covers the whole image: nothing is left to regenerate around it"
             raise ValueError(f"nothing to regenerate: the {region} region {where}")
         label = self.class_id(class_name or self.classes[-1])
-        options = self.sampling(cfg, top_k, top_p, temperature, smooth, seed)
+        options = self.sampling(cfg, top_k, top_p, temperature, smooth, seed, fast)
         out = self._run(self.pipe.inpaint, progress, images=image, mask=mask, class_labels=label, **options)
         command = self.command("edit", options, "--image", "input.png", "--mask", "mask.png", *self._class_arg(label),
                                "--out", "result.png")   # var edit requires --out
@@ -194,14 +195,14 @@ class Demo:
 
     def vary(self, image: str | None, keep_scales: float, num_images: float = 1, class_name: str | None = None,
              cfg: float | None = None, top_k: float | None = None, top_p: float | None = None,
-             temperature: float | None = None, smooth: bool = False, seed: float | None = 0,
+             temperature: float | None = None, smooth: bool = False, seed: float | None = 0, fast: bool = False,
              progress: Callable = _no_progress):
         """Variations of an image that keep its first ``keep_scales`` scales; variation i uses seed + i,
         so each one is reproducible on its own with ``var vary``."""
         (image, note), n = self.read_image(image), _count(num_images, "num_images")
         keep = _whole(keep_scales, "keep_scales")
         label = self.class_id(class_name or self.classes[-1])
-        options = self.sampling(cfg, top_k, top_p, temperature, smooth, seed)
+        options = self.sampling(cfg, top_k, top_p, temperature, smooth, seed, fast)
         gallery = []
         for i in range(n):
             out = self._run(self.pipe.vary, progress, (i, n), images=image, keep_scales=keep,
@@ -234,6 +235,7 @@ class Demo:
         parts = ["var", name, *self.model_args, *args, "--cfg", str(options["cfg"]), "--top-k", str(options["top_k"]),
                  "--top-p", str(options["top_p"]), "--temperature", str(options["temperature"]),
                  "--seed", str(options["seed"])] + (["--smooth"] if options["smooth"] else []) + \
+            (["--fast"] if options.get("fast") else []) + \
             ["--device", str(self.pipe.device)] + self._dtype_args()
         # --device always: a seed's random numbers are the device's own (a CPU's and a GPU's differ), and the
         # command's default device is the machine's (a GPU where there is one), not the one the demo ran on.
@@ -321,7 +323,8 @@ def _checked_uploads(gr, component):
 
 
 def _sampling_controls(gr, demo: Demo) -> list:
-    """cfg, top-k, top-p, temperature and Gumbel smoothing, at the model's defaults, then the seed."""
+    """cfg, top-k, top-p, temperature and Gumbel smoothing, at the model's defaults, then the seed and the
+    ``fast`` speed-ups."""
     d = demo.pipe.sampling_defaults
     with gr.Accordion("Sampling", open=False):
         with gr.Row():
@@ -331,6 +334,7 @@ def _sampling_controls(gr, demo: Demo) -> list:
                         gr.Number(d["temperature"], label="temperature", minimum=0)]
         controls.append(gr.Checkbox(False, label="Gumbel smoothing (looks, not FID)"))
     controls.append(gr.Number(0, label="seed (-1 draws one)", precision=0))
+    controls.append(gr.Checkbox(False, label="fast (int8 layers on the CPU: faster, at a small cost)"))
     return controls
 
 

@@ -136,11 +136,35 @@ def add_sampling_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's; reference 0.96)")
     p.add_argument("--temperature", type=float, default=None,
                    help="softmax temperature (default: the model's; reference 1.0)")
+    add_speed_args(p)
+    p.add_argument("--smooth", action="store_true", help="Gumbel-softmax smoothing (looks, not FID)")
+    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images")
+
+
+def add_speed_args(p: argparse.ArgumentParser) -> None:
+    """The training-free speed-ups of generation (``var sample``, ``edit``, ``vary`` and ``eval``)."""
     p.add_argument("--cfg-scales", type=int, default=None, metavar="N",
                    help="guide only the first N scales, the later ones conditional alone: faster, at a measured "
                         "cost (docs/performance.md) (default: every scale)")
-    p.add_argument("--smooth", action="store_true", help="Gumbel-softmax smoothing (looks, not FID)")
-    p.add_argument("--seed", type=int, default=0, help="random seed: the same seed gives the same images")
+    p.add_argument("--prune", type=fractions, default=None, metavar="F,...",
+                   help="leave these fractions of the last scales' tokens out of the transformer (the last "
+                        "scale's last; e.g. 0.5 halves the last scale's work), filled in from the scale before: "
+                        "faster, at a measured cost (docs/performance.md) (default: none)")
+    p.add_argument("--fast", action="store_true",
+                   help="the transformer's linear layers in int8 (on the CPU, in float32): faster, at a small "
+                        "measured cost (docs/performance.md; check it on your model with var eval --fast)")
+
+
+def fractions(text: str) -> tuple[float, ...]:
+    """``--prune``'s comma-separated fractions, each in [0, 1)."""
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions in [0, 1) such as 0.5 or 0.25,0.5, "
+                                         f"got {text!r}")
+    return values
 
 
 def class_list(text: str, names: Sequence[str] | None = None) -> list[int | str]:
@@ -245,6 +269,6 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     """The options of :func:`add_sampling_args` as keyword arguments of the pipeline's calls, checked
     before a model is loaded."""
     check_sampling_options(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                           cfg_scales=args.cfg_scales)
+                           cfg_scales=args.cfg_scales, prune=args.prune)
     return dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                cfg_scales=args.cfg_scales, smooth=args.smooth, seed=args.seed)
+                cfg_scales=args.cfg_scales, prune=args.prune, fast=args.fast, smooth=args.smooth, seed=args.seed)

@@ -15,7 +15,7 @@ from ..data import ImageArrayDataset, build_dataset, describe_data, fashion_mnis
 from ..evaluation import evaluate_on_data, evaluate_pipeline, load_classifier, save_classifier, train_classifier
 from ..inception import InceptionUnavailable, inception_metrics, load_npz_images
 from ..precision import default_device
-from .common import add_command, add_model_args, check_output_files, load_pipeline, positive_int
+from .common import add_command, add_model_args, add_speed_args, check_output_files, load_pipeline, positive_int
 
 log = logging.getLogger("var")
 
@@ -30,8 +30,7 @@ def register(sub) -> None:
     p.add_argument("--top-k", type=int, default=None, help="0 disables (default: the model's)")
     p.add_argument("--top-p", type=float, default=None, help="0 disables (default: the model's)")
     p.add_argument("--temperature", type=float, default=None, help="softmax temperature (default: the model's)")
-    p.add_argument("--cfg-scales", type=int, default=None, metavar="N",
-                   help="guide only the first N scales (faster, at a measured cost) (default: every scale)")
+    add_speed_args(p)
     p.add_argument("--seed", type=int, default=0, help="random seed of the samples and of the real images drawn")
     p.add_argument("--batch-size", type=positive_int, default=100,
                    help="images generated per call, call i seeded from --seed and i as var sample does (the "
@@ -125,10 +124,9 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     classifier, info = load_classifier(None if args.classifier == "bundled" else args.classifier)
     test, train = _dataset(args.data, "test"), _dataset(args.data, "train")
     start = time.perf_counter()
-    result = evaluate_pipeline(pipe, classifier, test, train, n_per_class=args.per_class, cfg=args.cfg,
-                               top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                               cfg_scales=args.cfg_scales, seed=args.seed,
-                               batch_size=args.batch_size, progress=True, save_npz=args.save_npz)
+    result = evaluate_pipeline(pipe, classifier, test, train, n_per_class=args.per_class, seed=args.seed,
+                               batch_size=args.batch_size, progress=True, save_npz=args.save_npz,
+                               **_sampling(args))
     result["eval_time_s"] = round(time.perf_counter() - start, 1)
     result["model"] = "official" if args.official else args.model
     result["model_source"] = pipe.info.get("source")
@@ -136,6 +134,12 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
     result["classifier_test_accuracy"] = info.get("test_accuracy")
     _print_table(result)
     return result
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    """The sampling options of ``var eval`` as keyword arguments of the pipeline's call."""
+    return dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
+                cfg_scales=args.cfg_scales, prune=args.prune, fast=args.fast)
 
 
 def _trained_on(pipe) -> str | None:
@@ -154,9 +158,8 @@ def _evaluate_on_data(args: argparse.Namespace, pipe, data: str) -> dict:
     train, heldout = split_holdout(ds)
     log.info("%s: %d images, %d held out (as var train-vae held them out)", data, len(ds), len(heldout))
     start = time.perf_counter()
-    result = evaluate_on_data(pipe, train, heldout, n_per_class=args.per_class, cfg=args.cfg, top_k=args.top_k,
-                              top_p=args.top_p, temperature=args.temperature, cfg_scales=args.cfg_scales,
-                              seed=args.seed, batch_size=args.batch_size, progress=True)
+    result = evaluate_on_data(pipe, train, heldout, n_per_class=args.per_class, seed=args.seed,
+                              batch_size=args.batch_size, progress=True, **_sampling(args))
     result.update(eval_time_s=round(time.perf_counter() - start, 1), data=data,
                   model="official" if args.official else args.model, model_source=pipe.info.get("source"))
     _print_data_table(result)

@@ -2,6 +2,8 @@
 :func:`accelerate` swaps in these where a model runs on the CPU (:func:`plain` swaps them back).
 
 - :mod:`~var.cpu.packed_linear`: linear layers whose weights are packed once for oneDNN's GEMM.
+- :mod:`~var.cpu.int8_linear`: linear layers that multiply in int8, for ``fast`` generation
+  (:func:`int8_copy` makes a transformer of them that shares the original's weights).
 - :mod:`~var.cpu.winograd`: 3x3 convolutions by Winograd F(4x4, 3x3) for the tokenizer's decoder.
 - :mod:`~var.cpu.upsample`: the decoder's upsampling and its convolution as one transposed convolution.
 - :mod:`~var.cpu.streams`: a batch split into concurrent single-threaded streams.
@@ -11,6 +13,7 @@ Each layer falls back to the plain computation where it does not apply (another 
 unsupported shape or compiled code), so a model computes the same function with or without them, up to
 float rounding.
 """
-from .swap import CPU_LAYERS, accelerate, plain
+from .int8_linear import int8_available
+from .swap import CPU_LAYERS, accelerate, int8_copy, plain
 
-__all__ = ["CPU_LAYERS", "accelerate", "plain"]
+__all__ = ["CPU_LAYERS", "accelerate", "int8_available", "int8_copy", "plain"]

@@ -82,13 +82,17 @@ class PackedLinear(Linear):
         self._packed.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
+    def _applies(self, x: torch.Tensor) -> bool:
+        """Whether a CPU inference path applies to this call: no autograd, float32 input and weight on the
+        CPU, no autocast, not inside ``torch.compile``."""
+        return not (torch.is_grad_enabled() or x.device.type != "cpu" or x.shape[-1] != self.in_features
+                    or x.dtype != torch.float32 or self.weight.dtype != torch.float32
+                    or self.weight.device.type != "cpu" or torch.is_autocast_enabled("cpu")
+                    or torch.compiler.is_compiling())
+
     def _packed_weight(self, x: torch.Tensor) -> torch.Tensor | None:
         """The packed weight when it applies to this call (re-packed if the weight changed), else None."""
-        if torch.is_grad_enabled() or x.device.type != "cpu" or x.shape[-1] != self.in_features \
-                or x.dtype != torch.float32 or self.weight.dtype != torch.float32 or self.weight.device.type != "cpu" \
-                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling():
-            return None
-        return self._packed.get(self.weight)
+        return self._packed.get(self.weight) if self._applies(x) else None
 
     def forward(self, x: torch.Tensor, *, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
         """``x @ W^T + b``, with ``bias`` in place of the module's own when given, then tanh-GELU if ``gelu``."""

@@ -5,6 +5,8 @@ dict keys, parameter identity (optimizers, EMA copies) and ``load_state_dict`` a
 """
 from __future__ import annotations
 
+import copy
+import itertools
 import logging
 
 import torch
@@ -12,13 +14,14 @@ import torch.nn as nn
 
 from ..transformer import Linear
 from ..vqvae import ResnetBlock, Upsample
+from .int8_linear import Int8Linear, int8_available
 from .packed_linear import PackedLinear, packing_available, total_memory_bytes
 from .upsample import FoldedUpsample
 from .winograd import WinogradConv2d
 
 log = logging.getLogger(__name__)
 
-CPU_LAYERS = (PackedLinear, WinogradConv2d, FoldedUpsample)
+CPU_LAYERS = (PackedLinear, WinogradConv2d, FoldedUpsample)  # Int8Linear is a PackedLinear
 
 
 def accelerate(module: nn.Module) -> nn.Module:
@@ -54,6 +57,31 @@ def plain(module: nn.Module) -> nn.Module:
                     layer = _plain_layer(child)
                 setattr(parent, name, _holding_parts_of(child, layer))
     return module
+
+
+def int8_copy(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` whose linear layers (:class:`var.transformer.Linear` and :class:`PackedLinear`)
+    multiply in int8 (:class:`~var.cpu.int8_linear.Int8Linear`): the module tree is new, its parameters and
+    buffers are ``module``'s own (the same tensors, so later weight changes show in both), and a copied
+    :class:`PackedLinear` shares its packed weight with the original's. What ``fast`` generation runs.
+    RuntimeError where :func:`~var.cpu.int8_linear.int8_available` is False."""
+    if not int8_available():
+        raise RuntimeError("int8 linear layers need oneDNN's packed linear ops and torch._int_mm on the CPU, "
+                           "which this PyTorch build lacks")
+    shared = {id(t): t for t in itertools.chain(module.parameters(), module.buffers())}
+    twin = copy.deepcopy(module, shared)
+    originals = dict(module.named_modules())
+    for parent_name, parent in list(twin.named_modules()):
+        for name, child in list(parent.named_children()):
+            if type(child) not in (Linear, PackedLinear):
+                continue
+            with torch.device("meta"):
+                layer = Int8Linear(child.in_features, child.out_features, bias=child.bias is not None)
+            original = originals[f"{parent_name}.{name}" if parent_name else name]
+            if isinstance(original, PackedLinear):
+                layer._packed = original._packed
+            setattr(parent, name, _holding_parts_of(child, layer))
+    return twin
 
 
 def _cpu_layer(parent: nn.Module, child: nn.Module, pack: bool) -> nn.Module | None:
