@@ -167,6 +167,12 @@ def other_tokenizer(vae_run: Path, data: Path, out: Path) -> Path:
     return out
 
 
+def linear_reference(layer, x: torch.Tensor, bias: torch.Tensor | None, gelu: bool) -> torch.Tensor:
+    """What a transformer ``Linear`` call ``layer(x, bias=bias, gelu=gelu)`` computes, by F.linear."""
+    y = torch.nn.functional.linear(x, layer.weight, layer.bias if bias is None else bias)
+    return torch.nn.functional.gelu(y, approximate="tanh") if gelu else y
+
+
 def small_pipe(shared_aln=False, attn_l2_norm=True, share_quant_resi=4, patch_nums=(1, 2, 3, 4), channels=3, seed=0):
     torch.manual_seed(seed)
     vae = VQVAE(VQVAEConfig(in_channels=channels, ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8,

@@ -9,7 +9,7 @@ from var.cpu import int8_available, int8_copy
 from var.cpu.int8_linear import INT8_MIN_ROWS, Int8Linear, quantize_rows
 from var.cpu.packed_linear import PackedLinear
 from var.transformer import Linear
-from conftest import small_pipe
+from conftest import linear_reference, small_pipe
 
 pytestmark = pytest.mark.skipif(not int8_available(), reason="this PyTorch build has no int8 products on the CPU")
 
@@ -33,8 +33,7 @@ def test_int8_forward_is_close_to_the_float_layer(gelu):
     bias = torch.randn(512)
     with torch.no_grad():
         for b in (None, bias):
-            want = F.linear(x, layer.weight, layer.bias if b is None else b)
-            want = F.gelu(want, approximate="tanh") if gelu else want
+            want = linear_reference(layer, x, b, gelu)
             got = layer(x, bias=b, gelu=gelu)
             assert layer._int8.value is not None                   # the int8 path ran
             assert got.shape == want.shape

@@ -7,7 +7,7 @@ from var.cpu import accelerate, plain
 from var.cpu.packed_linear import PackedLinear, packing_available
 from var.sampling import generate
 from var.transformer import Linear
-from conftest import small_pipe
+from conftest import linear_reference, small_pipe
 
 
 pytestmark = pytest.mark.skipif(not packing_available(), reason="this PyTorch build has no oneDNN")
@@ -27,8 +27,7 @@ def test_packed_forward_matches_linear(gelu):
     bias = torch.randn(40)
     with torch.no_grad():
         for b in (None, bias):
-            want = F.linear(x, layer.weight, layer.bias if b is None else b)
-            want = F.gelu(want, approximate="tanh") if gelu else want
+            want = linear_reference(layer, x, b, gelu)
             got = layer(x, bias=b, gelu=gelu)
             assert layer._packed_weight(x) is not None  # the packed path really ran
             assert got.shape == want.shape

@@ -62,13 +62,8 @@ class Int8Linear(PackedLinear):
         super().__init__(in_features, out_features, bias=bias, **kw)
         self._int8 = DerivedWeight(_int8_weight)
 
-    def _apply(self, fn, recurse=True):
-        self._int8.clear()
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, *args, **kwargs):
-        self._int8.clear()
-        super()._load_from_state_dict(*args, **kwargs)
+    def _derived(self) -> tuple[DerivedWeight, ...]:
+        return (*super()._derived(), self._int8)
 
     def forward(self, x: torch.Tensor, *, bias: torch.Tensor | None = None, gelu: bool = False) -> torch.Tensor:
         """``x @ W^T + b`` in int8 (see the class), with ``bias`` in place of the module's own when given, then

@@ -71,15 +71,21 @@ class PackedLinear(Linear):
         if self.weight.device.type == "cpu" and self.weight.dtype == torch.float32:
             self._packed.get(self.weight)
 
+    def _derived(self) -> tuple[DerivedWeight, ...]:
+        """The copies made from the weight, which moving, casting or loading it makes useless."""
+        return (self._packed,)
+
     def _apply(self, fn, recurse=True):
-        # Moving or casting the module (.to, .cuda, .double, ...) makes the packed copy useless: free it now
-        # (it is re-made on the next CPU float32 call) instead of holding it until then.
-        self._packed.clear()
+        # Moving or casting the module (.to, .cuda, .double, ...) makes the copies useless: free them now
+        # (they are re-made on the next CPU float32 call) instead of holding them until then.
+        for copy in self._derived():
+            copy.clear()
         return super()._apply(fn, recurse)
 
     def _load_from_state_dict(self, *args, **kwargs):
         # A load into inference tensors (a model made under torch.inference_mode) moves no version counter.
-        self._packed.clear()
+        for copy in self._derived():
+            copy.clear()
         super()._load_from_state_dict(*args, **kwargs)
 
     def _applies(self, x: torch.Tensor) -> bool:
