@@ -9,6 +9,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from var import VAR, VARConfig, VARPipeline, VQVAE, VQVAEConfig
 from var.bench import (GenerationSettings, benchmark_pipeline, decoder_flops, format_table, generation_flops,
                        model_configs, transformer_flops)
+from var import bench as bench_module
 from var.recipes import CONFIGS
 from var.cli import build_parser, main as cli
 
@@ -88,6 +89,24 @@ def test_report_fields_and_table(tmp_path):
     table = format_table(report)
     assert "images/s" in table and "% of ceiling" in table and "tokens/s" in table
     assert not pipe.var.training  # the training step leaves the model in eval mode
+
+
+def test_var_bench_fast_times_the_int8_transformer(monkeypatch):
+    """--fast generates with the pipeline's fast transformer (the int8 twin), and the report says so."""
+    from var.cpu import int8_available
+
+    if not int8_available():
+        pytest.skip("this PyTorch build has no int8 products on the CPU")
+    torch.manual_seed(0)
+    vae = VQVAE(VQVAEConfig(ch=32, ch_mult=(1, 2), num_res_blocks=1, z_channels=8, vocab_size=48, patch_nums=(1, 2)))
+    pipe = VARPipeline(vae, VAR(tiny_var_config()))
+    used = []
+    real = bench_module.generate
+    monkeypatch.setattr(bench_module, "generate", lambda model, *a, **k: used.append(model) or real(model, *a, **k))
+    report = benchmark_pipeline(pipe, "tiny", GenerationSettings(batch_size=2, top_k=5, fast=True), repeats=1,
+                                train_batch_size=0)
+    assert used and all(m is pipe.fast_transformer() and m is not pipe.var for m in used)
+    assert report["settings"]["fast"] and "fast (int8)" in format_table(report)
 
 
 def test_bench_command_is_registered():

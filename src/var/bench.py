@@ -177,6 +177,7 @@ class GenerationSettings:
     top_p: float = 0.96
     dtype: torch.dtype = torch.float32
     streams: int | None = None  # batch streams (var.cpu.streams); None: the default for the device
+    fast: bool = False          # the int8 transformer of ``fast`` calls (VARPipeline.fast_transformer)
 
 
 def time_generation(pipe: VARPipeline, s: GenerationSettings, repeats: int) -> dict:
@@ -184,9 +185,10 @@ def time_generation(pipe: VARPipeline, s: GenerationSettings, repeats: int) -> d
     device = pipe.device
     labels = torch.arange(s.batch_size, device=device) % pipe.num_classes
     gen = torch.Generator(device=device).manual_seed(0)
+    model = pipe.fast_transformer() if s.fast else pipe.var
 
     def transformer():
-        return generate(pipe.var, pipe.vqvae, labels, cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, generator=gen,
+        return generate(model, pipe.vqvae, labels, cfg=s.cfg, top_k=s.top_k, top_p=s.top_p, generator=gen,
                         streams=s.streams)[0]
 
     runs = []
@@ -286,7 +288,8 @@ def benchmark_pipeline(pipe: VARPipeline, name: str, settings: GenerationSetting
                   "tokenizer_params": sum(p.numel() for p in pipe.vqvae.parameters()),
                   "weights": pipe.info.get("source", "pretrained")},
         "settings": {"batch_size": s.batch_size, "cfg": s.cfg, "top_k": s.top_k, "top_p": s.top_p,
-                     "dtype": dtype_name(s.dtype), "streams": s.streams, "repeats": repeats, "compile": compiled},
+                     "dtype": dtype_name(s.dtype), "streams": s.streams, "repeats": repeats, "compile": compiled,
+                     "fast": s.fast},
         "matmul_ceiling_gflops": ceiling,
         "generation": {**gen, "flops": flops, "achieved_gflops": achieved,
                        "share_of_ceiling": {part: g / ceiling for part, g in achieved.items()}},
@@ -306,7 +309,8 @@ def format_table(report: dict) -> str:
         ("device", f"{report['device']}: {m.get('gpu', m['cpu'])}, {m['torch_threads']} threads, "
                    f"torch {m['torch']}" + (f", load average {m['load_average'][0]:.1f}" if "load_average" in m else "")),
         ("settings", f"B={s['batch_size']} cfg={s['cfg']} top_k={s['top_k']} top_p={s['top_p']} {s['dtype']}"
-                     f"{' compiled' if s['compile'] else ''}, streams {s['streams'] or 'auto'}, "
+                     f"{' compiled' if s['compile'] else ''}{' fast (int8)' if s['fast'] else ''}, "
+                     f"streams {s['streams'] or 'auto'}, "
                      f"median of {s['repeats']}"),
         ("matmul ceiling", f"{report['matmul_ceiling_gflops']:.1f} GFLOP/s"),
         ("generation", f"{g['images_per_s']:.3f} images/s ({g['seconds']['total']:.3f} s per batch)"),

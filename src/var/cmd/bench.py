@@ -33,6 +33,8 @@ def register(sub) -> None:
                    help="autocast dtype: bf16 pays on GPUs with bf16 and on CPUs with AMX or AVX512-BF16 (elsewhere "
                         "it is emulated, measured as such, with a note); only fp32 keeps results exact")
     p.add_argument("--compile", action="store_true", help="torch.compile the tokenizer's decoder (on CPU it then uses direct convolutions instead of Winograd: 3.6 s instead of 2.0 s for d16 on the 2-core development CPU)")
+    p.add_argument("--fast", action="store_true",
+                   help="generate as --fast does: the transformer's linear layers in int8 (on the CPU)")
     p.add_argument("--streams", type=int, help="batch streams on CPU (default: one per thread; 1 turns them off)")
     p.add_argument("--threads", type=int, help="torch intra-op threads (default: torch's choice)")
     add_device_arg(p)
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     device = args.device or default_device()
     dtype = precision.choose_dtype(args.dtype, device, force=True)   # a benchmark measures what it is asked
     settings = bench.GenerationSettings(batch_size=args.batch_size, cfg=args.cfg, top_k=args.top_k,
-                                        top_p=args.top_p, dtype=dtype, streams=args.streams)
+                                        top_p=args.top_p, dtype=dtype, streams=args.streams, fast=args.fast)
     report = bench.run_benchmark(args.config, device, settings, repeats=args.repeats,
                                  train_batch_size=args.train_batch_size, compile=args.compile)
     print(bench.format_table(report))
