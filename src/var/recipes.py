@@ -87,7 +87,7 @@ _REFERENCE_VAR = dict(steps=6000, batch_size=64, lr=4e-4, warmup=None, save_ever
 VAR_RECIPES = {"fashion-mnist": dict(steps=2500, batch_size=64, lr=5e-4, warmup=150, save_every=250,
                                      sample_every=500, ema=0.998, schedule="cos", min_lr_ratio=0.1),
                **{name: _REFERENCE_VAR for name in REFERENCE_PRESETS},
-               "quick": dict(steps=6000, batch_size=16, lr=5e-4, warmup=100, save_every=500, sample_every=1000,
+               "quick": dict(steps=6000, batch_size=16, lr=1e-3, warmup=100, save_every=500, sample_every=1000,
                              ema=0.995, schedule="cos", min_lr_ratio=0.1)}
 # The quick preset's transformer (its vocabulary and scales are its tokenizer's).
 QUICK_VAR = dict(depth=6, embed_dim=192, num_heads=6)
