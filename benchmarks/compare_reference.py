@@ -421,21 +421,22 @@ def summarize(times: dict[str, list[dict[str, float]]]) -> dict:
     for who in times:
         if who == "reference":
             continue
-        suffix = "" if who == "ours" else "_fast"
         summary[f"speedup_{who}_vs_reference"] = {part: med["reference"][part] / med[who][part] for part in parts}
-        summary[f"speedup_median_of_paired_rounds{suffix}"] = {
+        summary[_paired_key(who)] = {
             part: statistics.median(r[part] / o[part] for r, o in zip(times["reference"], times[who]))
             for part in parts}
     return summary
 
 
+def _paired_key(who: str) -> str:
+    """The summary's key of a runner's median paired ratio (``ours`` keeps the name it had alone)."""
+    return "speedup_median_of_paired_rounds" + ("" if who == "ours" else "_" + who.removeprefix("ours_"))
+
+
 def speed_up_options(args: argparse.Namespace) -> dict:
     """The options of the ``ours_fast`` runner: --fast, --prune and --cfg-scales, those given."""
-    options = {"fast": True} if getattr(args, "fast", False) else {}
-    for name in ("prune", "cfg_scales"):
-        if getattr(args, name, None) is not None:
-            options[name] = getattr(args, name)
-    return options
+    given = {"fast": args.fast or None, "prune": args.prune, "cfg_scales": args.cfg_scales}
+    return {name: value for name, value in given.items() if value is not None}
 
 
 def timed_report(runners: dict[str, Runner], args: argparse.Namespace) -> dict:
@@ -456,10 +457,10 @@ def timed_report(runners: dict[str, Runner], args: argparse.Namespace) -> dict:
 
 def print_table(summary: dict) -> None:
     med = summary["median_seconds"]
-    for who, suffix in (("ours", ""), ("ours_fast", "_fast")):
+    for who in ("ours", "ours_fast"):
         if who not in med:
             continue
-        ratio, paired = summary[f"speedup_{who}_vs_reference"], summary[f"speedup_median_of_paired_rounds{suffix}"]
+        ratio, paired = summary[f"speedup_{who}_vs_reference"], summary[_paired_key(who)]
         print(f"{'part':<12}{'reference s':>13}{who + ' s':>14}{'speed-up':>10}{'paired':>9}")
         for part in ratio:
             print(f"{part:<12}{med['reference'][part]:>13.3f}{med[who][part]:>14.3f}{ratio[part]:>9.2f}x"

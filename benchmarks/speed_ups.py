@@ -16,6 +16,7 @@ import torch
 from var import VARPipeline
 from var.bench import build_pipeline, machine_info
 
+
 def options(K: int) -> dict[str, dict]:
     """Each variant's name and its keyword arguments of the pipeline's call, for a model of K scales."""
     return {"default": {}, f"cfg_scales={K - 1}": {"cfg_scales": K - 1}, f"cfg_scales={K - 2}": {"cfg_scales": K - 2},

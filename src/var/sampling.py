@@ -352,11 +352,11 @@ def _pruned_pass(var: VAR, transformer: "_BatchStreams", x_nlC: torch.Tensor, pr
     logp_BlV = logits_nlV[:B].log_softmax(dim=-1)
     entropy_Bl = -(logp_BlV.exp() * logp_BlV).sum(dim=-1)
     keep = max(1, round(l * (1 - left_out)))
-    idx_nk = entropy_Bl.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values.repeat(n // B, 1)
-    ran_nkC = transformer.hidden(x_nlC.gather(1, idx_nk.unsqueeze(-1).expand(-1, -1, C)))
-    hidden_nlC = filled_nlC.scatter(1, idx_nk.unsqueeze(-1).expand(-1, -1, C), ran_nkC.to(filled_nlC.dtype))
+    idx_nk1 = entropy_Bl.topk(keep, dim=1, sorted=False).indices.sort(dim=1).values.repeat(n // B, 1).unsqueeze(-1)
+    ran_nkC = transformer.hidden(x_nlC.gather(1, idx_nk1.expand(-1, -1, C)))
+    hidden_nlC = filled_nlC.scatter(1, idx_nk1.expand(-1, -1, C), ran_nkC.to(filled_nlC.dtype))
     ran_nkV = var.logits_from_hidden(ran_nkC, transformer.cond)
-    return hidden_nlC, logits_nlV.scatter(1, idx_nk.unsqueeze(-1).expand(-1, -1, ran_nkV.shape[-1]), ran_nkV)
+    return hidden_nlC, logits_nlV.scatter(1, idx_nk1.expand_as(ran_nkV), ran_nkV)
 
 
 def _check_kept(keep_tokens: Sequence[torch.Tensor] | None, keep_masks: Sequence[torch.Tensor] | None,

@@ -235,7 +235,7 @@ class Demo:
         parts = ["var", name, *self.model_args, *args, "--cfg", str(options["cfg"]), "--top-k", str(options["top_k"]),
                  "--top-p", str(options["top_p"]), "--temperature", str(options["temperature"]),
                  "--seed", str(options["seed"])] + (["--smooth"] if options["smooth"] else []) + \
-            (["--fast"] if options.get("fast") else []) + \
+            (["--fast"] if options["fast"] else []) + \
             ["--device", str(self.pipe.device)] + self._dtype_args()
         # --device always: a seed's random numbers are the device's own (a CPU's and a GPU's differ), and the
         # command's default device is the machine's (a GPU where there is one), not the one the demo ran on.

@@ -155,6 +155,11 @@ def add_speed_args(p: argparse.ArgumentParser) -> None:
                         "measured cost (docs/performance.md; check it on your model with var eval --fast)")
 
 
+def speed_kwargs(args: argparse.Namespace) -> dict:
+    """The options of :func:`add_speed_args` as keyword arguments of the pipeline's calls."""
+    return dict(cfg_scales=args.cfg_scales, prune=args.prune, fast=args.fast)
+
+
 def fractions(text: str) -> tuple[float, ...]:
     """``--prune``'s comma-separated fractions, each in [0, 1)."""
     try:
@@ -271,4 +276,4 @@ def sampling_kwargs(args: argparse.Namespace) -> dict:
     check_sampling_options(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
                            cfg_scales=args.cfg_scales, prune=args.prune)
     return dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                cfg_scales=args.cfg_scales, prune=args.prune, fast=args.fast, smooth=args.smooth, seed=args.seed)
+                smooth=args.smooth, seed=args.seed, **speed_kwargs(args))

@@ -15,7 +15,8 @@ from ..data import ImageArrayDataset, build_dataset, describe_data, fashion_mnis
 from ..evaluation import evaluate_on_data, evaluate_pipeline, load_classifier, save_classifier, train_classifier
 from ..inception import InceptionUnavailable, inception_metrics, load_npz_images
 from ..precision import default_device
-from .common import add_command, add_model_args, add_speed_args, check_output_files, load_pipeline, positive_int
+from .common import (add_command, add_model_args, add_speed_args, check_output_files, load_pipeline,
+                     positive_int, speed_kwargs)
 
 log = logging.getLogger("var")
 
@@ -139,7 +140,7 @@ def _evaluate_model(args: argparse.Namespace) -> dict:
 def _sampling(args: argparse.Namespace) -> dict:
     """The sampling options of ``var eval`` as keyword arguments of the pipeline's call."""
     return dict(cfg=args.cfg, top_k=args.top_k, top_p=args.top_p, temperature=args.temperature,
-                cfg_scales=args.cfg_scales, prune=args.prune, fast=args.fast)
+                **speed_kwargs(args))
 
 
 def _trained_on(pipe) -> str | None:
