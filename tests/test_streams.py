@@ -68,3 +68,18 @@ def test_stream_counts():
         stream_count(torch.device("cpu"), 4, requested=5)
     with pytest.raises(ValueError, match="count must be >= 1"):
         Streams(0)
+
+
+def test_the_training_prefetch_thread_runs_single_threaded():
+    """Its ops run on one intra-op thread (on all of them, its own OpenMP team took cores from the training
+    step: 1.5x slower steps on 2 cores); the caller's count and the default of new threads are kept."""
+    from var.training.common import Prefetcher
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with Prefetcher(lambda step: torch.get_num_threads(), end=3) as fetch:
+            assert [fetch(s) for s in range(3)] == [1, 1, 1]
+            assert torch.get_num_threads() == 2
+        assert _threads_seen_by_a_new_thread() == 2
+    finally:
+        torch.set_num_threads(before)

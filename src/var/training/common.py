@@ -13,7 +13,8 @@ import pickle
 import random
 import signal
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..cpu.streams import thread_pool
 from ..files import WriteFailed, write_atomically
 from ..precision import default_device
 
@@ -190,11 +192,14 @@ class Prefetcher:
     """``get_batch`` with the next ``depth`` steps' batches read by a background thread while the current
     step trains (memory-mapped reads, decoding, augmentation), the loader's work overlapping the step's.
     The batches are the same ones: ``get_batch`` is a function of the step alone. Steps from ``end`` on are
-    never read ahead. A context manager: leaving it stops the thread and drops what it read ahead."""
+    never read ahead. The thread's PyTorch ops run single-threaded (:func:`var.cpu.streams.thread_pool`), so it
+    does not take cores from the step. A context manager: leaving it stops the thread and drops what it read
+    ahead."""
 
     def __init__(self, get_batch: Callable[[int], Any], depth: int = 2, end: int | None = None):
         self.get_batch, self.depth, self.end = get_batch, depth, end
-        self.pool = ThreadPoolExecutor(1, thread_name_prefix="var-prefetch")
+        self._exit = ExitStack()
+        self.pool = self._exit.enter_context(thread_pool(1, 1, "var-prefetch"))
         self.pending: dict[int, Future] = {}
 
     def __call__(self, step: int) -> Any:
@@ -211,7 +216,7 @@ class Prefetcher:
 
     def __exit__(self, *exc) -> None:
         self.pending.clear()
-        self.pool.shutdown(wait=True, cancel_futures=True)
+        self._exit.close()
 
 
 def atomic_save(obj: Any, path: Path) -> None:
