@@ -32,9 +32,9 @@ def thread_pool(workers: int, threads_each: int, name: str = "var") -> Iterator[
     """A pool of ``workers`` threads whose PyTorch ops run on ``threads_each`` intra-op threads each.
 
     A thread of the pool running ops on all of the process's threads would start a second OpenMP team beside
-    the caller's, and its workers, spinning after each op, take cores from the caller's (on 2 cores this made
-    training steps 1.5x slower). ``torch.set_num_threads`` in a worker also sets the default of threads
-    started later, so leaving the pool (which waits for running work and drops pending work) restores it."""
+    the caller's, whose workers, spinning after each op, take cores from the caller's. ``torch.set_num_threads``
+    in a worker also sets the default of threads started later, so leaving the pool (which waits for running
+    work and drops pending work) restores it."""
     threads = torch.get_num_threads()  # read first: this also fixes the calling thread's own count
     pool = ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=torch.set_num_threads,
                               initargs=(threads_each,))
